@@ -1,0 +1,329 @@
+//! Applying commands: a pure function of (state, command), evaluated against a
+//! transaction over the `sm` column family.
+//!
+//! A [`Txn`] layers two overlays of encoded records over RocksDB: `staged` holds what
+//! earlier commands of this `apply` call wrote, `pending` what the current command writes.
+//! A command that is refused ([`ApplyError`]) drops `pending` and so changes nothing; the
+//! whole call is written as one `WriteBatch` together with the last-applied log id.
+//!
+//! Must never: read the clock, randomness or anything but the state and the command.
+
+use std::collections::BTreeMap;
+
+use rocksdb::{Direction, IteratorMode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::codec;
+use crate::db::{decode_at, Db, CF_SM};
+use crate::error::StoreError;
+use crate::keys;
+use crate::model::*;
+
+type Overlay = BTreeMap<Vec<u8>, Option<Zeroizing<Vec<u8>>>>;
+
+pub(crate) struct Txn<'a> {
+    db: &'a Db,
+    staged: Overlay,
+    pending: Overlay,
+}
+
+impl<'a> Txn<'a> {
+    pub(crate) fn new(db: &'a Db) -> Self {
+        Self { db, staged: Overlay::new(), pending: Overlay::new() }
+    }
+
+    fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        if let Some(v) = self.pending.get(key).or_else(|| self.staged.get(key)) {
+            return v.as_ref().map(|bytes| decode_at(CF_SM, key, bytes)).transpose();
+        }
+        self.db.get_sealed(CF_SM, key)
+    }
+
+    fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) -> Result<(), StoreError> {
+        let bytes = Zeroizing::new(codec::encode(value).map_err(StoreError::Encode)?);
+        self.pending.insert(key, Some(bytes));
+        Ok(())
+    }
+
+    fn delete(&mut self, key: Vec<u8>) {
+        self.pending.insert(key, None);
+    }
+
+    /// Every record under `prefix`, as of this transaction, in key order.
+    fn scan<T: DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, T)>, StoreError> {
+        let mut merged: BTreeMap<Vec<u8>, Option<Zeroizing<Vec<u8>>>> = BTreeMap::new();
+        let cf = self.db.cf(CF_SM)?;
+        for item in self.db.db.iterator_cf(cf, IteratorMode::From(prefix, Direction::Forward)) {
+            let (key, sealed) = item.map_err(StoreError::db("scan state"))?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let plain = self.db.open_at(CF_SM, &key, &sealed)?;
+            merged.insert(key.to_vec(), Some(plain));
+        }
+        for overlay in [&self.staged, &self.pending] {
+            for (k, v) in overlay.range(prefix.to_vec()..) {
+                if !k.starts_with(prefix) {
+                    break;
+                }
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+        merged.into_iter().filter_map(|(k, v)| v.map(|bytes| decode_at(CF_SM, &k, &bytes).map(|t| (k, t)))).collect()
+    }
+
+    fn commit_pending(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        self.staged.extend(pending);
+    }
+
+    /// Applies one command; on refusal, its writes are dropped.
+    pub(crate) fn apply(&mut self, cmd: &Command) -> Result<Response, StoreError> {
+        let result = self.apply_inner(cmd)?;
+        if result.is_ok() {
+            self.commit_pending();
+        } else {
+            self.pending.clear();
+        }
+        Ok(Response(result))
+    }
+
+    /// The writes of every accepted command, for sealing into one batch.
+    pub(crate) fn into_writes(self) -> Overlay {
+        self.staged
+    }
+
+    fn apply_inner(&mut self, cmd: &Command) -> Result<Result<Applied, ApplyError>, StoreError> {
+        let done = Ok(Applied::Done);
+        Ok(match cmd {
+            Command::InitCluster(rec) => {
+                if self.get::<ClusterRecord>(keys::CLUSTER)?.is_some() {
+                    return Ok(Err(ApplyError::AlreadyInitialized));
+                }
+                self.put(keys::CLUSTER.to_vec(), rec)?;
+                done
+            }
+            Command::SetSettings(settings) => self.update_cluster(|c| c.settings = settings.clone())?,
+            Command::SetJoinTokenHash { role, hash } => self.update_cluster(|c| match role {
+                NodeRole::Worker => c.worker_token_hash = *hash,
+                NodeRole::Manager => c.manager_token_hash = *hash,
+            })?,
+            Command::PutNode(node) => {
+                self.put(keys::node(node.id), node)?;
+                done
+            }
+            Command::RemoveNode { id, at } => {
+                let Some(mut node) = self.get::<NodeRecord>(&keys::node(*id))? else {
+                    return Ok(not_found(ObjectKind::Node, id));
+                };
+                node.removed = true;
+                node.status = NodeStatus::Down;
+                node.updated_at = *at;
+                self.put(keys::node(*id), &node)?;
+                done
+            }
+            Command::CreateSecret { id, name, labels, value, at } => {
+                self.create_secret(id, name, labels, value, *at)?
+            }
+            Command::RotateSecret { id, value, at } => {
+                let Some(mut secret) = self.get::<SecretRecord>(&keys::secret(id))? else {
+                    return Ok(not_found(ObjectKind::Secret, id));
+                };
+                let version = secret.latest_version().unwrap_or(0).saturating_add(1);
+                secret.versions.push(SecretVersionMeta { version, created_at: *at, size: size_of(value) });
+                secret.updated_at = *at;
+                self.put(keys::secret(id), &secret)?;
+                self.put(keys::secret_value(id, version), value)?;
+                Ok(Applied::SecretVersion { id: id.clone(), version })
+            }
+            Command::SetSecretLabels { id, labels, at } => {
+                let Some(mut secret) = self.get::<SecretRecord>(&keys::secret(id))? else {
+                    return Ok(not_found(ObjectKind::Secret, id));
+                };
+                secret.labels = labels.clone();
+                secret.updated_at = *at;
+                self.put(keys::secret(id), &secret)?;
+                done
+            }
+            Command::RemoveSecret { id } => self.remove_secret(id)?,
+            Command::CreateService { id, name, spec, at } => self.create_service(id, name, spec, *at)?,
+            Command::UpdateService { id, expected_version, spec, at } => {
+                let Some(mut svc) = self.get::<ServiceRecord>(&keys::service(id))? else {
+                    return Ok(not_found(ObjectKind::Service, id));
+                };
+                if svc.spec_version != *expected_version {
+                    return Ok(Err(ApplyError::VersionConflict {
+                        expected: *expected_version,
+                        found: svc.spec_version,
+                    }));
+                }
+                if let Err(e) = self.check_refs(spec)? {
+                    return Ok(Err(e));
+                }
+                svc.spec = spec.clone();
+                svc.spec_version += 1;
+                svc.updated_at = *at;
+                self.put(keys::service(id), &svc)?;
+                Ok(Applied::ServiceVersion { id: id.clone(), version: svc.spec_version })
+            }
+            Command::RemoveService { id } => {
+                let Some(svc) = self.get::<ServiceRecord>(&keys::service(id))? else {
+                    return Ok(not_found(ObjectKind::Service, id));
+                };
+                self.delete(keys::service(id));
+                self.delete(keys::service_name(&svc.name));
+                for (key, task) in self.scan::<TaskRecord>(keys::TASK)? {
+                    if task.service_id == *id {
+                        self.delete(key);
+                    }
+                }
+                done
+            }
+            Command::PutTask(task) => {
+                if self.get::<ServiceRecord>(&keys::service(&task.service_id))?.is_none() {
+                    return Ok(not_found(ObjectKind::Service, &task.service_id));
+                }
+                if let Some(node_id) = task.node_id {
+                    if self.get::<NodeRecord>(&keys::node(node_id))?.is_none() {
+                        return Ok(not_found(ObjectKind::Node, &node_id));
+                    }
+                }
+                self.put(keys::task(&task.id), task)?;
+                done
+            }
+            Command::RemoveTask { id } => {
+                if self.get::<TaskRecord>(&keys::task(id))?.is_none() {
+                    return Ok(not_found(ObjectKind::Task, id));
+                }
+                self.delete(keys::task(id));
+                done
+            }
+            Command::SetGrantAuthority(auth) => {
+                let newest = self.scan::<GrantAuthority>(keys::AUTHORITY)?.into_iter().map(|(_, a)| a.term).max();
+                if let Some(newer) = newest.filter(|&t| t > auth.term) {
+                    return Ok(Err(ApplyError::StaleAuthority { term: auth.term, newer }));
+                }
+                self.put(keys::authority(auth.term), auth)?;
+                done
+            }
+        })
+    }
+
+    fn update_cluster(
+        &mut self,
+        f: impl FnOnce(&mut ClusterRecord),
+    ) -> Result<Result<Applied, ApplyError>, StoreError> {
+        let Some(mut cluster) = self.get::<ClusterRecord>(keys::CLUSTER)? else {
+            return Ok(Err(ApplyError::NotInitialized));
+        };
+        f(&mut cluster);
+        self.put(keys::CLUSTER.to_vec(), &cluster)?;
+        Ok(Ok(Applied::Done))
+    }
+
+    fn create_secret(
+        &mut self,
+        id: &str,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        value: &SealedBytes,
+        at: Millis,
+    ) -> Result<Result<Applied, ApplyError>, StoreError> {
+        if self.get::<String>(&keys::secret_name(name))?.is_some() {
+            return Ok(Err(ApplyError::NameTaken { kind: ObjectKind::Secret, name: name.into() }));
+        }
+        if self.get::<SecretRecord>(&keys::secret(id))?.is_some() {
+            return Ok(Err(ApplyError::IdTaken { kind: ObjectKind::Secret, id: id.into() }));
+        }
+        let record = SecretRecord {
+            id: id.into(),
+            name: name.into(),
+            labels: labels.clone(),
+            created_at: at,
+            updated_at: at,
+            versions: vec![SecretVersionMeta { version: 1, created_at: at, size: size_of(value) }],
+        };
+        self.put(keys::secret(id), &record)?;
+        self.put(keys::secret_name(name), &id.to_string())?;
+        self.put(keys::secret_value(id, 1), value)?;
+        Ok(Ok(Applied::SecretVersion { id: id.into(), version: 1 }))
+    }
+
+    fn remove_secret(&mut self, id: &str) -> Result<Result<Applied, ApplyError>, StoreError> {
+        let Some(secret) = self.get::<SecretRecord>(&keys::secret(id))? else {
+            return Ok(not_found(ObjectKind::Secret, id));
+        };
+        let users: Vec<String> = self
+            .scan::<ServiceRecord>(keys::SERVICE)?
+            .into_iter()
+            .filter(|(_, svc)| svc.spec.secrets.iter().any(|r| r.secret_id == id))
+            .map(|(_, svc)| svc.name)
+            .collect();
+        if !users.is_empty() {
+            return Ok(Err(ApplyError::SecretInUse { services: users }));
+        }
+        self.delete(keys::secret(id));
+        self.delete(keys::secret_name(&secret.name));
+        for v in &secret.versions {
+            self.delete(keys::secret_value(id, v.version));
+        }
+        Ok(Ok(Applied::Done))
+    }
+
+    fn create_service(
+        &mut self,
+        id: &str,
+        name: &str,
+        spec: &ServiceSpec,
+        at: Millis,
+    ) -> Result<Result<Applied, ApplyError>, StoreError> {
+        if self.get::<String>(&keys::service_name(name))?.is_some() {
+            return Ok(Err(ApplyError::NameTaken { kind: ObjectKind::Service, name: name.into() }));
+        }
+        if self.get::<ServiceRecord>(&keys::service(id))?.is_some() {
+            return Ok(Err(ApplyError::IdTaken { kind: ObjectKind::Service, id: id.into() }));
+        }
+        if let Err(e) = self.check_refs(spec)? {
+            return Ok(Err(e));
+        }
+        let record = ServiceRecord {
+            id: id.into(),
+            name: name.into(),
+            spec: spec.clone(),
+            spec_version: 1,
+            created_at: at,
+            updated_at: at,
+        };
+        self.put(keys::service(id), &record)?;
+        self.put(keys::service_name(name), &id.to_string())?;
+        Ok(Ok(Applied::ServiceVersion { id: id.into(), version: 1 }))
+    }
+
+    /// Every referenced secret (and pinned version) must exist when the spec is committed.
+    fn check_refs(&self, spec: &ServiceSpec) -> Result<Result<(), ApplyError>, StoreError> {
+        for r in &spec.secrets {
+            let Some(secret) = self.get::<SecretRecord>(&keys::secret(&r.secret_id))? else {
+                return Ok(Err(ApplyError::NotFound { kind: ObjectKind::Secret, id: r.secret_id.clone() }));
+            };
+            if let Some(v) = r.pinned_version {
+                if !secret.versions.iter().any(|m| m.version == v) {
+                    return Ok(Err(ApplyError::NotFound {
+                        kind: ObjectKind::SecretVersion,
+                        id: format!("{}@{v}", r.secret_id),
+                    }));
+                }
+            }
+        }
+        Ok(Ok(()))
+    }
+}
+
+fn not_found(kind: ObjectKind, id: &(impl ToString + ?Sized)) -> Result<Applied, ApplyError> {
+    Err(ApplyError::NotFound { kind, id: id.to_string() })
+}
+
+fn size_of(value: &SealedBytes) -> u32 {
+    u32::try_from(value.0.len()).unwrap_or(u32::MAX)
+}

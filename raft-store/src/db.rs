@@ -1,0 +1,239 @@
+//! The RocksDB database under a manager's data dir, and sealed reads and writes on it.
+//!
+//! Layout of `<dir>/db` (one RocksDB, several column families, one shared WAL):
+//!
+//! | column family | keys | values |
+//! |---|---|---|
+//! | `meta` | `format`, `kek_kind`, `data_key` | store format (u32 BE), KEK kind, wrapped data key |
+//! | `log` | log index, u64 big-endian | sealed `Entry` |
+//! | `raft` | `vote`, `committed`, `last_purged` | sealed openraft metadata |
+//! | `sm_meta` | `last_applied`, `membership`, `installing` | sealed state-machine metadata |
+//! | `sm` | see [`crate::keys`] | sealed state records |
+//!
+//! Invariant: every value outside `meta` is sealed with the data key for `(column family,
+//! key)`; `meta` holds nothing secret (the data key there is wrapped by the KEK).
+//!
+//! Because all column families share one WAL, a synced write (a log append, a vote) also
+//! makes every earlier unsynced write durable, state-machine writes included.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::codec;
+use crate::error::StoreError;
+use crate::seal::{Aad, KeyBytes, KeyEncryptionKey, Sealer};
+
+/// The layout version of the data dir as a whole (column families and key schemes).
+pub const STORE_FORMAT: u32 = 1;
+
+pub(crate) const CF_META: &str = "meta";
+pub(crate) const CF_LOG: &str = "log";
+pub(crate) const CF_RAFT: &str = "raft";
+pub(crate) const CF_SM_META: &str = "sm_meta";
+pub(crate) const CF_SM: &str = "sm";
+const ALL_CFS: [&str; 5] = [CF_META, CF_LOG, CF_RAFT, CF_SM_META, CF_SM];
+
+const META_FORMAT: &[u8] = b"format";
+const META_KEK_KIND: &[u8] = b"kek_kind";
+const META_DATA_KEY: &[u8] = b"data_key";
+
+/// The open database plus the key that seals everything in it. Shared by the log store,
+/// the state machine, readers and snapshot builders.
+#[derive(Debug)]
+pub struct Db {
+    pub(crate) db: DB,
+    pub(crate) sealer: Sealer,
+    pub(crate) dir: PathBuf,
+    /// Serialises replacing the current snapshot file (build and install both do it).
+    pub(crate) snapshot_lock: std::sync::Mutex<()>,
+}
+
+impl Db {
+    /// Opens (or creates) the store under `dir`, unwrapping the data key with `kek`.
+    ///
+    /// # Errors
+    /// [`StoreError::NewerStore`] for a data dir of a newer release, [`StoreError::WrongKey`]
+    /// when `kek` did not wrap the data key, [`StoreError::Inconsistent`] for a data dir that
+    /// has data but no key, and RocksDB's own errors (corrupt files, a lock held by another
+    /// process).
+    pub fn open(dir: &Path, kek: &dyn KeyEncryptionKey) -> Result<Arc<Self>, StoreError> {
+        std::fs::create_dir_all(dir).map_err(StoreError::io("create data dir", dir))?;
+        let db_path = dir.join("db");
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // Corruption is an error, not something to skip over.
+        opts.set_paranoid_checks(true);
+        opts.set_keep_log_file_num(4);
+        let cfs = ALL_CFS.iter().map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, &db_path, cfs)
+            .map_err(StoreError::db(format!("open {}", db_path.display())))?;
+
+        let sealer = Self::load_or_create_key(&db, dir, kek)?;
+        Ok(Arc::new(Self { db, sealer, dir: dir.to_path_buf(), snapshot_lock: std::sync::Mutex::new(()) }))
+    }
+
+    fn load_or_create_key(db: &DB, dir: &Path, kek: &dyn KeyEncryptionKey) -> Result<Sealer, StoreError> {
+        let meta = cf_of(db, CF_META)?;
+        let format = db.get_cf(meta, META_FORMAT).map_err(StoreError::db("read store format"))?;
+        let Some(format) = format else {
+            // A new store, unless something was written without the key (never by us).
+            for name in [CF_LOG, CF_RAFT, CF_SM_META, CF_SM] {
+                let cf = cf_of(db, name)?;
+                if db.iterator_cf(cf, rocksdb::IteratorMode::Start).next().is_some() {
+                    return Err(StoreError::Inconsistent {
+                        path: dir.to_path_buf(),
+                        reason: format!("column family {name} holds data but the store has no data key"),
+                    });
+                }
+            }
+            let key = KeyBytes::generate();
+            let wrapped = kek.wrap(&key)?;
+            let mut batch = WriteBatch::default();
+            batch.put_cf(meta, META_FORMAT, STORE_FORMAT.to_be_bytes());
+            batch.put_cf(meta, META_KEK_KIND, kek.kind().as_bytes());
+            batch.put_cf(meta, META_DATA_KEY, &wrapped);
+            db.write_opt(batch, &synced()).map_err(StoreError::db("write data key"))?;
+            tracing::info!(kek = kek.kind(), "created a new data key for this store");
+            return Ok(Sealer::new(&key));
+        };
+
+        let found = <[u8; 4]>::try_from(format.as_slice()).map(u32::from_be_bytes).map_err(|_| {
+            StoreError::Inconsistent { path: dir.to_path_buf(), reason: "store format record is malformed".into() }
+        })?;
+        if found > STORE_FORMAT {
+            return Err(StoreError::NewerStore { path: dir.to_path_buf(), found, supported: STORE_FORMAT });
+        }
+        let kind = db.get_cf(meta, META_KEK_KIND).map_err(StoreError::db("read kek kind"))?.unwrap_or_default();
+        let kind = String::from_utf8_lossy(&kind).into_owned();
+        if kind != kek.kind() {
+            return Err(StoreError::WrongKey { kek_kind: format!("{} (the store was sealed by {kind})", kek.kind()) });
+        }
+        let wrapped = db.get_cf(meta, META_DATA_KEY).map_err(StoreError::db("read data key"))?.ok_or_else(|| {
+            StoreError::Inconsistent { path: dir.to_path_buf(), reason: "the data key is missing".into() }
+        })?;
+        let key = kek.unwrap(&wrapped).map_err(|_| StoreError::WrongKey { kek_kind: kind })?;
+        Ok(Sealer::new(&key))
+    }
+
+    /// Re-wraps the data key under `new_kek` (e.g. when autolock is turned on or the unlock
+    /// key is rotated). Data is not re-encrypted: only the wrapping changes.
+    ///
+    /// # Errors
+    /// When `old_kek` does not open the current wrapping, or the write fails.
+    pub fn rewrap_data_key(
+        &self,
+        old_kek: &dyn KeyEncryptionKey,
+        new_kek: &dyn KeyEncryptionKey,
+    ) -> Result<(), StoreError> {
+        let meta = self.cf(CF_META)?;
+        let wrapped =
+            self.db.get_cf(meta, META_DATA_KEY).map_err(StoreError::db("read data key"))?.ok_or_else(|| {
+                StoreError::Inconsistent { path: self.dir.clone(), reason: "the data key is missing".into() }
+            })?;
+        let key = old_kek.unwrap(&wrapped).map_err(|_| StoreError::WrongKey { kek_kind: old_kek.kind().into() })?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(meta, META_KEK_KIND, new_kek.kind().as_bytes());
+        batch.put_cf(meta, META_DATA_KEY, new_kek.wrap(&key)?);
+        self.db.write_opt(batch, &synced()).map_err(StoreError::db("rewrap data key"))
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> Result<&ColumnFamily, StoreError> {
+        cf_of(&self.db, name)
+    }
+
+    pub(crate) fn snapshots_dir(&self) -> PathBuf {
+        self.dir.join("snapshots")
+    }
+
+    /// Encodes and seals `value` for `(cf, key)` into `batch`.
+    pub(crate) fn put_sealed<T: Serialize + ?Sized>(
+        &self,
+        batch: &mut WriteBatch,
+        cf: &str,
+        key: &[u8],
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let plain = Zeroizing::new(codec::encode(value).map_err(StoreError::Encode)?);
+        self.put_sealed_raw(batch, cf, key, &plain)
+    }
+
+    /// Seals already-encoded bytes for `(cf, key)` into `batch`.
+    pub(crate) fn put_sealed_raw(
+        &self,
+        batch: &mut WriteBatch,
+        cf: &str,
+        key: &[u8],
+        plain: &[u8],
+    ) -> Result<(), StoreError> {
+        let sealed = self.sealer.seal(&Aad::new(cf, key), plain)?;
+        batch.put_cf(self.cf(cf)?, key, sealed);
+        Ok(())
+    }
+
+    /// Reads, opens and decodes the value at `(cf, key)`.
+    pub(crate) fn get_sealed<T: DeserializeOwned>(&self, cf: &str, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.get_sealed_raw(cf, key)? {
+            None => Ok(None),
+            Some(plain) => decode_at(cf, key, &plain).map(Some),
+        }
+    }
+
+    /// Reads and opens the value at `(cf, key)`, leaving it encoded.
+    pub(crate) fn get_sealed_raw(&self, cf: &str, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        let Some(sealed) = self.db.get_pinned_cf(self.cf(cf)?, key).map_err(StoreError::db(format!("read {cf}")))?
+        else {
+            return Ok(None);
+        };
+        self.open_at(cf, key, &sealed).map(Some)
+    }
+
+    pub(crate) fn open_at(&self, cf: &str, key: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        self.sealer
+            .open(&Aad::new(cf, key), sealed)
+            .map_err(|source| StoreError::Tampered { what: describe(cf, key), source })
+    }
+
+    pub(crate) fn write(&self, batch: WriteBatch, sync: bool, what: &str) -> Result<(), StoreError> {
+        let opts = if sync { synced() } else { WriteOptions::default() };
+        self.db.write_opt(batch, &opts).map_err(StoreError::db(what.to_string()))
+    }
+}
+
+pub(crate) fn decode_at<T: DeserializeOwned>(cf: &str, key: &[u8], plain: &[u8]) -> Result<T, StoreError> {
+    codec::decode(plain).map_err(|source| StoreError::Decode { what: describe(cf, key), source })
+}
+
+fn cf_of<'a>(db: &'a DB, name: &str) -> Result<&'a ColumnFamily, StoreError> {
+    db.cf_handle(name).ok_or_else(|| StoreError::Inconsistent {
+        path: PathBuf::from(db.path()),
+        reason: format!("column family {name} is missing"),
+    })
+}
+
+/// Write options for anything that must be on disk before we report it done.
+pub(crate) fn synced() -> WriteOptions {
+    let mut o = WriteOptions::default();
+    o.set_sync(true);
+    o
+}
+
+/// Names a record for an error message: the column family and a printable key. Keys hold
+/// ids and names, never values.
+pub(crate) fn describe(cf: &str, key: &[u8]) -> String {
+    if cf == CF_LOG && key.len() == 8 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(key);
+        return format!("log entry {}", u64::from_be_bytes(b));
+    }
+    let printable: String = key
+        .iter()
+        .map(|&c| if c.is_ascii_graphic() { char::from(c).to_string() } else { format!("\\x{c:02x}") })
+        .collect();
+    format!("{cf}/{printable}")
+}

@@ -1,0 +1,90 @@
+//! Key scheme of the `sm` column family. Keys carry ids and names, never values.
+//!
+//! Ids are separated from what follows by a NUL byte so an id that is a prefix of another
+//! never matches the other's records in a prefix scan.
+
+use crate::NodeId;
+
+pub(crate) const CLUSTER: &[u8] = b"cluster";
+pub(crate) const NODE: &[u8] = b"node/";
+pub(crate) const SECRET: &[u8] = b"secret/";
+pub(crate) const SECRET_NAME: &[u8] = b"secret-name/";
+pub(crate) const SECRET_VALUE: &[u8] = b"secret-value/";
+pub(crate) const SERVICE: &[u8] = b"service/";
+pub(crate) const SERVICE_NAME: &[u8] = b"service-name/";
+pub(crate) const TASK: &[u8] = b"task/";
+pub(crate) const AUTHORITY: &[u8] = b"authority/";
+
+fn join(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + rest.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(rest);
+    k
+}
+
+pub(crate) fn node(id: NodeId) -> Vec<u8> {
+    join(NODE, &id.to_be_bytes())
+}
+
+pub(crate) fn secret(id: &str) -> Vec<u8> {
+    join(SECRET, id.as_bytes())
+}
+
+pub(crate) fn secret_name(name: &str) -> Vec<u8> {
+    join(SECRET_NAME, name.as_bytes())
+}
+
+/// Prefix of every stored value of one secret.
+pub(crate) fn secret_values(id: &str) -> Vec<u8> {
+    let mut k = join(SECRET_VALUE, id.as_bytes());
+    k.push(0);
+    k
+}
+
+pub(crate) fn secret_value(id: &str, version: u32) -> Vec<u8> {
+    let mut k = secret_values(id);
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
+pub(crate) fn service(id: &str) -> Vec<u8> {
+    join(SERVICE, id.as_bytes())
+}
+
+pub(crate) fn service_name(name: &str) -> Vec<u8> {
+    join(SERVICE_NAME, name.as_bytes())
+}
+
+pub(crate) fn task(id: &str) -> Vec<u8> {
+    join(TASK, id.as_bytes())
+}
+
+pub(crate) fn authority(term: u64) -> Vec<u8> {
+    join(AUTHORITY, &term.to_be_bytes())
+}
+
+/// The smallest key greater than every key that starts with `prefix` (for range ends).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0xff; 9]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_do_not_overlap() {
+        assert!(!secret_value("ab", 1).starts_with(&secret_values("a")));
+        assert!(secret_value("a", 1).starts_with(&secret_values("a")));
+        assert!(prefix_end(b"node/") > node(u64::MAX));
+        assert!(prefix_end(b"node/") < secret("x"));
+        assert_eq!(prefix_end(&[0x61, 0xff]), vec![0x62]);
+    }
+}

@@ -1,0 +1,120 @@
+//! Coffer's Raft storage: openraft 0.9's log storage and state machine on RocksDB, with
+//! every byte at rest sealed by XChaCha20-Poly1305.
+//!
+//! # Layout
+//!
+//! - [`seal`]: the data key, the key-encryption-key trait, sealing with associated data.
+//! - [`codec`]: postcard behind a format version byte; newer data is refused, not misread.
+//! - `db`: the RocksDB database, its column families, sealed get/put.
+//! - [`LogStore`] (`log_store`): entries, vote, committed id, purge; synced before done.
+//! - [`StateMachine`] (`state_machine`, `apply`): commands applied atomically with the
+//!   last-applied id; snapshots built from and installed into RocksDB.
+//! - `snapshot`: the sealed, chunked snapshot file ([`SnapshotFile`]).
+//! - [`StateReader`] (`reader`): read access to the applied state for `node`.
+//! - [`model`]: the records of DESIGN.md §3 and the [`Command`]s that change them.
+//!
+//! Boundary: no HTTP, no TLS, no networking. `node` owns those and drives this crate
+//! through openraft's traits, [`StateReader`] and [`StateMachine::receive_snapshot`].
+
+mod apply;
+pub mod codec;
+mod db;
+mod error;
+mod keys;
+mod log_store;
+pub mod model;
+mod reader;
+pub mod seal;
+mod snapshot;
+mod state_machine;
+
+use std::io::Cursor;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+pub use db::STORE_FORMAT;
+pub use error::StoreError;
+pub use log_store::LogStore;
+pub use model::{Command, Response};
+pub use reader::{StateReader, VerifyReport};
+pub use snapshot::{ChunkReader, SnapshotFile, SnapshotWriter, DEFAULT_CHUNK_BYTES, SNAPSHOT_FORMAT};
+pub use state_machine::{SnapshotBuilder, StateMachine};
+
+/// A Raft node id. Managers and workers share one id space.
+pub type NodeId = u64;
+
+/// What Raft membership knows of a manager: where to reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagerNode {
+    /// `host:port` of the manager's TLS listener (Raft RPC and API share it).
+    pub addr: String,
+}
+
+impl std::fmt::Display for ManagerNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.addr)
+    }
+}
+
+// `declare_raft_types!` names `Cursor` unqualified in its defaults.
+#[allow(unused_imports)]
+use Cursor as _;
+
+openraft::declare_raft_types!(
+    /// Coffer's Raft type configuration.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = NodeId,
+        Node = ManagerNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = SnapshotFile,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// Tunables of the store. Defaults suit production.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Plaintext bytes per sealed snapshot chunk.
+    pub snapshot_chunk_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { snapshot_chunk_bytes: DEFAULT_CHUNK_BYTES }
+    }
+}
+
+/// An opened store: hand `log` and `state_machine` to `openraft::Raft::new`, keep `reader`.
+#[derive(Debug)]
+pub struct Store {
+    pub log: LogStore,
+    pub state_machine: StateMachine,
+    pub reader: StateReader,
+}
+
+impl Store {
+    /// Re-wraps this store's data key under `new_kek` (autolock on, unlock key rotated).
+    ///
+    /// # Errors
+    /// [`StoreError::WrongKey`] when `old_kek` does not open the current wrapping.
+    pub fn rewrap_data_key(
+        &self,
+        old_kek: &dyn seal::KeyEncryptionKey,
+        new_kek: &dyn seal::KeyEncryptionKey,
+    ) -> Result<(), StoreError> {
+        self.reader.db().rewrap_data_key(old_kek, new_kek)
+    }
+}
+
+/// Opens (or creates) the store under `dir`, unwrapping its data key with `kek`.
+///
+/// # Errors
+/// A clear [`StoreError`] for a wrong key, a newer format, tampered or corrupt data, or a
+/// data dir that another process holds open.
+pub fn open(dir: &Path, kek: &dyn seal::KeyEncryptionKey, options: StoreOptions) -> Result<Store, StoreError> {
+    let db = db::Db::open(dir, kek)?;
+    let state_machine = StateMachine::open(db.clone(), options.snapshot_chunk_bytes)?;
+    Ok(Store { log: LogStore::new(db.clone()), state_machine, reader: StateReader::new(db) })
+}

@@ -1,0 +1,349 @@
+//! The replicated state (DESIGN.md §3) as stored records, and the commands that change it.
+//!
+//! These are storage types: they are versioned by [`crate::codec`] and change only by
+//! appending fields at the end of a new format version. Wire types live in the `api` crate
+//! and are converted by hand in `node`; nothing here derives anything "for the wire".
+//!
+//! Every value that derives from a secret (a secret's value, the CA key, the cluster key
+//! that seals secret values) is held in [`SealedBytes`] or [`SecretBytes`], whose `Debug`
+//! is redacted. Secret values arrive here already sealed by the proposer with the cluster
+//! key; this crate seals everything once more at rest with the manager's own data key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::NodeId;
+
+/// Milliseconds since the Unix epoch, chosen by the proposer (so apply stays deterministic).
+pub type Millis = u64;
+
+/// Bytes that are already ciphertext (e.g. a secret value sealed with the cluster key).
+/// Not secret in themselves, but never interesting to print either.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedBytes(pub Vec<u8>);
+
+impl fmt::Debug for SealedBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SealedBytes({} bytes)", self.0.len())
+    }
+}
+
+/// Plaintext key material that is part of the replicated state (e.g. the cluster key that
+/// seals secret values). Redacted, zeroized on drop; at rest it is sealed like every record.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub struct SecretBytes(pub Vec<u8>);
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretBytes([redacted])")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum NodeRole {
+    Manager,
+    Worker,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Availability {
+    Active,
+    Drain,
+    Pause,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeStatus {
+    Ready,
+    Down,
+}
+
+/// Cluster-wide settings that every manager must agree on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSettings {
+    pub node_cert_validity_secs: u64,
+    pub grant_ttl_secs: u64,
+    pub worker_heartbeat_ms: u64,
+    pub worker_missed_heartbeats: u32,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            node_cert_validity_secs: 90 * 24 * 3600,
+            grant_ttl_secs: 30,
+            worker_heartbeat_ms: 2000,
+            worker_missed_heartbeats: 3,
+        }
+    }
+}
+
+/// The cluster's identity and trust roots. Exactly one, written by `InitCluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    pub id: String,
+    pub created_at: Millis,
+    pub ca_cert_pem: String,
+    /// The root CA's private key, PEM, sealed by the proposer.
+    pub ca_key: SealedBytes,
+    /// The key that seals secret values inside commands and records (cluster-wide).
+    pub value_key: SecretBytes,
+    /// SHA-256 of the current worker join token; compared in constant time by `node`.
+    pub worker_token_hash: [u8; 32],
+    /// SHA-256 of the current manager join token.
+    pub manager_token_hash: [u8; 32],
+    pub settings: ClusterSettings,
+    pub autolock: bool,
+    /// The unlock material under autolock (wrapped, never the unlock key itself).
+    pub wrapped_unlock: Option<SealedBytes>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: NodeId,
+    pub role: NodeRole,
+    pub hostname: String,
+    pub addr: String,
+    pub availability: Availability,
+    pub status: NodeStatus,
+    pub labels: BTreeMap<String, String>,
+    /// Serial of the node's current certificate (hex); a renewal replaces it.
+    pub cert_serial: String,
+    /// Managers: public key that verifies the grants this node signs as leader.
+    pub grant_public_key: Option<Vec<u8>>,
+    /// A removed node stays recorded so its certificate is refused until it expires.
+    pub removed: bool,
+    pub joined_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretVersionMeta {
+    pub version: u32,
+    pub created_at: Millis,
+    pub size: u32,
+}
+
+/// A secret's metadata. Its values are stored apart (one record per version), so listing
+/// and inspecting secrets never reads a value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRecord {
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub versions: Vec<SecretVersionMeta>,
+}
+
+impl SecretRecord {
+    pub fn latest_version(&self) -> Option<u32> {
+        self.versions.last().map(|v| v.version)
+    }
+}
+
+/// How a service mounts a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRef {
+    pub secret_id: String,
+    pub target: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+    /// `None`: follow the newest version.
+    pub pinned_version: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub replicas: u32,
+    /// Placement constraints, already validated, e.g. `node.labels.zone==a`.
+    pub constraints: Vec<String>,
+    pub secrets: Vec<SecretRef>,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub id: String,
+    pub name: String,
+    pub spec: ServiceSpec,
+    /// Bumped by every update; updates name the version they expect.
+    pub spec_version: u64,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskState {
+    Running,
+    Shutdown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub id: String,
+    pub service_id: String,
+    pub slot: u32,
+    pub node_id: Option<NodeId>,
+    pub desired: TaskState,
+    /// `(secret id, version)` pairs this task was given.
+    pub secret_versions: Vec<(String, u32)>,
+    pub spec_version: u64,
+    pub updated_at: Millis,
+}
+
+/// Who may sign grants in a leader term, and the key that verifies them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantAuthority {
+    pub term: u64,
+    pub node_id: NodeId,
+    pub public_key: Vec<u8>,
+}
+
+/// A replicated command. Variants are only ever appended (postcard encodes the index).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    InitCluster(ClusterRecord),
+    SetSettings(ClusterSettings),
+    SetJoinTokenHash {
+        role: NodeRole,
+        hash: [u8; 32],
+    },
+    /// Records a joined node, or replaces what is known of it (role, availability, status,
+    /// labels, certificate serial).
+    PutNode(NodeRecord),
+    RemoveNode {
+        id: NodeId,
+        at: Millis,
+    },
+    CreateSecret {
+        id: String,
+        name: String,
+        labels: BTreeMap<String, String>,
+        value: SealedBytes,
+        at: Millis,
+    },
+    RotateSecret {
+        id: String,
+        value: SealedBytes,
+        at: Millis,
+    },
+    SetSecretLabels {
+        id: String,
+        labels: BTreeMap<String, String>,
+        at: Millis,
+    },
+    RemoveSecret {
+        id: String,
+    },
+    CreateService {
+        id: String,
+        name: String,
+        spec: ServiceSpec,
+        at: Millis,
+    },
+    UpdateService {
+        id: String,
+        expected_version: u64,
+        spec: ServiceSpec,
+        at: Millis,
+    },
+    RemoveService {
+        id: String,
+    },
+    PutTask(TaskRecord),
+    RemoveTask {
+        id: String,
+    },
+    SetGrantAuthority(GrantAuthority),
+}
+
+impl Command {
+    /// A name for logs and metrics; never includes a value.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::InitCluster(_) => "init_cluster",
+            Command::SetSettings(_) => "set_settings",
+            Command::SetJoinTokenHash { .. } => "set_join_token_hash",
+            Command::PutNode(_) => "put_node",
+            Command::RemoveNode { .. } => "remove_node",
+            Command::CreateSecret { .. } => "create_secret",
+            Command::RotateSecret { .. } => "rotate_secret",
+            Command::SetSecretLabels { .. } => "set_secret_labels",
+            Command::RemoveSecret { .. } => "remove_secret",
+            Command::CreateService { .. } => "create_service",
+            Command::UpdateService { .. } => "update_service",
+            Command::RemoveService { .. } => "remove_service",
+            Command::PutTask(_) => "put_task",
+            Command::RemoveTask { .. } => "remove_task",
+            Command::SetGrantAuthority(_) => "set_grant_authority",
+        }
+    }
+}
+
+/// What kind of object an apply error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ObjectKind {
+    Cluster,
+    Node,
+    Secret,
+    SecretVersion,
+    Service,
+    Task,
+    GrantAuthority,
+}
+
+impl fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ObjectKind::Cluster => "cluster",
+            ObjectKind::Node => "node",
+            ObjectKind::Secret => "secret",
+            ObjectKind::SecretVersion => "secret version",
+            ObjectKind::Service => "service",
+            ObjectKind::Task => "task",
+            ObjectKind::GrantAuthority => "grant authority",
+        })
+    }
+}
+
+/// A command that was committed but refused by the state machine. Deterministic: every
+/// manager refuses it the same way, and a refused command changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{kind} {name:?} already exists")]
+    NameTaken { kind: ObjectKind, name: String },
+    #[error("{kind} {id} already exists")]
+    IdTaken { kind: ObjectKind, id: String },
+    #[error("{kind} {id} not found")]
+    NotFound { kind: ObjectKind, id: String },
+    #[error("secret is used by services {services:?}")]
+    SecretInUse { services: Vec<String> },
+    #[error("service changed meanwhile: expected spec version {expected}, found {found}")]
+    VersionConflict { expected: u64, found: u64 },
+    #[error("the cluster is already initialized")]
+    AlreadyInitialized,
+    #[error("the cluster is not initialized")]
+    NotInitialized,
+    #[error("grant authority for term {term} is stale: term {newer} already has one")]
+    StaleAuthority { term: u64, newer: u64 },
+}
+
+/// What applying a command produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    /// Membership changes, blank entries, and commands that return nothing.
+    Done,
+    /// A secret version was created (by create or rotate).
+    SecretVersion { id: String, version: u32 },
+    /// A service spec was stored with this version.
+    ServiceVersion { id: String, version: u64 },
+}
+
+/// The state machine's reply to one log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response(pub Result<Applied, ApplyError>);

@@ -1,0 +1,497 @@
+//! The storage contract (DESIGN.md §9, tier 2): openraft's own suite, crash safety, tamper
+//! detection and a plaintext canary, all against real RocksDB data dirs.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command as Process, Stdio};
+
+use coffer_raft_store::model::{Applied, ApplyError, Command, ObjectKind, SealedBytes, SecretRef, ServiceSpec};
+use coffer_raft_store::seal::{KeyBytes, LocalKek};
+use coffer_raft_store::{open, Response, Store, StoreError, StoreOptions, TypeConfig};
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder, StorageError};
+use tempfile::TempDir;
+
+type NodeId = u64;
+
+fn kek(seed: u8) -> LocalKek {
+    LocalKek::new(&KeyBytes::from_bytes([seed; 32]), "key-file")
+}
+
+fn open_at(dir: &Path) -> Result<Store, StoreError> {
+    open(dir, &kek(7), StoreOptions { snapshot_chunk_bytes: 512 })
+}
+
+fn log_id(term: u64, index: u64) -> LogId<NodeId> {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+fn entry(index: u64, cmd: Command) -> Entry<TypeConfig> {
+    Entry { log_id: log_id(1, index), payload: EntryPayload::Normal(cmd) }
+}
+
+fn create_secret(n: u64, value: &[u8]) -> Command {
+    Command::CreateSecret {
+        id: format!("id{n}"),
+        name: format!("name{n}"),
+        labels: BTreeMap::from([("team".to_string(), "db".to_string())]),
+        value: SealedBytes(value.to_vec()),
+        at: 1_700_000_000_000 + n,
+    }
+}
+
+/// Appends through the real `append` path and waits for the durability callback.
+async fn append(log: &mut coffer_raft_store::LogStore, entries: Vec<Entry<TypeConfig>>) {
+    // `blocking_append` calls `append` and waits for its durability callback.
+    log.blocking_append(entries).await.expect("append");
+}
+
+// ---------------------------------------------------------------------------------------
+// openraft's storage suite
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, coffer_raft_store::LogStore, coffer_raft_store::StateMachine, TempDir> for Builder {
+    async fn build(
+        &self,
+    ) -> Result<(TempDir, coffer_raft_store::LogStore, coffer_raft_store::StateMachine), StorageError<NodeId>> {
+        let dir = TempDir::new().expect("tempdir");
+        // A fresh key per store: the suite moves snapshots between stores, which must
+        // re-seal them under the receiver's key.
+        let seed = rand_seed();
+        let store = open(dir.path(), &kek(seed), StoreOptions { snapshot_chunk_bytes: 64 }).expect("open store");
+        Ok((dir, store.log, store.state_machine))
+    }
+}
+
+fn rand_seed() -> u8 {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static N: AtomicU8 = AtomicU8::new(1);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+#[test]
+fn openraft_storage_suite() {
+    Suite::test_all(Builder).expect("openraft storage suite");
+}
+
+// ---------------------------------------------------------------------------------------
+// state machine behaviour and reopen
+
+#[tokio::test]
+async fn commands_apply_atomically_and_survive_reopen() {
+    let dir = TempDir::new().expect("tempdir");
+    {
+        let mut store = open_at(dir.path()).expect("open");
+        let entries = vec![
+            entry(1, create_secret(1, b"v1")),
+            entry(2, create_secret(1, b"again")), // same name: refused, changes nothing
+            entry(3, Command::RotateSecret { id: "id1".into(), value: SealedBytes(b"v2".to_vec()), at: 5 }),
+            entry(
+                4,
+                Command::CreateService {
+                    id: "svc1".into(),
+                    name: "api".into(),
+                    spec: ServiceSpec {
+                        replicas: 2,
+                        constraints: vec![],
+                        secrets: vec![SecretRef {
+                            secret_id: "id1".into(),
+                            target: "db".into(),
+                            uid: 0,
+                            gid: 0,
+                            mode: 0o400,
+                            pinned_version: None,
+                        }],
+                        labels: BTreeMap::new(),
+                    },
+                    at: 6,
+                },
+            ),
+            entry(5, Command::RemoveSecret { id: "id1".into() }),
+        ];
+        let replies = store.state_machine.apply(entries).await.expect("apply");
+        assert_eq!(replies[0], Response(Ok(Applied::SecretVersion { id: "id1".into(), version: 1 })));
+        assert_eq!(replies[1], Response(Err(ApplyError::NameTaken { kind: ObjectKind::Secret, name: "name1".into() })));
+        assert_eq!(replies[2], Response(Ok(Applied::SecretVersion { id: "id1".into(), version: 2 })));
+        assert_eq!(replies[4], Response(Err(ApplyError::SecretInUse { services: vec!["api".into()] })));
+    }
+    let store = open_at(dir.path()).expect("reopen");
+    let secret = store.reader.secret_by_name("name1").expect("read").expect("secret exists");
+    assert_eq!(secret.versions.len(), 2);
+    assert_eq!(store.reader.secret_value("id1", 2).expect("read"), Some(SealedBytes(b"v2".to_vec())));
+    assert_eq!(store.reader.service_by_name("api").expect("read").map(|s| s.spec.replicas), Some(2));
+    assert_eq!(store.reader.last_applied().expect("read"), Some(log_id(1, 5)));
+}
+
+// ---------------------------------------------------------------------------------------
+// crash safety: a real process, killed with SIGKILL mid-stream of appends
+
+const CRASH_DIR: &str = "COFFER_TEST_CRASH_DIR";
+
+/// The child half of `acknowledged_appends_survive_sigkill`: appends forever, printing
+/// every index whose append was reported durable, applying as it goes. Run only by that
+/// test (it is ignored otherwise).
+#[tokio::test]
+#[ignore = "child process of acknowledged_appends_survive_sigkill"]
+async fn crash_child_appends_until_killed() {
+    let Ok(dir) = std::env::var(CRASH_DIR) else { return };
+    let mut store = open_at(Path::new(&dir)).expect("open");
+    let mut index = 0u64;
+    let mut unapplied = Vec::new();
+    loop {
+        let batch: Vec<_> = (0..4)
+            .map(|_| {
+                index += 1;
+                entry(index, create_secret(index, format!("value-{index}").as_bytes()))
+            })
+            .collect();
+        append(&mut store.log, batch.clone()).await;
+        println!("acked {index}");
+        // Apply lags the log, as it does in a running manager.
+        unapplied.extend(batch);
+        if index % 12 == 0 {
+            store.state_machine.apply(std::mem::take(&mut unapplied)).await.expect("apply");
+        }
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_appends_survive_sigkill() {
+    let dir = TempDir::new().expect("tempdir");
+    let exe = std::env::current_exe().expect("test binary");
+    let mut child = Process::new(exe)
+        .args(["--exact", "crash_child_appends_until_killed", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(CRASH_DIR, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn child");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut acked = 0u64;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("read child");
+        if let Some(n) = line.strip_prefix("acked ") {
+            acked = n.parse().expect("index");
+            if acked >= 400 {
+                break;
+            }
+        }
+    }
+    child.kill().expect("SIGKILL child");
+    child.wait().expect("reap child");
+    assert!(acked >= 400, "child stopped early after {acked}");
+
+    let mut store = open_at(dir.path()).expect("reopen after SIGKILL");
+    let state = store.log.get_log_state().await.expect("log state");
+    let last = state.last_log_id.expect("some log").index;
+    assert!(last >= acked, "lost acknowledged entries: last {last} < acked {acked}");
+    let entries = store.log.try_get_log_entries(1..=last).await.expect("read log");
+    assert_eq!(entries.len() as u64, last, "gap in the log");
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(e.log_id.index, i as u64 + 1);
+        assert_eq!(e.payload_cmd(), Some(create_secret(i as u64 + 1, format!("value-{}", i + 1).as_bytes())));
+    }
+    // The state machine is the state of a prefix of the log: every secret up to the
+    // last-applied index, none after it.
+    let applied = store.reader.last_applied().expect("read").map(|l| l.index).unwrap_or(0);
+    assert!(applied <= last);
+    let secrets = store.reader.secrets().expect("read");
+    assert_eq!(secrets.len() as u64, applied, "state machine is not a prefix of the log");
+    for n in 1..=applied {
+        assert!(store.reader.secret(&format!("id{n}")).expect("read").is_some(), "secret {n} missing");
+    }
+    store.state_machine.applied_state().await.expect("applied state");
+}
+
+trait PayloadCmd {
+    fn payload_cmd(&self) -> Option<Command>;
+}
+
+impl PayloadCmd for Entry<TypeConfig> {
+    fn payload_cmd(&self) -> Option<Command> {
+        match &self.payload {
+            EntryPayload::Normal(c) => Some(c.clone()),
+            _ => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// tampering, wrong keys, newer formats
+
+/// Opens the raw RocksDB under a data dir, as an attacker with disk access would.
+fn raw_db(dir: &Path) -> rocksdb::DB {
+    let cfs = ["meta", "log", "raft", "sm_meta", "sm"];
+    rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.join("db"), cfs).expect("raw open")
+}
+
+async fn store_with_secrets(dir: &Path) {
+    let mut store = open_at(dir).expect("open");
+    let entries: Vec<_> = (1..=3).map(|n| entry(n, create_secret(n, format!("value-{n}").as_bytes()))).collect();
+    append(&mut store.log, entries.clone()).await;
+    store.state_machine.apply(entries).await.expect("apply");
+}
+
+fn assert_tampered<T: std::fmt::Debug>(r: Result<T, StoreError>, names: &str) {
+    match r {
+        Err(StoreError::Tampered { what, .. }) => assert!(what.contains(names), "error names {what:?}, not {names:?}"),
+        other => panic!("expected a tamper error naming {names}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn flipped_byte_in_a_sealed_value_is_detected() {
+    let dir = TempDir::new().expect("tempdir");
+    store_with_secrets(dir.path()).await;
+    {
+        let db = raw_db(dir.path());
+        let cf = db.cf_handle("sm").expect("cf");
+        let mut v = db.get_cf(cf, b"secret/id2").expect("get").expect("present");
+        let mid = v.len() / 2;
+        v[mid] ^= 0x20;
+        db.put_cf(cf, b"secret/id2", v).expect("put");
+    }
+    let store = open_at(dir.path()).expect("reopen");
+    assert!(store.reader.secret("id1").expect("untouched record still opens").is_some());
+    assert_tampered(store.reader.secret("id2"), "sm/secret/id2");
+    assert_tampered(store.reader.verify_all(), "sm/secret/id2");
+}
+
+#[tokio::test]
+async fn swapped_sealed_values_are_detected() {
+    let dir = TempDir::new().expect("tempdir");
+    store_with_secrets(dir.path()).await;
+    {
+        let db = raw_db(dir.path());
+        let sm = db.cf_handle("sm").expect("cf");
+        let (a, b) = (b"secret-value/id1\0\0\0\0\x01".to_vec(), b"secret-value/id2\0\0\0\0\x01".to_vec());
+        let (va, vb) = (db.get_cf(sm, &a).expect("get").expect("a"), db.get_cf(sm, &b).expect("get").expect("b"));
+        db.put_cf(sm, &a, vb).expect("put");
+        db.put_cf(sm, &b, va).expect("put");
+        let log = db.cf_handle("log").expect("cf");
+        let (k1, k2) = (1u64.to_be_bytes(), 2u64.to_be_bytes());
+        let (e1, e2) = (db.get_cf(log, k1).expect("get").expect("1"), db.get_cf(log, k2).expect("get").expect("2"));
+        db.put_cf(log, k1, e2).expect("put");
+        db.put_cf(log, k2, e1).expect("put");
+    }
+    let mut store = open_at(dir.path()).expect("reopen");
+    assert_tampered(store.reader.secret_value("id1", 1), "sm/secret-value/id1");
+    assert_tampered(store.reader.secret_value("id2", 1), "sm/secret-value/id2");
+    let err = store.log.try_get_log_entries(1..=3).await.expect_err("swapped log entries must not read");
+    assert!(err.to_string().contains("log entry 1"), "{err}");
+}
+
+#[tokio::test]
+async fn wrong_key_newer_format_and_corrupt_files_are_refused() {
+    let dir = TempDir::new().expect("tempdir");
+    store_with_secrets(dir.path()).await;
+
+    match open(dir.path(), &kek(8), StoreOptions::default()) {
+        Err(StoreError::WrongKey { .. }) => {}
+        other => panic!("expected WrongKey, got {other:?}"),
+    }
+    match open(dir.path(), &LocalKek::new(&KeyBytes::from_bytes([7; 32]), "unlock-key"), StoreOptions::default()) {
+        Err(e @ StoreError::WrongKey { .. }) => assert!(e.to_string().contains("key-file"), "{e}"),
+        other => panic!("expected WrongKey naming the kind, got {other:?}"),
+    }
+
+    // Rewrapping the data key (autolock turned on) moves the store to the new KEK only.
+    let unlock = LocalKek::new(&KeyBytes::from_bytes([42; 32]), "unlock-key");
+    open_at(dir.path()).expect("open").rewrap_data_key(&kek(7), &unlock).expect("rewrap");
+    assert!(matches!(open_at(dir.path()), Err(StoreError::WrongKey { .. })));
+    let store = open(dir.path(), &unlock, StoreOptions::default()).expect("opens with the new KEK");
+    assert_eq!(store.reader.secrets().expect("read").len(), 3, "data is intact after rewrap");
+    store.rewrap_data_key(&unlock, &kek(7)).expect("rewrap back");
+    drop(store);
+
+    {
+        let db = raw_db(dir.path());
+        db.put_cf(db.cf_handle("meta").expect("cf"), b"format", 2u32.to_be_bytes()).expect("put");
+    }
+    match open_at(dir.path()) {
+        Err(e @ StoreError::NewerStore { found: 2, .. }) => assert!(e.to_string().contains("format 2"), "{e}"),
+        other => panic!("expected NewerStore, got {other:?}"),
+    }
+    {
+        let db = raw_db(dir.path());
+        db.put_cf(db.cf_handle("meta").expect("cf"), b"format", 1u32.to_be_bytes()).expect("put");
+        for cf in ["log", "sm", "sm_meta", "raft"] {
+            db.flush_cf(db.cf_handle(cf).expect("cf")).expect("flush");
+        }
+    }
+    open_at(dir.path()).expect("format restored: opens again");
+
+    // Garble the middle of every table file: RocksDB's checksums or our seals must catch
+    // it, as an error (at open or at read), never a panic or wrong data.
+    let mut garbled = 0;
+    for f in files_under(&dir.path().join("db")) {
+        if f.extension().is_some_and(|x| x == "sst") {
+            let mut bytes = std::fs::read(&f).expect("read sst");
+            let mid = bytes.len() / 3;
+            for b in bytes.iter_mut().skip(mid).take(64) {
+                *b ^= 0x5a;
+            }
+            std::fs::write(&f, bytes).expect("write sst");
+            garbled += 1;
+        }
+    }
+    assert!(garbled > 0, "no table file to garble");
+    let outcome = open_at(dir.path()).and_then(|s| s.reader.verify_all());
+    assert!(outcome.is_err(), "garbled table files went unnoticed: {outcome:?}");
+}
+
+#[tokio::test]
+async fn damaged_snapshots_are_refused() {
+    let src_dir = TempDir::new().expect("tempdir");
+    store_with_secrets(src_dir.path()).await;
+    let mut src = open_at(src_dir.path()).expect("open");
+    let snap = src.state_machine.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    let path = snap.snapshot.path().to_path_buf();
+    let good = std::fs::read(&path).expect("read snapshot");
+    assert!(good.len() > 200, "snapshot too small to damage meaningfully");
+
+    // An intact snapshot installs into a store with another key, and carries the state.
+    {
+        let dst_dir = TempDir::new().expect("tempdir");
+        let mut dst = open(dst_dir.path(), &kek(9), StoreOptions::default()).expect("open");
+        let cur = src.state_machine.get_current_snapshot().await.expect("current").expect("some");
+        dst.state_machine.install_snapshot(&cur.meta, cur.snapshot).await.expect("install intact snapshot");
+        assert_eq!(dst.reader.secrets().expect("read").len(), 3);
+        assert_eq!(dst.reader.secret_value("id3", 1).expect("read"), Some(SealedBytes(b"value-3".to_vec())));
+    }
+
+    let damage: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", good[..good.len() - 7].to_vec()),
+        ("truncated at a frame boundary", good[..good.len() - trailer_len(&good)].to_vec()),
+        ("flipped byte", {
+            let mut b = good.clone();
+            let i = b.len() / 2;
+            b[i] ^= 1;
+            b
+        }),
+        ("extended", {
+            let mut b = good.clone();
+            b.extend_from_slice(&[0, 0, 0, 1, 0]);
+            b
+        }),
+    ];
+    for (what, bytes) in damage {
+        std::fs::write(&path, &bytes).expect("write damaged snapshot");
+        let outcome = async {
+            let cur = src.state_machine.get_current_snapshot().await?.expect("some");
+            let dst_dir = TempDir::new().expect("tempdir");
+            let mut dst = open(dst_dir.path(), &kek(9), StoreOptions::default()).expect("open");
+            dst.state_machine.install_snapshot(&cur.meta, cur.snapshot).await?;
+            Ok::<_, StorageError<NodeId>>(dst.reader.secrets().expect("read").len())
+        }
+        .await;
+        assert!(outcome.is_err(), "{what} snapshot was accepted: {outcome:?}");
+    }
+}
+
+/// Length of the last frame (the trailer) of a snapshot file.
+fn trailer_len(file: &[u8]) -> usize {
+    let mut off = 12;
+    let mut last = 0;
+    while off + 4 <= file.len() {
+        let n = u32::from_be_bytes([file[off], file[off + 1], file[off + 2], file[off + 3]]) as usize;
+        last = 4 + n;
+        off += last;
+    }
+    last
+}
+
+// ---------------------------------------------------------------------------------------
+// plaintext canary
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Every form in which a value could leak: raw, hex (both cases), and base64 at each of
+/// the three alignments it can start at inside a longer encoded string.
+fn leak_forms(value: &[u8]) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    let mut forms = vec![value.to_vec()];
+    let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
+    forms.push(hex.clone().into_bytes());
+    forms.push(hex.to_uppercase().into_bytes());
+    for engine in [base64::engine::general_purpose::STANDARD, base64::engine::general_purpose::URL_SAFE] {
+        for pad in 0..3 {
+            let mut padded = vec![b'x'; pad];
+            padded.extend_from_slice(value);
+            let enc = engine.encode(&padded);
+            // Skip the characters that depend on the prefix, and the tail.
+            let start = (pad * 4).div_ceil(3) + 1;
+            forms.push(enc.as_bytes()[start..enc.len() - 4].to_vec());
+        }
+    }
+    forms
+}
+
+#[tokio::test]
+async fn no_file_holds_a_secret_value_in_plaintext() {
+    let canary = b"COFFER-CANARY-7f3e19a2c4b85d60-do-not-leak".to_vec();
+    let dir = TempDir::new().expect("tempdir");
+    {
+        let mut store = open_at(dir.path()).expect("open");
+        let mut entries = Vec::new();
+        for n in 1..=50u64 {
+            let mut value = canary.clone();
+            value.extend_from_slice(format!("-{n}").as_bytes());
+            entries.push(entry(n, create_secret(n, &value)));
+        }
+        entries.push(entry(51, Command::RotateSecret { id: "id1".into(), value: SealedBytes(canary.clone()), at: 9 }));
+        append(&mut store.log, entries.clone()).await;
+        store.state_machine.apply(entries).await.expect("apply");
+        store.log.save_vote(&openraft::Vote::new(1, 1)).await.expect("vote");
+        let snap = store.state_machine.get_snapshot_builder().await.build_snapshot().await.expect("snapshot");
+        assert_eq!(snap.meta.last_log_id, Some(log_id(1, 51)));
+        store.log.purge(log_id(1, 40)).await.expect("purge");
+        // Install the snapshot again, as a follower would: the install path writes too.
+        let cur = store.state_machine.get_current_snapshot().await.expect("current").expect("some");
+        store.state_machine.install_snapshot(&cur.meta, cur.snapshot).await.expect("install");
+    }
+    {
+        // Compact every column family so nothing lingers only in the WAL or memtables.
+        let db = raw_db(dir.path());
+        for cf in ["meta", "log", "raft", "sm_meta", "sm"] {
+            let h = db.cf_handle(cf).expect("cf");
+            db.flush_cf(h).expect("flush");
+            db.compact_range_cf(h, None::<&[u8]>, None::<&[u8]>);
+        }
+    }
+    let forms = leak_forms(&canary);
+    let files = files_under(dir.path());
+    assert!(files.iter().any(|f| f.extension().is_some_and(|x| x == "snap")), "no snapshot file was written");
+    assert!(files.iter().any(|f| f.extension().is_some_and(|x| x == "sst")), "no table file was written");
+    for f in &files {
+        let bytes = std::fs::read(f).expect("read file");
+        for form in &forms {
+            assert!(
+                !bytes.windows(form.len()).any(|w| w == form.as_slice()),
+                "{} holds the canary (form {:?})",
+                f.display(),
+                String::from_utf8_lossy(form)
+            );
+        }
+    }
+    // And the store still reads back what was written.
+    let store = open_at(dir.path()).expect("reopen");
+    assert_eq!(store.reader.secret_value("id1", 2).expect("read"), Some(SealedBytes(canary)));
+}

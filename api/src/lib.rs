@@ -1,0 +1,10 @@
+//! Coffer's wire contract: what crosses the HTTPS API, and nothing else.
+//!
+//! # Layout
+//!
+//! - [`error`]: the error envelope `{"error": {"code", "message"}}` and its stable codes.
+//!
+//! Boundary: no RocksDB, no openraft. Storage types are converted to these by hand in
+//! `node`; a change here is a change of the public API.
+
+pub mod error;

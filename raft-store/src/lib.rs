@@ -14,7 +14,7 @@
 //! - [`model`]: the records of DESIGN.md §3 and the [`Command`]s that change them.
 //!
 //! Boundary: no HTTP, no TLS, no networking. `node` owns those and drives this crate
-//! through openraft's traits, [`StateReader`] and [`StateMachine::receive_snapshot`].
+//! through openraft's traits, [`StateReader`] and [`SnapshotInbox`].
 
 mod apply;
 pub mod codec;
@@ -38,8 +38,10 @@ pub use error::StoreError;
 pub use log_store::LogStore;
 pub use model::{Command, Response};
 pub use reader::{StateReader, VerifyReport};
-pub use snapshot::{ChunkReader, SnapshotFile, SnapshotWriter, DEFAULT_CHUNK_BYTES, SNAPSHOT_FORMAT};
-pub use state_machine::{SnapshotBuilder, StateMachine};
+pub use snapshot::{
+    ChunkReader, Meta as SnapshotMeta, SnapshotFile, SnapshotWriter, DEFAULT_CHUNK_BYTES, SNAPSHOT_FORMAT,
+};
+pub use state_machine::{SnapshotBuilder, SnapshotInbox, StateMachine};
 
 /// A Raft node id. Managers and workers share one id space.
 pub type NodeId = u64;
@@ -92,6 +94,7 @@ pub struct Store {
     pub log: LogStore,
     pub state_machine: StateMachine,
     pub reader: StateReader,
+    pub snapshots: SnapshotInbox,
 }
 
 impl Store {
@@ -116,5 +119,10 @@ impl Store {
 pub fn open(dir: &Path, kek: &dyn seal::KeyEncryptionKey, options: StoreOptions) -> Result<Store, StoreError> {
     let db = db::Db::open(dir, kek)?;
     let state_machine = StateMachine::open(db.clone(), options.snapshot_chunk_bytes)?;
-    Ok(Store { log: LogStore::new(db.clone()), state_machine, reader: StateReader::new(db) })
+    Ok(Store {
+        log: LogStore::new(db.clone()),
+        state_machine,
+        reader: StateReader::new(db.clone()),
+        snapshots: SnapshotInbox::new(db, options.snapshot_chunk_bytes),
+    })
 }

@@ -56,6 +56,11 @@ impl StateReader {
         Ok(self.db.get_sealed::<Option<LogId<NodeId>>>(CF_SM_META, b"last_applied")?.flatten())
     }
 
+    /// The last log id this manager knows to be committed (as last saved by openraft).
+    pub fn committed(&self) -> Result<Option<LogId<NodeId>>, StoreError> {
+        Ok(self.db.get_sealed::<Option<LogId<NodeId>>>(crate::db::CF_RAFT, b"committed")?.flatten())
+    }
+
     pub fn membership(&self) -> Result<StoredMembership<NodeId, ManagerNode>, StoreError> {
         Ok(self.db.get_sealed(CF_SM_META, b"membership")?.unwrap_or_default())
     }

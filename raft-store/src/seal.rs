@@ -174,6 +174,18 @@ pub trait KeyEncryptionKey: Send + Sync + fmt::Debug {
     /// # Errors
     /// [`SealError::Unauthentic`] when this KEK did not wrap it (wrong key, wrong unlock key).
     fn unwrap(&self, wrapped: &[u8]) -> Result<KeyBytes, SealError>;
+
+    /// Seals a small file that lives beside the store (a node's TLS key), bound to `what`.
+    ///
+    /// # Errors
+    /// When the backend cannot seal.
+    fn seal_file(&self, what: &str, plaintext: &[u8]) -> Result<Vec<u8>, SealError>;
+
+    /// Opens what [`KeyEncryptionKey::seal_file`] sealed for the same `what`.
+    ///
+    /// # Errors
+    /// [`SealError::Unauthentic`] for another key, another `what`, or altered bytes.
+    fn open_file(&self, what: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError>;
 }
 
 /// A KEK held in memory: the key of a local key file, or one derived from an unlock key.
@@ -206,6 +218,14 @@ impl KeyEncryptionKey for LocalKek {
     fn unwrap(&self, wrapped: &[u8]) -> Result<KeyBytes, SealError> {
         let plain = self.sealer.open(&Self::aad(), wrapped)?;
         KeyBytes::from_slice(&plain).ok_or(SealError::Unauthentic)
+    }
+
+    fn seal_file(&self, what: &str, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+        self.sealer.seal(&Aad::new("file", what.as_bytes()), plaintext)
+    }
+
+    fn open_file(&self, what: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        self.sealer.open(&Aad::new("file", what.as_bytes()), sealed)
     }
 }
 

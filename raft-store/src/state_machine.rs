@@ -107,14 +107,28 @@ impl StateMachine {
         self.db.write(batch, false, "apply")?;
         Ok(replies)
     }
+}
 
-    /// Starts receiving a snapshot sent by another manager: push its plaintext chunks (from
-    /// the sender's [`SnapshotFile::chunks`], over mutual TLS), then `finish()` and hand the
-    /// file to `Raft::install_full_snapshot`.
+/// Receives snapshots sent by another manager. A separate handle because openraft owns the
+/// [`StateMachine`] once the node runs.
+#[derive(Debug, Clone)]
+pub struct SnapshotInbox {
+    db: Arc<Db>,
+    chunk_bytes: usize,
+}
+
+impl SnapshotInbox {
+    pub(crate) fn new(db: Arc<Db>, chunk_bytes: usize) -> Self {
+        Self { db, chunk_bytes }
+    }
+
+    /// Starts receiving a snapshot: push its plaintext chunks (from the sender's
+    /// [`SnapshotFile::chunks`], over mutual TLS), then `finish()` and hand the file to
+    /// `Raft::install_full_snapshot`. Blocking I/O.
     ///
     /// # Errors
     /// When the snapshot directory cannot be written.
-    pub fn receive_snapshot(&self, meta: Meta) -> Result<SnapshotWriter, StoreError> {
+    pub fn receive(&self, meta: Meta) -> Result<SnapshotWriter, StoreError> {
         SnapshotWriter::create(
             &self.db.snapshots_dir().join("incoming"),
             self.db.sealer.clone(),
@@ -258,7 +272,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     /// Coffer transfers snapshots with `full_snapshot` (feature `generic-snapshot-data`), so
     /// openraft never fills this handle itself: the receiver uses
-    /// [`StateMachine::receive_snapshot`]. What is returned is an empty, valid snapshot of
+    /// [`SnapshotInbox::receive`]. What is returned is an empty, valid snapshot of
     /// nothing, which a caller replaces before installing.
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError<NodeId>> {
         let meta = Meta { last_log_id: None, last_membership: Membership::default(), snapshot_id: "empty".into() };

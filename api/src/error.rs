@@ -21,6 +21,8 @@ pub enum ErrorCode {
     SecretInUse,
     /// The object changed meanwhile; read it again and retry.
     Conflict,
+    /// The cluster is not in a state that allows this (e.g. removing the last manager).
+    FailedPrecondition,
     /// The request body is over the limit.
     PayloadTooLarge,
     /// No leader is known right now; retry.
@@ -38,7 +40,9 @@ impl ErrorCode {
             ErrorCode::Unauthenticated => 401,
             ErrorCode::PermissionDenied => 403,
             ErrorCode::NotFound => 404,
-            ErrorCode::AlreadyExists | ErrorCode::SecretInUse | ErrorCode::Conflict => 409,
+            ErrorCode::AlreadyExists | ErrorCode::SecretInUse | ErrorCode::Conflict | ErrorCode::FailedPrecondition => {
+                409
+            }
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Unavailable | ErrorCode::Locked => 503,
             ErrorCode::Internal => 500,

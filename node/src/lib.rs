@@ -3,10 +3,33 @@
 //!
 //! # Layout
 //!
-//! - [`data_dir`]: where a manager keeps what (store, key file).
-//! - [`key_file`]: the key-encryption key of a manager without autolock.
-//! - [`store_check`]: `coffer store check`, an offline integrity check of a data dir.
+//! - [`manager`]: the composition root ([`manager::Manager::start`]) and the operations
+//!   handlers share: propose with forwarding, linearizable reads, leader-only operations.
+//! - [`bootstrap`]: `manager init` / `manager join`: data dir, keys, certificates, tokens.
+//! - [`leader_ops`], [`membership`]: what only the leader does (admit, renew, change voters).
+//! - [`raft_net`]: openraft's network over HTTPS with mutual TLS; snapshot streaming.
+//! - [`server`], [`routes`], [`auth`], [`api_error`]: the listener, endpoints, caller roles.
+//! - [`tls`], [`pki`], [`join_token`], [`renewal`]: certificates and trust.
+//! - [`client`], [`cli`], [`dev`]: the admin client, the command line, `coffer dev`.
+//! - [`config`], [`data_dir`], [`key_file`], [`store_check`]: configuration and on-disk layout.
 
+pub mod api_error;
+pub mod auth;
+pub mod bootstrap;
+pub mod cli;
+pub mod client;
+pub mod config;
 pub mod data_dir;
+pub mod dev;
+pub mod join_token;
 pub mod key_file;
+pub mod leader_ops;
+pub mod manager;
+pub mod membership;
+pub mod pki;
+pub mod raft_net;
+pub mod renewal;
+pub mod routes;
+pub mod server;
 pub mod store_check;
+pub mod tls;

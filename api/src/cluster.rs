@@ -1,0 +1,146 @@
+//! Cluster membership, join and status: the wire types of `coffer manager join`,
+//! `coffer node ...`, `coffer join-token ...` and `coffer cluster status`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The role a node joins as, or holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeRole {
+    Manager,
+    Worker,
+}
+
+/// `POST /v1/join`: sent by a node that holds a join token, with a CSR for a key it made
+/// itself. Accepted without a client certificate; the token is the credential.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub token: String,
+    pub role: NodeRole,
+    pub csr_pem: String,
+    /// `host:port` other nodes dial this node at (managers), or informational (workers).
+    pub advertise_addr: String,
+    pub hostname: String,
+}
+
+impl std::fmt::Debug for JoinRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinRequest")
+            .field("token", &"[redacted]")
+            .field("role", &self.role)
+            .field("advertise_addr", &self.advertise_addr)
+            .field("hostname", &self.hostname)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinResponse {
+    pub node_id: u64,
+    pub cluster_id: String,
+    pub cert_pem: String,
+    pub ca_pem: String,
+}
+
+/// `POST /v1/renew`: a node renews its certificate with its current one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewRequest {
+    pub csr_pem: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewResponse {
+    pub cert_pem: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Availability {
+    Active,
+    Drain,
+    Pause,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    Ready,
+    Down,
+}
+
+/// A manager's place in Raft membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RaftRole {
+    Leader,
+    Voter,
+    Learner,
+    /// A manager recorded in the cluster but not (or no longer) in Raft membership.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: u64,
+    pub role: NodeRole,
+    pub hostname: String,
+    pub addr: String,
+    pub availability: Availability,
+    pub status: NodeStatus,
+    pub raft: RaftRole,
+    pub labels: BTreeMap<String, String>,
+    pub cert_serial: String,
+    pub removed: bool,
+    pub joined_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeList {
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// `PATCH /v1/nodes/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeUpdate {
+    pub availability: Option<Availability>,
+}
+
+/// `POST /v1/join-tokens/{role}/rotate`: the new token, shown this once.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenResponse {
+    pub role: NodeRole,
+    pub token: String,
+}
+
+impl std::fmt::Debug for JoinTokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinTokenResponse").field("role", &self.role).field("token", &"[redacted]").finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: u64,
+    pub addr: String,
+    pub voter: bool,
+    /// Last log index the leader knows this member has (leader's view; `None` elsewhere).
+    pub matched_index: Option<u64>,
+    pub reachable: Option<bool>,
+}
+
+/// `GET /v1/cluster/status`, answered by the manager asked (each reports its own view).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub cluster_id: String,
+    pub node_id: u64,
+    pub leader_id: Option<u64>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub committed_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub members: Vec<MemberStatus>,
+    /// `true` when a leader is known and this manager has applied what it knows committed.
+    pub healthy: bool,
+}

@@ -1,0 +1,275 @@
+//! The HTTP surface of a manager: Raft RPC and forwarding (managers only), join and CA
+//! (no certificate: the token is the credential), renewal (nodes), the admin API (admin
+//! certificates), and health. Every handler names the caller role it needs in its
+//! signature ([`crate::auth`]).
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use coffer_api::cluster::{
+    ClusterStatus, JoinRequest, JoinResponse, JoinTokenResponse, NodeInfo, NodeList, NodeRole as WireRole, NodeUpdate,
+    RaftRole, RenewRequest, RenewResponse,
+};
+use coffer_raft_store::model::{self, Command, NodeRecord};
+use coffer_raft_store::NodeId;
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::api_error::ApiError;
+use crate::auth::{AdminCaller, ManagerCaller, NodeCaller};
+use crate::leader_ops::{LeaderOp, OpResult};
+use crate::manager::Manager;
+
+use crate::raft_net::receive_snapshot;
+
+type S = State<Arc<Manager>>;
+
+pub fn router(m: Arc<Manager>) -> Router {
+    let limit = m.config.max_body_bytes;
+    let raft = Router::new()
+        .route("/raft/append", post(append))
+        .route("/raft/vote", post(vote))
+        .route("/raft/propose", post(propose))
+        .route("/raft/read-index", post(read_index))
+        .route("/raft/applied", post(applied))
+        .route("/raft/op", post(op))
+        // Raft batches can exceed the API's body limit.
+        .layer(DefaultBodyLimit::max(64 << 20))
+        .route("/raft/snapshot", post(snapshot));
+    let api = Router::new()
+        .route("/v1/ca", get(ca))
+        .route("/v1/join", post(join))
+        .route("/v1/renew", post(renew))
+        .route("/v1/cluster/status", get(status))
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes/{id}", get(inspect_node).patch(update_node).delete(remove_node))
+        .route("/v1/nodes/{id}/promote", post(promote))
+        .route("/v1/nodes/{id}/demote", post(demote))
+        .route("/v1/join-tokens/{role}", get(show_token))
+        .route("/v1/join-tokens/{role}/rotate", post(rotate_token))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .layer(DefaultBodyLimit::max(limit));
+    raft.merge(api).fallback(|| async { ApiError::not_found("no such endpoint") }).with_state(m)
+}
+
+// ---------------------------------------------------------------------------------------
+// Raft RPC: postcard bodies, manager certificates only.
+
+fn postcard_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    postcard::from_bytes(body).map_err(|e| ApiError::invalid(format!("malformed rpc body: {e}")))
+}
+
+fn postcard_reply<T: Serialize>(value: &T) -> Response {
+    match postcard::to_allocvec(value) {
+        Ok(bytes) => ([("content-type", "application/octet-stream")], bytes).into_response(),
+        Err(e) => ApiError::internal("encoding an rpc reply", e).into_response(),
+    }
+}
+
+async fn append(State(m): S, _c: ManagerCaller, body: Bytes) -> Result<Response, ApiError> {
+    let req: AppendEntriesRequest<coffer_raft_store::TypeConfig> = postcard_body(&body)?;
+    Ok(postcard_reply(&m.raft.append_entries(req).await))
+}
+
+async fn vote(State(m): S, _c: ManagerCaller, body: Bytes) -> Result<Response, ApiError> {
+    let req: VoteRequest<NodeId> = postcard_body(&body)?;
+    Ok(postcard_reply(&m.raft.vote(req).await))
+}
+
+async fn snapshot(State(m): S, _c: ManagerCaller, body: Body) -> Result<Response, ApiError> {
+    let (vote, snap) = receive_snapshot(&m.inbox, body).await.map_err(ApiError::invalid)?;
+    Ok(postcard_reply(&m.raft.install_full_snapshot(vote, snap).await))
+}
+
+/// A write forwarded by a follower; the follower authenticated and authorized the caller.
+async fn propose(State(m): S, _c: ManagerCaller, body: Bytes) -> Result<Response, ApiError> {
+    let cmd: Command = postcard_body(&body)?;
+    if !m.is_leader() {
+        return Err(ApiError::unavailable("not the leader"));
+    }
+    match m.raft.client_write(cmd).await {
+        Ok(r) => Ok(postcard_reply(&r.data)),
+        Err(e) => Err(ApiError::unavailable(format!("write not committed: {e}"))),
+    }
+}
+
+/// The leader's read index, for a follower's linearizable read.
+async fn read_index(State(m): S, _c: ManagerCaller) -> Response {
+    let r: Result<Option<u64>, String> =
+        m.raft.ensure_linearizable().await.map(|l| l.map(|l| l.index)).map_err(|e| e.to_string());
+    postcard_reply(&r)
+}
+
+/// The index this manager has applied (the leader waits on it after a removal).
+async fn applied(State(m): S, _c: ManagerCaller) -> Response {
+    postcard_reply(&m.raft.metrics().borrow().last_applied.map(|l| l.index))
+}
+
+async fn op(State(m): S, _c: ManagerCaller, Json(op): Json<LeaderOp>) -> Result<Json<OpResult>, ApiError> {
+    if !m.is_leader() {
+        return Err(ApiError::unavailable("not the leader"));
+    }
+    crate::leader_ops::execute(&m, op).await.map(Json)
+}
+
+// ---------------------------------------------------------------------------------------
+// Join, CA, renewal.
+
+async fn ca(State(m): S) -> Result<String, ApiError> {
+    std::fs::read_to_string(m.data_dir.ca_cert()).map_err(|e| ApiError::internal("reading the CA certificate", e))
+}
+
+async fn join(State(m): S, Json(req): Json<JoinRequest>) -> Result<Json<JoinResponse>, ApiError> {
+    match m.leader_op(LeaderOp::Join(req)).await? {
+        OpResult::Joined(r) => Ok(Json(r)),
+        _ => Err(ApiError::internal("joining", "unexpected reply")),
+    }
+}
+
+async fn renew(
+    State(m): S,
+    caller: NodeCaller,
+    Json(req): Json<RenewRequest>,
+) -> Result<Json<RenewResponse>, ApiError> {
+    let op = LeaderOp::Renew { node_id: caller.node_id, role: caller.role, csr_pem: req.csr_pem };
+    match m.leader_op(op).await? {
+        OpResult::Renewed(r) => Ok(Json(r)),
+        _ => Err(ApiError::internal("renewing", "unexpected reply")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Admin API.
+
+async fn status(State(m): S, _a: AdminCaller) -> Result<Json<ClusterStatus>, ApiError> {
+    m.status().map(Json)
+}
+
+fn node_info(m: &Manager, rec: NodeRecord) -> NodeInfo {
+    let metrics = m.raft.metrics().borrow().clone();
+    let membership = metrics.membership_config.membership();
+    let raft = if rec.role != model::NodeRole::Manager {
+        RaftRole::None
+    } else if metrics.current_leader == Some(rec.id) {
+        RaftRole::Leader
+    } else if membership.voter_ids().any(|v| v == rec.id) {
+        RaftRole::Voter
+    } else if membership.get_node(&rec.id).is_some() {
+        RaftRole::Learner
+    } else {
+        RaftRole::None
+    };
+    NodeInfo {
+        id: rec.id,
+        role: match rec.role {
+            model::NodeRole::Manager => WireRole::Manager,
+            model::NodeRole::Worker => WireRole::Worker,
+        },
+        hostname: rec.hostname,
+        addr: rec.addr,
+        availability: match rec.availability {
+            model::Availability::Active => coffer_api::cluster::Availability::Active,
+            model::Availability::Drain => coffer_api::cluster::Availability::Drain,
+            model::Availability::Pause => coffer_api::cluster::Availability::Pause,
+        },
+        status: match rec.status {
+            model::NodeStatus::Ready => coffer_api::cluster::NodeStatus::Ready,
+            model::NodeStatus::Down => coffer_api::cluster::NodeStatus::Down,
+        },
+        raft,
+        labels: rec.labels,
+        cert_serial: rec.cert_serial,
+        removed: rec.removed,
+        joined_at_ms: rec.joined_at,
+    }
+}
+
+async fn list_nodes(State(m): S, _a: AdminCaller) -> Result<Json<NodeList>, ApiError> {
+    m.linearizable().await?;
+    let nodes = m.reader.nodes()?.into_iter().filter(|n| !n.removed).map(|n| node_info(&m, n)).collect();
+    Ok(Json(NodeList { nodes }))
+}
+
+fn parse_id(id: &str) -> Result<u64, ApiError> {
+    id.parse().map_err(|_| ApiError::invalid(format!("node id {id:?} is not a number")))
+}
+
+async fn inspect_node(State(m): S, _a: AdminCaller, Path(id): Path<String>) -> Result<Json<NodeInfo>, ApiError> {
+    let id = parse_id(&id)?;
+    m.linearizable().await?;
+    let rec = m.reader.node(id)?.ok_or_else(|| ApiError::not_found(format!("no node {id}")))?;
+    Ok(Json(node_info(&m, rec)))
+}
+
+async fn simple_op(m: &Arc<Manager>, op: LeaderOp) -> Result<StatusCode, ApiError> {
+    m.leader_op(op).await.map(|_| StatusCode::NO_CONTENT)
+}
+
+async fn update_node(
+    State(m): S,
+    _a: AdminCaller,
+    Path(id): Path<String>,
+    Json(u): Json<NodeUpdate>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    let availability = u.availability.ok_or_else(|| ApiError::invalid("nothing to update: give availability"))?;
+    simple_op(&m, LeaderOp::SetAvailability { node_id: id, availability }).await
+}
+
+async fn remove_node(State(m): S, _a: AdminCaller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    simple_op(&m, LeaderOp::Remove(parse_id(&id)?)).await
+}
+
+async fn promote(State(m): S, _a: AdminCaller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    simple_op(&m, LeaderOp::Promote(parse_id(&id)?)).await
+}
+
+async fn demote(State(m): S, _a: AdminCaller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    simple_op(&m, LeaderOp::Demote(parse_id(&id)?)).await
+}
+
+fn parse_role(role: &str) -> Result<WireRole, ApiError> {
+    match role {
+        "worker" => Ok(WireRole::Worker),
+        "manager" => Ok(WireRole::Manager),
+        other => Err(ApiError::invalid(format!("role {other:?}: expected worker or manager"))),
+    }
+}
+
+/// Tokens are stored only as hashes, so the current one cannot be shown again.
+async fn show_token(_s: S, _a: AdminCaller, Path(role): Path<String>) -> Result<Json<JoinTokenResponse>, ApiError> {
+    let role = parse_role(&role)?;
+    Err(ApiError::precondition(format!(
+        "the {} join token was shown once and only its hash is kept; rotate it to get a new one \
+         (joined nodes are unaffected): coffer join-token {} --rotate",
+        if role == WireRole::Worker { "worker" } else { "manager" },
+        if role == WireRole::Worker { "worker" } else { "manager" }
+    )))
+}
+
+async fn rotate_token(
+    State(m): S,
+    _a: AdminCaller,
+    Path(role): Path<String>,
+) -> Result<Json<JoinTokenResponse>, ApiError> {
+    match m.leader_op(LeaderOp::RotateToken(parse_role(&role)?)).await? {
+        OpResult::Token(t) => Ok(Json(t)),
+        _ => Err(ApiError::internal("rotating the token", "unexpected reply")),
+    }
+}
+
+async fn readyz(State(m): S) -> Result<&'static str, ApiError> {
+    let s = m.status()?;
+    if s.healthy {
+        Ok("ready")
+    } else {
+        Err(ApiError::unavailable("no leader known, or committed entries not yet applied"))
+    }
+}

@@ -1,1 +1,237 @@
-//! Integration tests live in `tests/`.
+//! The cluster harness: real `coffer` manager processes on 127.0.0.1 with port 0, in
+//! temporary data dirs, talking mutual TLS; and waiting for conditions with deadlines.
+//!
+//! Processes (not tasks) so that a test can SIGKILL or SIGSTOP a manager the way an
+//! operator's machine would fail. Each manager's stderr goes to `<dir>.log` for post-mortems.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use coffer_node::client::AdminClient;
+
+/// Generous, for a busy two-core machine.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Waits until `f` returns `Some`, polling, or fails after `within`.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Tokens a `manager init` printed.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub worker: String,
+    pub manager: String,
+}
+
+/// One manager process.
+#[derive(Debug)]
+pub struct ManagerProc {
+    child: Child,
+    pub dir: PathBuf,
+    pub addr: String,
+    pub id: u64,
+    lines: mpsc::Receiver<String>,
+}
+
+impl ManagerProc {
+    fn spawn(bin: &Path, dir: &Path, args: &[&str]) -> anyhow::Result<(Self, Vec<String>)> {
+        let log = std::fs::File::create(dir.with_extension("log")).context("create log file")?;
+        let mut child = Command::new(bin)
+            .args(args)
+            .env("COFFER_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + DEADLINE;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("coffer: manager ") {
+                        let (id, addr) = rest.split_once(" serving on ").context("serving line")?;
+                        let p =
+                            Self { child, dir: dir.to_path_buf(), addr: addr.to_string(), id: id.parse()?, lines: rx };
+                        return Ok((p, seen));
+                    }
+                    seen.push(line);
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let log = std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default();
+                    bail!("manager in {} did not start; printed {seen:?}; log:\n{log}", dir.display());
+                }
+            }
+        }
+    }
+
+    /// `coffer manager init` on 127.0.0.1:0.
+    pub fn init(bin: &Path, dir: &Path, extra: &[&str]) -> anyhow::Result<(Self, Tokens)> {
+        let d = dir.to_str().context("utf-8 path")?;
+        let mut args = vec!["manager", "init", "--data-dir", d, "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let (p, lines) = Self::spawn(bin, dir, &args)?;
+        let find = |prefix: &str| {
+            lines.iter().find_map(|l| l.trim().strip_prefix(prefix).map(|t| t.trim().to_string())).context("token line")
+        };
+        let tokens = Tokens { worker: find("worker:")?, manager: find("manager:")? };
+        Ok((p, tokens))
+    }
+
+    /// `coffer manager join` on 127.0.0.1:0.
+    pub fn join(bin: &Path, dir: &Path, token: &str, join: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let d = dir.to_str().context("utf-8 path")?;
+        let mut args =
+            vec!["manager", "join", "--data-dir", d, "--listen", "127.0.0.1:0", "--token", token, "--join", join];
+        args.extend_from_slice(extra);
+        Self::spawn(bin, dir, &args).map(|(p, _)| p)
+    }
+
+    /// `coffer manager run`: restart from the data dir.
+    pub fn restart(bin: &Path, dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let d = dir.to_str().context("utf-8 path")?;
+        let mut args = vec!["manager", "run", "--data-dir", d];
+        args.extend_from_slice(extra);
+        Self::spawn(bin, dir, &args).map(|(p, _)| p)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        send_signal(self.child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!("manager {} did not stop on SIGTERM", self.id);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The manager's log so far (stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
+    }
+
+    /// Lines printed on stdout since start-up.
+    pub fn drain_stdout(&self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+}
+
+/// Sends `sig` to `pid` with kill(1): the workspace forbids `unsafe`, so no libc::kill.
+pub fn send_signal(pid: u32, sig: i32) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+impl Drop for ManagerProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A cluster of manager processes under one temporary directory.
+#[derive(Debug)]
+pub struct Cluster {
+    pub bin: PathBuf,
+    pub root: tempfile::TempDir,
+    pub managers: Vec<ManagerProc>,
+    pub tokens: Tokens,
+    pub extra: Vec<String>,
+}
+
+impl Cluster {
+    /// `init` plus `n - 1` joins; returns once all `n` managers vote.
+    pub async fn start(bin: &Path, n: usize, extra: &[&str]) -> anyhow::Result<Self> {
+        let root = tempfile::Builder::new().prefix("coffer-it-").tempdir()?;
+        let (first, tokens) = ManagerProc::init(bin, &root.path().join("m1"), extra)?;
+        let join = first.addr.clone();
+        let mut c = Self {
+            bin: bin.to_path_buf(),
+            root,
+            managers: vec![first],
+            tokens,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for i in 2..=n {
+            let dir = c.root.path().join(format!("m{i}"));
+            c.managers.push(ManagerProc::join(bin, &dir, &c.tokens.manager, &join, extra)?);
+        }
+        c.wait_voters(n).await?;
+        Ok(c)
+    }
+
+    pub fn client_dir(&self) -> PathBuf {
+        self.root.path().join("m1").join("client")
+    }
+
+    /// An admin client for manager `i` (0-based).
+    pub fn admin(&self, i: usize) -> AdminClient {
+        AdminClient::from_dir(&self.client_dir(), &self.managers[i].addr).expect("admin bundle")
+    }
+
+    pub fn index_of(&self, id: u64) -> Option<usize> {
+        self.managers.iter().position(|m| m.id == id)
+    }
+
+    /// Waits until manager 0 (or any live one) reports `n` voters and a leader.
+    pub async fn wait_voters(&self, n: usize) -> anyhow::Result<u64> {
+        let admin = self.admin(0);
+        eventually("all managers to vote", DEADLINE, || async {
+            let s = admin.status().await.ok()?;
+            (s.members.iter().filter(|m| m.voter).count() == n && s.healthy).then_some(s.leader_id).flatten()
+        })
+        .await
+    }
+
+    /// The leader as manager `i` sees it, once one is known.
+    pub async fn leader_seen_by(&self, i: usize) -> anyhow::Result<u64> {
+        let admin = self.admin(i);
+        eventually("a leader", DEADLINE, || async { admin.status().await.ok().and_then(|s| s.leader_id) }).await
+    }
+
+    pub fn extra_args(&self) -> Vec<&str> {
+        self.extra.iter().map(String::as_str).collect()
+    }
+}

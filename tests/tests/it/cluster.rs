@@ -1,0 +1,202 @@
+//! A cluster forms, replicates, survives the loss of its leader, catches a lagging manager
+//! up by snapshot, changes membership, renews certificates, and runs as `coffer dev`.
+
+use std::time::Duration;
+
+use coffer_api::cluster::{Availability, RaftRole};
+use coffer_api::error::ErrorCode;
+use coffer_tests::{eventually, send_signal, Cluster, ManagerProc, DEADLINE};
+
+use crate::bin;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_managers_form_and_a_write_through_a_follower_is_everywhere() {
+    let c = Cluster::start(bin(), 3, &[]).await.expect("cluster");
+    let leader = c.leader_seen_by(0).await.expect("leader");
+    let follower = (0..3).find(|&i| c.managers[i].id != leader).expect("a follower");
+    let target = c.managers[(follower + 1) % 3].id;
+
+    c.admin(follower).set_availability(target, Availability::Drain).await.expect("write through a follower");
+
+    for i in 0..3 {
+        let n = c.admin(i).node(target).await.expect("read");
+        assert_eq!(n.availability, Availability::Drain, "manager {i} does not see the write");
+    }
+    let nodes = c.admin(0).nodes().await.expect("ls");
+    assert_eq!(nodes.len(), 3);
+    assert_eq!(nodes.iter().filter(|n| n.raft == RaftRole::Leader).count(), 1);
+    let status = c.admin(follower).status().await.expect("status");
+    assert_eq!(status.leader_id, Some(leader));
+    assert!(status.healthy);
+    assert_eq!(status.members.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_leader_elects_another_and_the_restarted_manager_catches_up() {
+    let mut c = Cluster::start(bin(), 3, &[]).await.expect("cluster");
+    let old = c.leader_seen_by(0).await.expect("leader");
+    let dead = c.index_of(old).expect("leader index");
+    c.managers[dead].kill();
+    let alive = (dead + 1) % 3;
+
+    let admin = c.admin(alive);
+    let new = eventually("a new leader", DEADLINE, || async {
+        admin.status().await.ok().and_then(|s| s.leader_id).filter(|&l| l != old)
+    })
+    .await
+    .expect("new leader");
+    assert_ne!(new, old);
+    let target = c.managers[alive].id;
+    eventually("a committed write without the old leader", DEADLINE, || async {
+        admin.set_availability(target, Availability::Pause).await.ok()
+    })
+    .await
+    .expect("write");
+
+    let dir = c.managers[dead].dir.clone();
+    let extra = c.extra_args().into_iter().map(String::from).collect::<Vec<_>>();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    c.managers[dead] = ManagerProc::restart(bin(), &dir, &extra).expect("restart with manager run");
+    let restarted = c.admin(dead);
+    let seen = eventually("the restarted manager to catch up", DEADLINE, || async {
+        restarted.node(target).await.ok().filter(|n| n.availability == Availability::Pause)
+    })
+    .await
+    .expect("caught up");
+    assert_eq!(seen.id, target);
+    let s = restarted.status().await.expect("status");
+    assert_eq!(s.leader_id, Some(new), "the restarted manager follows the new leader");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_that_missed_purged_entries_catches_up_by_snapshot() {
+    let tuning = ["--snapshot-every", "20", "--keep-after-snapshot", "0"];
+    let mut c = Cluster::start(bin(), 3, &tuning).await.expect("cluster");
+    let leader = c.leader_seen_by(0).await.expect("leader");
+    let lagging = (0..3).find(|&i| c.managers[i].id != leader).expect("a follower");
+    c.managers[lagging].kill();
+
+    let live = (0..3).find(|&i| i != lagging).expect("live manager");
+    let admin = c.admin(live);
+    let target = c.managers[live].id;
+    for n in 0..60 {
+        let a = if n % 2 == 0 { Availability::Drain } else { Availability::Active };
+        admin.set_availability(target, a).await.expect("write");
+    }
+    admin.set_availability(target, Availability::Pause).await.expect("last write");
+
+    let dir = c.managers[lagging].dir.clone();
+    c.managers[lagging] = ManagerProc::restart(bin(), &dir, &tuning).expect("restart");
+    let restarted = c.admin(lagging);
+    eventually("the lagging manager to catch up", DEADLINE, || async {
+        restarted.node(target).await.ok().filter(|n| n.availability == Availability::Pause)
+    })
+    .await
+    .expect("caught up");
+    assert!(
+        c.managers[lagging].log().contains("installed snapshot"),
+        "the lagging manager caught up without a snapshot install:\n{}",
+        c.managers[lagging].log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managers_are_demoted_promoted_and_the_last_one_is_kept() {
+    let c = Cluster::start(bin(), 3, &[]).await.expect("cluster");
+    let admin = c.admin(0);
+    let leader = c.leader_seen_by(0).await.expect("leader");
+    let other = c.managers.iter().map(|m| m.id).find(|&id| id != leader).expect("other");
+
+    admin.demote(other).await.expect("demote");
+    assert_eq!(admin.node(other).await.expect("node").raft, RaftRole::Learner);
+    assert_eq!(admin.status().await.expect("status").members.iter().filter(|m| m.voter).count(), 2);
+    admin.promote(other).await.expect("promote");
+    assert_eq!(admin.node(other).await.expect("node").raft, RaftRole::Voter);
+
+    // A one-manager cluster refuses to lose its last voter, and changes nothing.
+    let single = Cluster::start(bin(), 1, &[]).await.expect("single");
+    let a = single.admin(0);
+    let id = single.managers[0].id;
+    for r in [a.demote(id).await, a.remove(id).await] {
+        assert_eq!(r.expect_err("refused").code(), Some(ErrorCode::FailedPrecondition));
+    }
+    let n = a.node(id).await.expect("still there");
+    assert_eq!(n.raft, RaftRole::Leader);
+    assert!(!n.removed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_renew_before_they_expire() {
+    // 10-second certificates renew between 5 and 8 seconds.
+    let issued = tokio::time::Instant::now();
+    let c = Cluster::start(bin(), 2, &["--cert-validity-secs", "10"]).await.expect("cluster");
+    let admin = c.admin(0);
+    let before: Vec<(u64, String)> =
+        admin.nodes().await.expect("ls").into_iter().map(|n| (n.id, n.cert_serial)).collect();
+    eventually("every manager to renew", DEADLINE, || async {
+        let now = admin.nodes().await.ok()?;
+        now.iter().all(|n| before.iter().any(|(id, serial)| *id == n.id && *serial != n.cert_serial)).then_some(())
+    })
+    .await
+    .expect("renewed");
+    // Not synchronisation: the wall clock must pass the first certificates' expiry (they
+    // were issued after `issued`, valid 10 s) to show the cluster runs on the new ones.
+    tokio::time::sleep_until(
+        issued + Duration::from_secs(11) + (tokio::time::Instant::now() - issued).min(Duration::from_secs(20)),
+    )
+    .await;
+    let target = c.managers[1].id;
+    eventually("a write after the old certificates expired", DEADLINE, || async {
+        c.admin(1).set_availability(target, Availability::Drain).await.ok()
+    })
+    .await
+    .expect("write");
+    assert!(c.admin(1).status().await.expect("status").healthy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coffer_dev_runs_a_cluster_and_stops_on_ctrl_c() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::TempDir::new().expect("tempdir");
+    let mut child = std::process::Command::new(bin())
+        .args(["dev", "--dir"])
+        .arg(dir.path())
+        .env("COFFER_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn coffer dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let mut addr = None;
+    loop {
+        let line = rx.recv_timeout(DEADLINE).expect("coffer dev printed its instructions");
+        if let Some(rest) = line.trim().strip_prefix("export COFFER_ADDR=") {
+            addr = rest.split_whitespace().next().map(str::to_string);
+        }
+        if line.contains("Ctrl-C stops") {
+            break;
+        }
+    }
+    let addr = addr.expect("export line");
+    let admin =
+        coffer_node::client::AdminClient::from_dir(&dir.path().join("manager-1/client"), &addr).expect("bundle");
+    let nodes = admin.nodes().await.expect("node ls against coffer dev");
+    assert_eq!(nodes.len(), 3);
+
+    send_signal(child.id(), libc::SIGINT);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "coffer dev did not stop on Ctrl-C");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "coffer dev exited with {status}");
+}

@@ -1,0 +1,11 @@
+//! Integration tests: real `coffer` manager processes on 127.0.0.1, port 0, temporary data
+//! dirs, mutual TLS. One test binary (link once, run everything under nextest).
+
+mod cluster;
+mod security;
+
+use std::path::Path;
+
+pub fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_coffer-under-test"))
+}

@@ -1,0 +1,193 @@
+//! Refusals (DESIGN.md §5): each with a clear error, and nothing changed.
+
+use coffer_api::cluster::{JoinRequest, JoinResponse, NodeRole};
+use coffer_api::error::ErrorCode;
+use coffer_node::client::{AdminClient, ClientError};
+use coffer_node::data_dir::DataDir;
+use coffer_node::pki::NodeKey;
+use coffer_node::tls::{self, NodeCert};
+use coffer_tests::{Cluster, ManagerProc};
+
+use crate::bin;
+
+fn ca_pem(c: &Cluster) -> String {
+    std::fs::read_to_string(c.client_dir().join("ca.pem")).expect("ca.pem")
+}
+
+/// Joins through the HTTP API directly (as a joiner would after checking the CA).
+async fn join_raw(c: &Cluster, token: &str, role: NodeRole) -> Result<(JoinResponse, NodeKey), ClientError> {
+    let key = NodeKey::generate().expect("key");
+    let req = JoinRequest {
+        token: token.to_string(),
+        role,
+        csr_pem: key.csr_pem(&["127.0.0.1".into()]).expect("csr"),
+        advertise_addr: "127.0.0.1:1".into(),
+        hostname: "intruder".into(),
+    };
+    let anon = AdminClient::with_tls(&ca_pem(c), None, &c.managers[0].addr).expect("client");
+    anon.post::<_, JoinResponse>("/v1/join", &req).await.map(|r| (r, key))
+}
+
+/// A client presenting `cert_pem`/`key_pem`, trusting `c`'s CA.
+fn client_with(c: &Cluster, i: usize, cert_pem: &str, key_pem: &str) -> AdminClient {
+    let cert = NodeCert::new(tls::certified_key(cert_pem, key_pem).expect("cert"));
+    AdminClient::with_tls(&ca_pem(c), Some(cert), &c.managers[i].addr).expect("client")
+}
+
+fn code(r: Result<serde_json::Value, ClientError>) -> ErrorCode {
+    match r {
+        Err(ClientError::Api { code, .. }) => code,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+fn joiner_dir(root: &std::path::Path, name: &str) -> std::path::PathBuf {
+    root.join(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_with_bad_tokens_are_refused_and_change_nothing() {
+    let c = Cluster::start(bin(), 1, &[]).await.expect("cluster");
+    let other = Cluster::start(bin(), 1, &[]).await.expect("another cluster");
+    let admin = c.admin(0);
+    let before = admin.nodes().await.expect("ls").len();
+
+    // A well-formed token with this cluster's CA digest but a wrong secret.
+    let mut wrong = c.tokens.manager.clone();
+    let last = wrong.pop().expect("char");
+    wrong.push(if last == 'A' { 'B' } else { 'A' });
+    let e = join_raw(&c, &wrong, NodeRole::Manager).await.expect_err("wrong token");
+    assert_eq!(e.code(), Some(ErrorCode::Unauthenticated), "{e}");
+
+    // Another cluster's token, sent straight to the API: refused by the server.
+    let e = join_raw(&c, &other.tokens.manager, NodeRole::Manager).await.expect_err("foreign token");
+    assert_eq!(e.code(), Some(ErrorCode::Unauthenticated));
+    assert!(e.to_string().contains("another cluster"), "{e}");
+
+    // A worker token used to join as a manager.
+    let e = join_raw(&c, &c.tokens.worker, NodeRole::Manager).await.expect_err("worker token as manager");
+    assert_eq!(e.code(), Some(ErrorCode::PermissionDenied));
+    assert!(e.to_string().contains("manager token"), "{e}");
+
+    // A rotated token.
+    let fresh = admin.rotate_token(NodeRole::Manager).await.expect("rotate");
+    assert_ne!(fresh.token, c.tokens.manager);
+    let e = join_raw(&c, &c.tokens.manager, NodeRole::Manager).await.expect_err("rotated token");
+    assert_eq!(e.code(), Some(ErrorCode::Unauthenticated));
+    assert!(e.to_string().contains("rotated"), "{e}");
+    // Rotation invalidates only new joins: the manager's own certificate still works.
+    assert!(admin.status().await.expect("status").healthy);
+
+    // Malformed input gets a clear error too.
+    let e = join_raw(&c, "COFFER-1-nonsense", NodeRole::Manager).await.expect_err("malformed");
+    assert_eq!(e.code(), Some(ErrorCode::Unauthenticated));
+
+    assert_eq!(admin.nodes().await.expect("ls").len(), before, "a refused join changed the cluster");
+
+    // The same through the CLI: a process that exits non-zero and leaves no node behind.
+    let dir = joiner_dir(c.root.path(), "refused");
+    let r = ManagerProc::join(bin(), &dir, &c.tokens.manager, &c.managers[0].addr, &[]);
+    assert!(r.is_err(), "joined with a rotated token");
+    assert!(!dir.join("node.json").exists(), "a refused joiner wrote an identity");
+    // And the new token works.
+    let joined =
+        ManagerProc::join(bin(), &joiner_dir(c.root.path(), "accepted"), &fresh.token, &c.managers[0].addr, &[])
+            .expect("join with the fresh token");
+    assert!(joined.id != 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_facing_a_ca_that_does_not_match_its_token_sends_nothing() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let c = Cluster::start(bin(), 1, &[]).await.expect("cluster");
+    let impostor = Cluster::start(bin(), 1, &[]).await.expect("impostor's CA");
+
+    // A listener that serves the impostor's CA and counts every other request it gets.
+    let impostor_dir = DataDir::new(&impostor.managers[0].dir);
+    let kek = coffer_node::key_file::load(&impostor_dir.key_file()).expect("kek");
+    let creds = coffer_node::bootstrap::load_credentials(&impostor_dir, &kek).expect("creds");
+    let cert = NodeCert::new(tls::certified_key(&creds.cert_pem, creds.key_pem.expose()).expect("cert"));
+    let server_tls = tls::server_config(&creds.ca_pem, cert).expect("server tls");
+    let others = Arc::new(AtomicUsize::new(0));
+    let counted = others.clone();
+    let ca_text = creds.ca_pem.clone();
+    let app = axum::Router::new().route("/v1/ca", axum::routing::get(move || async move { ca_text })).fallback(
+        move || async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            "nothing"
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let stop = tokio_util_cancel();
+    let serving = tokio::spawn(coffer_node::server::serve(listener, server_tls, app, 16, stop.clone()));
+
+    let dir = joiner_dir(c.root.path(), "fooled");
+    let err = ManagerProc::join(bin(), &dir, &c.tokens.manager, &addr, &[]).expect_err("join must refuse");
+    assert!(err.to_string().contains("does not match the join token"), "{err}");
+    assert_eq!(others.load(Ordering::SeqCst), 0, "the joiner sent something past the CA check");
+    assert!(!dir.join("node.json").exists());
+    stop.cancel();
+    let _ = serving.await;
+}
+
+fn tokio_util_cancel() -> tokio_util::sync::CancellationToken {
+    tokio_util::sync::CancellationToken::new()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_endpoint_refuses_callers_without_its_role() {
+    let c = Cluster::start(bin(), 3, &[]).await.expect("cluster");
+    let foreign = Cluster::start(bin(), 1, &[]).await.expect("foreign cluster");
+    let admin = c.admin(0);
+    let vote = serde_json::json!({});
+
+    // No certificate: unauthenticated, on the admin API and on Raft RPC.
+    let anon = AdminClient::with_tls(&ca_pem(&c), None, &c.managers[0].addr).expect("client");
+    assert_eq!(code(anon.get("/v1/nodes").await), ErrorCode::Unauthenticated);
+    assert_eq!(code(anon.post("/raft/vote", &vote).await), ErrorCode::Unauthenticated);
+
+    // A worker certificate: not an admin, not a manager.
+    let (worker, worker_key) = join_raw(&c, &c.tokens.worker, NodeRole::Worker).await.expect("worker joins");
+    let w = client_with(&c, 1, &worker.cert_pem, worker_key.key_pem().expose());
+    assert_eq!(code(w.post("/raft/vote", &vote).await), ErrorCode::PermissionDenied);
+    assert_eq!(code(w.post("/raft/append", &vote).await), ErrorCode::PermissionDenied);
+    assert_eq!(code(w.get("/v1/nodes").await), ErrorCode::PermissionDenied);
+
+    // A manager's own certificate is not an admin credential either.
+    let m3 = DataDir::new(&c.managers[2].dir);
+    let kek = coffer_node::key_file::load(&m3.key_file()).expect("kek");
+    let creds = coffer_node::bootstrap::load_credentials(&m3, &kek).expect("creds");
+    let m = client_with(&c, 0, &creds.cert_pem, creds.key_pem.expose());
+    assert_eq!(code(m.get("/v1/nodes").await), ErrorCode::PermissionDenied);
+    // ...while Raft RPC accepts it (the body is garbage, so it fails later, as bad input).
+    assert_eq!(code(m.post("/raft/vote", &vote).await), ErrorCode::InvalidArgument);
+
+    // A certificate from a foreign CA: the TLS handshake itself fails.
+    let fdir = foreign.client_dir();
+    let fcert = std::fs::read_to_string(fdir.join("client.pem")).expect("cert");
+    let fkey = std::fs::read_to_string(fdir.join("client.key")).expect("key");
+    let f = client_with(&c, 0, &fcert, &fkey);
+    match f.get::<serde_json::Value>("/v1/nodes").await {
+        Err(ClientError::Transport { .. }) => {}
+        other => panic!("a foreign CA's certificate got through: {other:?}"),
+    }
+
+    // Removed nodes are refused at once, though their certificates have not expired.
+    admin.remove(worker.node_id).await.expect("remove worker");
+    let renew = coffer_api::cluster::RenewRequest { csr_pem: worker_key.csr_pem(&[]).expect("csr") };
+    let e = w.post::<_, serde_json::Value>("/v1/renew", &renew).await.expect_err("removed worker renews");
+    assert_eq!(e.code(), Some(ErrorCode::PermissionDenied));
+    assert!(e.to_string().contains("removed"), "{e}");
+
+    admin.remove(c.managers[2].id).await.expect("remove manager 3");
+    let e = m.post::<_, serde_json::Value>("/raft/vote", &vote).await.expect_err("removed manager votes");
+    assert_eq!(e.code(), Some(ErrorCode::PermissionDenied));
+    let nodes = admin.nodes().await.expect("ls");
+    assert!(nodes.iter().all(|n| n.id != c.managers[2].id && n.id != worker.node_id), "removed nodes are listed");
+    let s = admin.status().await.expect("status");
+    assert_eq!(s.members.len(), 2, "the removed manager is still a Raft member");
+    assert!(s.healthy);
+}

@@ -24,8 +24,8 @@ impl Default for RaftTuning {
     fn default() -> Self {
         Self {
             heartbeat_ms: 100,
-            election_min_ms: 400,
-            election_max_ms: 800,
+            election_min_ms: 250,
+            election_max_ms: 400,
             snapshot_every: 10_000,
             keep_after_snapshot: 1_000,
             install_snapshot_timeout_ms: 30_000,

@@ -200,6 +200,21 @@ impl<'a> Txn<'a> {
                 self.delete(keys::task(id));
                 done
             }
+            Command::CreateApiToken(rec) => {
+                if self.get::<ApiTokenRecord>(&keys::api_token(&rec.id))?.is_some() {
+                    return Ok(Err(ApplyError::IdTaken { kind: ObjectKind::ApiToken, id: rec.id.clone() }));
+                }
+                self.put(keys::api_token(&rec.id), rec)?;
+                done
+            }
+            Command::RevokeApiToken { id } => {
+                let Some(mut rec) = self.get::<ApiTokenRecord>(&keys::api_token(id))? else {
+                    return Ok(not_found(ObjectKind::ApiToken, id));
+                };
+                rec.revoked = true;
+                self.put(keys::api_token(id), &rec)?;
+                done
+            }
             Command::SetGrantAuthority(auth) => {
                 let newest = self.scan::<GrantAuthority>(keys::AUTHORITY)?.into_iter().map(|(_, a)| a.term).max();
                 if let Some(newer) = newest.filter(|&t| t > auth.term) {

@@ -14,6 +14,7 @@ pub(crate) const SERVICE: &[u8] = b"service/";
 pub(crate) const SERVICE_NAME: &[u8] = b"service-name/";
 pub(crate) const TASK: &[u8] = b"task/";
 pub(crate) const AUTHORITY: &[u8] = b"authority/";
+pub(crate) const API_TOKEN: &[u8] = b"api-token/";
 
 fn join(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + rest.len());
@@ -61,6 +62,10 @@ pub(crate) fn task(id: &str) -> Vec<u8> {
 
 pub(crate) fn authority(term: u64) -> Vec<u8> {
     join(AUTHORITY, &term.to_be_bytes())
+}
+
+pub(crate) fn api_token(id: &str) -> Vec<u8> {
+    join(API_TOKEN, id.as_bytes())
 }
 
 /// The smallest key greater than every key that starts with `prefix` (for range ends).

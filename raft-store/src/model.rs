@@ -204,6 +204,25 @@ pub struct GrantAuthority {
     pub public_key: Vec<u8>,
 }
 
+/// What an API token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenScope {
+    ReadOnly,
+    ReadWrite,
+}
+
+/// An API token for orchestration tooling: only the hash of its secret is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiTokenRecord {
+    pub id: String,
+    pub name: String,
+    pub scope: TokenScope,
+    /// SHA-256 of the token's secret part; compared in constant time by `node`.
+    pub hash: [u8; 32],
+    pub created_at: Millis,
+    pub revoked: bool,
+}
+
 /// A replicated command. Variants are only ever appended (postcard encodes the index).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -260,6 +279,10 @@ pub enum Command {
         id: String,
     },
     SetGrantAuthority(GrantAuthority),
+    CreateApiToken(ApiTokenRecord),
+    RevokeApiToken {
+        id: String,
+    },
 }
 
 impl Command {
@@ -281,6 +304,8 @@ impl Command {
             Command::PutTask(_) => "put_task",
             Command::RemoveTask { .. } => "remove_task",
             Command::SetGrantAuthority(_) => "set_grant_authority",
+            Command::CreateApiToken(_) => "create_api_token",
+            Command::RevokeApiToken { .. } => "revoke_api_token",
         }
     }
 }
@@ -295,6 +320,7 @@ pub enum ObjectKind {
     Service,
     Task,
     GrantAuthority,
+    ApiToken,
 }
 
 impl fmt::Display for ObjectKind {
@@ -307,6 +333,7 @@ impl fmt::Display for ObjectKind {
             ObjectKind::Service => "service",
             ObjectKind::Task => "task",
             ObjectKind::GrantAuthority => "grant authority",
+            ObjectKind::ApiToken => "api token",
         })
     }
 }

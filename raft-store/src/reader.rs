@@ -120,6 +120,14 @@ impl StateReader {
         self.scan(keys::TASK)
     }
 
+    pub fn api_token(&self, id: &str) -> Result<Option<ApiTokenRecord>, StoreError> {
+        self.get(&keys::api_token(id))
+    }
+
+    pub fn api_tokens(&self) -> Result<Vec<ApiTokenRecord>, StoreError> {
+        self.scan(keys::API_TOKEN)
+    }
+
     pub fn grant_authority(&self, term: u64) -> Result<Option<GrantAuthority>, StoreError> {
         self.get(&keys::authority(term))
     }

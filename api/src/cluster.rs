@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// The role a node joins as, or holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeRole {
     Manager,
@@ -15,7 +16,7 @@ pub enum NodeRole {
 
 /// `POST /v1/join`: sent by a node that holds a join token, with a CSR for a key it made
 /// itself. Accepted without a client certificate; the token is the credential.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct JoinRequest {
     pub token: String,
     pub role: NodeRole,
@@ -36,7 +37,7 @@ impl std::fmt::Debug for JoinRequest {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct JoinResponse {
     pub node_id: u64,
     pub cluster_id: String,
@@ -45,17 +46,17 @@ pub struct JoinResponse {
 }
 
 /// `POST /v1/renew`: a node renews its certificate with its current one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RenewRequest {
     pub csr_pem: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RenewResponse {
     pub cert_pem: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Availability {
     Active,
@@ -63,7 +64,7 @@ pub enum Availability {
     Pause,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeStatus {
     Ready,
@@ -71,7 +72,7 @@ pub enum NodeStatus {
 }
 
 /// A manager's place in Raft membership.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RaftRole {
     Leader,
@@ -81,7 +82,7 @@ pub enum RaftRole {
     None,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct NodeInfo {
     pub id: u64,
     pub role: NodeRole,
@@ -96,19 +97,19 @@ pub struct NodeInfo {
     pub joined_at_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct NodeList {
     pub nodes: Vec<NodeInfo>,
 }
 
 /// `PATCH /v1/nodes/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct NodeUpdate {
     pub availability: Option<Availability>,
 }
 
 /// `POST /v1/join-tokens/{role}/rotate`: the new token, shown this once.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct JoinTokenResponse {
     pub role: NodeRole,
     pub token: String,
@@ -120,7 +121,7 @@ impl std::fmt::Debug for JoinTokenResponse {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct MemberStatus {
     pub id: u64,
     pub addr: String,
@@ -131,7 +132,7 @@ pub struct MemberStatus {
 }
 
 /// `GET /v1/cluster/status`, answered by the manager asked (each reports its own view).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ClusterStatus {
     pub cluster_id: String,
     pub node_id: u64,

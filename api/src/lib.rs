@@ -1,12 +1,19 @@
-//! Coffer's wire contract: what crosses the HTTPS API, and nothing else.
+//! Coffer's wire contract: what crosses the HTTPS API, and the typed client that speaks it.
 //!
 //! # Layout
 //!
-//! - [`cluster`]: join, renew, nodes, join tokens, cluster status.
 //! - [`error`]: the error envelope `{"error": {"code", "message"}}` and its stable codes.
+//! - [`cluster`]: join, renew, nodes, join tokens, cluster status.
+//! - [`secrets`], [`services`], [`tokens`]: the admin API's resources.
+//! - [`client`]: the typed async client (CLI, tests, benchmarks), over [`tls`].
 //!
 //! Boundary: no RocksDB, no openraft. Storage types are converted to these by hand in
-//! `node`; a change here is a change of the public API.
+//! `node`; a change here is a change of the public API (and of `api/openapi.json`).
 
+pub mod client;
 pub mod cluster;
 pub mod error;
+pub mod secrets;
+pub mod services;
+pub mod tls;
+pub mod tokens;

@@ -17,11 +17,11 @@ use coffer_api::cluster::{Availability, NodeInfo, NodeRole};
 use coffer_api::error::ErrorCode;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{AdminClient, ClientError};
 use crate::config::ManagerConfig;
 use crate::data_dir::{DataDir, NodeIdentity};
 use crate::manager::{bind, Manager, Startup};
 use crate::{bootstrap, dev, store_check};
+use coffer_api::client::{Client as AdminClient, ClientError};
 
 #[derive(Parser, Debug)]
 #[command(name = "coffer", version, about = "Coffer: a Raft-replicated secret store")]

@@ -10,14 +10,13 @@
 //! - [`raft_net`]: openraft's network over HTTPS with mutual TLS; snapshot streaming.
 //! - [`server`], [`routes`], [`auth`], [`api_error`]: the listener, endpoints, caller roles.
 //! - [`tls`], [`pki`], [`join_token`], [`renewal`]: certificates and trust.
-//! - [`client`], [`cli`], [`dev`]: the admin client, the command line, `coffer dev`.
+//! - [`cli`], [`dev`]: the command line, `coffer dev`.
 //! - [`config`], [`data_dir`], [`key_file`], [`store_check`]: configuration and on-disk layout.
 
 pub mod api_error;
 pub mod auth;
 pub mod bootstrap;
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod data_dir;
 pub mod dev;

@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use coffer_node::client::AdminClient;
+use coffer_api::client::Client as AdminClient;
 
 /// Generous, for a busy two-core machine.
 pub const DEADLINE: Duration = Duration::from_secs(60);

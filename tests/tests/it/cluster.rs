@@ -184,8 +184,7 @@ async fn coffer_dev_runs_a_cluster_and_stops_on_ctrl_c() {
         }
     }
     let addr = addr.expect("export line");
-    let admin =
-        coffer_node::client::AdminClient::from_dir(&dir.path().join("manager-1/client"), &addr).expect("bundle");
+    let admin = coffer_api::client::Client::from_dir(&dir.path().join("manager-1/client"), &addr).expect("bundle");
     let nodes = admin.nodes().await.expect("node ls against coffer dev");
     assert_eq!(nodes.len(), 3);
 

@@ -1,8 +1,8 @@
 //! Refusals (DESIGN.md §5): each with a clear error, and nothing changed.
 
+use coffer_api::client::{Client as AdminClient, ClientError};
 use coffer_api::cluster::{JoinRequest, JoinResponse, NodeRole};
 use coffer_api::error::ErrorCode;
-use coffer_node::client::{AdminClient, ClientError};
 use coffer_node::data_dir::DataDir;
 use coffer_node::pki::NodeKey;
 use coffer_node::tls::{self, NodeCert};
@@ -30,8 +30,8 @@ async fn join_raw(c: &Cluster, token: &str, role: NodeRole) -> Result<(JoinRespo
 
 /// A client presenting `cert_pem`/`key_pem`, trusting `c`'s CA.
 fn client_with(c: &Cluster, i: usize, cert_pem: &str, key_pem: &str) -> AdminClient {
-    let cert = NodeCert::new(tls::certified_key(cert_pem, key_pem).expect("cert"));
-    AdminClient::with_tls(&ca_pem(c), Some(cert), &c.managers[i].addr).expect("client")
+    let cert = coffer_api::tls::StaticCert(tls::certified_key(cert_pem, key_pem).expect("cert"));
+    AdminClient::with_tls(&ca_pem(c), Some(std::sync::Arc::new(cert)), &c.managers[i].addr).expect("client")
 }
 
 fn code(r: Result<serde_json::Value, ClientError>) -> ErrorCode {

@@ -1,0 +1,290 @@
+//! The typed async client of the Coffer API, used by the `coffer` CLI, the tests and the
+//! benchmarks. Authenticates with the admin client bundle (`ca.pem`, `client.pem`,
+//! `client.key`) or with an API token; trusts only the cluster CA.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::Engine;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::cluster::{Availability, ClusterStatus, JoinTokenResponse, NodeInfo, NodeList, NodeRole, NodeUpdate};
+use crate::error::{ErrorBody, ErrorCode};
+use crate::secrets::{SecretCreate, SecretInfo, SecretLabels, SecretList, SecretRotate, SecretVersionCreated};
+use crate::services::{ServiceCreate, ServiceInfo, ServiceList, ServiceUpdate};
+use crate::tls::{self, StaticCert};
+use crate::tokens::{ApiTokenCreate, ApiTokenCreated, ApiTokenList, TokenScope};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot read the client bundle in {dir}: {reason}")]
+    Bundle { dir: String, reason: String },
+    #[error("cannot reach {addr}: {reason}")]
+    Transport { addr: String, reason: String },
+    #[error("{message} ({code:?}, HTTP {status})")]
+    Api { status: u16, code: ErrorCode, message: String },
+}
+
+impl ClientError {
+    /// The API error code, when the cluster answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// One client per manager address; connections are pooled and reused.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    addr: String,
+    bearer: Option<zeroize::Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.addr)
+            .field("bearer", &self.bearer.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+impl Client {
+    /// A client for the manager at `addr`, with the admin bundle in `client_dir`.
+    ///
+    /// # Errors
+    /// When the bundle cannot be read.
+    pub fn from_dir(client_dir: &Path, addr: &str) -> Result<Self, ClientError> {
+        tls::install_provider();
+        let bad = |reason: String| ClientError::Bundle { dir: client_dir.display().to_string(), reason };
+        let read = |name: &str| std::fs::read_to_string(client_dir.join(name)).map_err(|e| bad(format!("{name}: {e}")));
+        let ca = read("ca.pem")?;
+        let cert = read("client.pem")?;
+        let key = zeroize::Zeroizing::new(read("client.key")?);
+        let certified = tls::certified_key(&cert, &key).map_err(|e| bad(e.to_string()))?;
+        Self::with_tls(&ca, Some(Arc::new(StaticCert(certified))), addr).map_err(|e| bad(e.to_string()))
+    }
+
+    /// A client presenting `cert` (or none), trusting `ca_pem`. Tests use it to knock on
+    /// doors they must not open.
+    ///
+    /// # Errors
+    /// When the TLS configuration is invalid.
+    pub fn with_tls(
+        ca_pem: &str,
+        cert: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
+        addr: &str,
+    ) -> Result<Self, tls::TlsError> {
+        tls::install_provider();
+        let http = tls::http_client(tls::client_config(ca_pem, cert)?)?;
+        Ok(Self { http, addr: addr.to_string(), bearer: None })
+    }
+
+    /// A client that authenticates with an API token instead of a certificate.
+    ///
+    /// # Errors
+    /// When the TLS configuration is invalid.
+    pub fn with_token(ca_pem: &str, token: &str, addr: &str) -> Result<Self, tls::TlsError> {
+        let mut c = Self::with_tls(ca_pem, None, addr)?;
+        c.bearer = Some(zeroize::Zeroizing::new(token.to_string()));
+        Ok(c)
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.addr)
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, self.url(path));
+        match &self.bearer {
+            Some(t) => r.bearer_auth(t.as_str()),
+            None => r,
+        }
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, ClientError> {
+        let transport = |e: reqwest::Error| ClientError::Transport { addr: self.addr.clone(), reason: e.to_string() };
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(transport)?;
+        if status.is_success() {
+            let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+            return serde_json::from_slice(body).map_err(|e| ClientError::Transport {
+                addr: self.addr.clone(),
+                reason: format!("unexpected reply: {e}"),
+            });
+        }
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(b) => Err(ClientError::Api { status: status.as_u16(), code: b.error.code, message: b.error.message }),
+            Err(_) => Err(ClientError::Api {
+                status: status.as_u16(),
+                code: ErrorCode::Internal,
+                message: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+            }),
+        }
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        self.send(self.request(reqwest::Method::POST, path).json(body)).await
+    }
+
+    pub async fn patch<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        self.send(self.request(reqwest::Method::PATCH, path).json(body)).await
+    }
+
+    pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        self.send(self.request(reqwest::Method::PUT, path).json(body)).await
+    }
+
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send(self.request(reqwest::Method::DELETE, path)).await
+    }
+
+    // -- cluster -----------------------------------------------------------------------
+
+    pub async fn status(&self) -> Result<ClusterStatus, ClientError> {
+        self.get("/v1/cluster/status").await
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClientError> {
+        self.get::<NodeList>("/v1/nodes").await.map(|l| l.nodes)
+    }
+
+    pub async fn node(&self, id: u64) -> Result<NodeInfo, ClientError> {
+        self.get(&format!("/v1/nodes/{id}")).await
+    }
+
+    pub async fn promote(&self, id: u64) -> Result<(), ClientError> {
+        self.post(&format!("/v1/nodes/{id}/promote"), &()).await
+    }
+
+    pub async fn demote(&self, id: u64) -> Result<(), ClientError> {
+        self.post(&format!("/v1/nodes/{id}/demote"), &()).await
+    }
+
+    pub async fn remove(&self, id: u64) -> Result<(), ClientError> {
+        self.delete(&format!("/v1/nodes/{id}")).await
+    }
+
+    pub async fn set_availability(&self, id: u64, availability: Availability) -> Result<(), ClientError> {
+        self.patch(&format!("/v1/nodes/{id}"), &NodeUpdate { availability: Some(availability) }).await
+    }
+
+    pub async fn rotate_token(&self, role: NodeRole) -> Result<JoinTokenResponse, ClientError> {
+        self.post(&format!("/v1/join-tokens/{}/rotate", role_path(role)), &()).await
+    }
+
+    pub async fn show_token(&self, role: NodeRole) -> Result<JoinTokenResponse, ClientError> {
+        self.get(&format!("/v1/join-tokens/{}", role_path(role))).await
+    }
+
+    // -- secrets -----------------------------------------------------------------------
+
+    /// Creates a secret from raw bytes (encoded here; never logged).
+    pub async fn create_secret(
+        &self,
+        name: &str,
+        value: &[u8],
+        labels: std::collections::BTreeMap<String, String>,
+    ) -> Result<SecretVersionCreated, ClientError> {
+        let data = base64::engine::general_purpose::STANDARD.encode(value);
+        self.post("/v1/secrets", &SecretCreate { name: name.into(), data, labels }).await
+    }
+
+    pub async fn secrets(&self) -> Result<Vec<SecretInfo>, ClientError> {
+        self.get::<SecretList>("/v1/secrets").await.map(|l| l.secrets)
+    }
+
+    /// Secrets filtered by name prefix and labels (`K=V` or `K`).
+    pub async fn secrets_filtered(
+        &self,
+        name: Option<&str>,
+        labels: &[String],
+    ) -> Result<Vec<SecretInfo>, ClientError> {
+        let mut q: Vec<(&str, &str)> = Vec::new();
+        if let Some(n) = name {
+            q.push(("name", n));
+        }
+        for l in labels {
+            q.push(("label", l));
+        }
+        self.send(self.request(reqwest::Method::GET, "/v1/secrets").query(&q)).await.map(|l: SecretList| l.secrets)
+    }
+
+    /// A secret by id or name.
+    pub async fn secret(&self, secret: &str) -> Result<SecretInfo, ClientError> {
+        self.get(&format!("/v1/secrets/{secret}")).await
+    }
+
+    pub async fn rotate_secret(&self, secret: &str, value: &[u8]) -> Result<SecretVersionCreated, ClientError> {
+        let data = base64::engine::general_purpose::STANDARD.encode(value);
+        self.post(&format!("/v1/secrets/{secret}/rotate"), &SecretRotate { data }).await
+    }
+
+    pub async fn set_secret_labels(
+        &self,
+        secret: &str,
+        labels: std::collections::BTreeMap<String, String>,
+    ) -> Result<SecretInfo, ClientError> {
+        self.put(&format!("/v1/secrets/{secret}/labels"), &SecretLabels { labels }).await
+    }
+
+    pub async fn remove_secret(&self, secret: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/v1/secrets/{secret}")).await
+    }
+
+    // -- services ----------------------------------------------------------------------
+
+    pub async fn create_service(&self, spec: &ServiceCreate) -> Result<ServiceInfo, ClientError> {
+        self.post("/v1/services", spec).await
+    }
+
+    pub async fn services(&self) -> Result<Vec<ServiceInfo>, ClientError> {
+        self.get::<ServiceList>("/v1/services").await.map(|l| l.services)
+    }
+
+    pub async fn service(&self, service: &str) -> Result<ServiceInfo, ClientError> {
+        self.get(&format!("/v1/services/{service}")).await
+    }
+
+    pub async fn update_service(&self, service: &str, update: &ServiceUpdate) -> Result<ServiceInfo, ClientError> {
+        self.patch(&format!("/v1/services/{service}"), update).await
+    }
+
+    pub async fn remove_service(&self, service: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/v1/services/{service}")).await
+    }
+
+    // -- API tokens --------------------------------------------------------------------
+
+    pub async fn create_api_token(&self, name: &str, scope: TokenScope) -> Result<ApiTokenCreated, ClientError> {
+        self.post("/v1/tokens", &ApiTokenCreate { name: name.into(), scope }).await
+    }
+
+    pub async fn api_tokens(&self) -> Result<ApiTokenList, ClientError> {
+        self.get("/v1/tokens").await
+    }
+
+    pub async fn revoke_api_token(&self, id: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/v1/tokens/{id}")).await
+    }
+}
+
+fn role_path(role: NodeRole) -> &'static str {
+    match role {
+        NodeRole::Manager => "manager",
+        NodeRole::Worker => "worker",
+    }
+}

@@ -98,14 +98,17 @@ fn save_node_tls(
     save_node_cert(dir, kek, cert_pem, key)
 }
 
-/// Writes a (new or renewed) certificate and its key, the key sealed with the KEK.
+/// Writes a (new or renewed) certificate and its key as one sealed file, replaced in one
+/// rename: a crash mid-renewal leaves the old pair or the new one, never a mismatch.
+/// `node.pem` is a copy of the certificate for operators; the node loads the sealed file.
 pub fn save_node_cert(
     dir: &DataDir,
     kek: &dyn KeyEncryptionKey,
     cert_pem: &str,
     key: &PrivateKeyPem,
 ) -> anyhow::Result<()> {
-    let sealed = kek.seal_file(NODE_KEY_WHAT, key.expose().as_bytes()).context("seal the node key")?;
+    let bundle = Zeroizing::new(format!("{}\n{cert_pem}", key.expose().trim_end()));
+    let sealed = kek.seal_file(NODE_KEY_WHAT, bundle.as_bytes()).context("seal the node key")?;
     write_atomic(&dir.node_key(), &sealed, 0o600)?;
     write_atomic(&dir.node_cert(), cert_pem.as_bytes(), 0o644)
 }
@@ -114,15 +117,17 @@ pub fn save_node_cert(
 pub fn load_credentials(dir: &DataDir, kek: &dyn KeyEncryptionKey) -> anyhow::Result<Credentials> {
     let read = |p: std::path::PathBuf| std::fs::read(&p).with_context(|| format!("read {}", p.display()));
     let ca_pem = String::from_utf8(read(dir.ca_cert())?).context("ca.pem is not text")?;
-    let cert_pem = String::from_utf8(read(dir.node_cert())?).context("node.pem is not text")?;
     let sealed = read(dir.node_key())?;
-    let key = kek.open_file(NODE_KEY_WHAT, &sealed).map_err(|e| {
+    let bundle = kek.open_file(NODE_KEY_WHAT, &sealed).map_err(|e| {
         anyhow::anyhow!(
             "{}: cannot open the sealed node key ({e}): wrong key file, or the file was altered",
             dir.node_key().display()
         )
     })?;
-    let key_pem = String::from_utf8(key.to_vec()).context("node key is not PEM")?;
+    let bundle = Zeroizing::new(String::from_utf8(bundle.to_vec()).context("node key is not PEM")?);
+    let at = bundle.find("-----BEGIN CERTIFICATE-----").context("the sealed node key holds no certificate")?;
+    let cert_pem = bundle[at..].to_string();
+    let key_pem = bundle[..at].to_string();
     Ok(Credentials { ca_pem, cert_pem, key_pem: PrivateKeyPem::from_pem(key_pem) })
 }
 
@@ -266,8 +271,11 @@ pub async fn fetch_trusted_ca(join: &str, token: &JoinToken) -> anyhow::Result<S
         bail!("the manager at {join} answered HTTP {} for its CA certificate", resp.status());
     }
     let ca_pem = resp.text().await?;
-    let digest = pki::cert_digest(&ca_pem).context("the CA certificate the manager sent is not valid")?;
-    if digest != token.ca_digest() {
+    // Exactly one certificate: the trust store is built from what the digest pinned, and
+    // nothing else may ride along (an extra CA appended after the real one would
+    // otherwise be trusted too).
+    let certs = tls::certs_from_pem(&ca_pem).context("the CA certificate the manager sent is not valid")?;
+    if certs.len() != 1 || pki::cert_digest(&ca_pem)? != token.ca_digest() {
         bail!("the manager at {join} presents a CA that does not match the join token: refusing to join (nothing was sent)");
     }
     Ok(ca_pem)
@@ -311,13 +319,14 @@ pub async fn join_data_dir(
         bail!("join refused: {} ({:?})", body.error.message, body.error.code);
     }
     let joined: JoinResponse = resp.json().await.context("read the join response")?;
-    if pki::cert_digest(&joined.ca_pem)? != token.ca_digest() {
-        bail!("the join response carries another CA than the token's");
+    // The CA we keep is the one the token pinned, never the one the response names.
+    if joined.ca_pem.trim() != ca_pem.trim() {
+        bail!("the join response names another CA than the one the token pins");
     }
 
     std::fs::create_dir_all(data_dir.root())?;
     let kek = key_file::create(&data_dir.key_file())?;
-    save_node_tls(data_dir, &kek, &joined.ca_pem, &joined.cert_pem, &key.key_pem())?;
+    save_node_tls(data_dir, &kek, &ca_pem, &joined.cert_pem, &key.key_pem())?;
     let identity = NodeIdentity {
         node_id: joined.node_id,
         cluster_id: joined.cluster_id,

@@ -28,8 +28,10 @@ impl Default for RaftTuning {
             election_max_ms: 400,
             snapshot_every: 10_000,
             keep_after_snapshot: 1_000,
-            install_snapshot_timeout_ms: 30_000,
-            max_payload_entries: 300,
+            install_snapshot_timeout_ms: 120_000,
+            // Bounds an AppendEntries body: 64 entries of at most ~500 KiB stay under the
+            // 64 MiB limit of /raft/append.
+            max_payload_entries: 64,
         }
     }
 }
@@ -58,7 +60,8 @@ impl ManagerConfig {
             advertise: None,
             raft: RaftTuning::default(),
             node_cert_validity_secs: 90 * 24 * 3600,
-            max_connections: 4096,
+            // Below the usual 1024 file descriptors, with room for RocksDB and peers.
+            max_connections: 512,
             max_body_bytes: 1 << 20,
         }
     }

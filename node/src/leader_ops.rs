@@ -88,8 +88,8 @@ pub(crate) fn existing_node(m: &Manager, id: u64) -> Result<NodeRecord, ApiError
     }
 }
 
-async fn join(m: &Arc<Manager>, req: JoinRequest) -> Result<JoinResponse, ApiError> {
-    let cluster = m.cluster()?;
+/// Checks a join token against `cluster`: the role's current hash, in constant time.
+pub(crate) fn check_join_token(cluster: &model::ClusterRecord, req: &JoinRequest) -> Result<(), ApiError> {
     let token: JoinToken = req.token.parse().map_err(|e| ApiError::unauthenticated(format!("join token: {e}")))?;
     let digest = pki::cert_digest(&cluster.ca_cert_pem).map_err(|e| ApiError::internal("reading the CA", e))?;
     if token.ca_digest() != digest {
@@ -110,10 +110,19 @@ async fn join(m: &Arc<Manager>, req: JoinRequest) -> Result<JoinResponse, ApiErr
         }
         return Err(ApiError::unauthenticated("invalid join token (it may have been rotated)"));
     }
+    Ok(())
+}
+
+async fn join(m: &Arc<Manager>, req: JoinRequest) -> Result<JoinResponse, ApiError> {
+    let cluster = m.cluster()?;
+    check_join_token(&cluster, &req)?;
     let addr: std::net::SocketAddr = req
         .advertise_addr
         .parse()
         .map_err(|_| ApiError::invalid(format!("advertise address {:?} is not ip:port", req.advertise_addr)))?;
+    if addr.ip().is_unspecified() || addr.port() == 0 {
+        return Err(ApiError::invalid(format!("advertise address {addr} cannot be dialled")));
+    }
     if req.hostname.is_empty() || req.hostname.len() > 253 {
         return Err(ApiError::invalid("hostname must be 1 to 253 characters"));
     }

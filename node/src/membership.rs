@@ -64,14 +64,43 @@ fn members(m: &Manager) -> BTreeSet<NodeId> {
     m.raft.metrics().borrow().membership_config.membership().nodes().map(|(id, _)| *id).collect()
 }
 
-/// Adds a joined manager: learner first (waiting until it has caught up), then voter.
-/// Runs in the background after the join is answered, since the joiner starts serving
-/// only once it has its certificate.
+/// How long a joined manager has to catch up before it stays a learner.
+const CATCH_UP: Duration = Duration::from_secs(120);
+
+/// Waits (without holding the membership lock) until learner `id` has replicated the
+/// leader's log, up to `within`. openraft's own `add_learner(.., blocking)` cannot be
+/// trusted for this: it counts a learner that never answered as merely lagging, and
+/// returns at once on a young log.
+async fn caught_up(m: &Manager, id: NodeId, within: Duration) -> bool {
+    m.raft
+        .wait(Some(within))
+        .metrics(
+            |x| {
+                let matched = x.replication.as_ref().and_then(|r| r.get(&id).copied().flatten()).map(|l| l.index);
+                matches!((matched, x.last_log_index), (Some(m), Some(last)) if m >= last)
+            },
+            "learner caught up",
+        )
+        .await
+        .is_ok()
+}
+
+/// Adds a joined manager: learner first, then voter once it has caught up (by snapshot if
+/// needed). Runs in the background after the join is answered, since the joiner starts
+/// serving only once it has its certificate. A joiner that never comes up stays a
+/// learner, which costs the quorum nothing; `coffer node rm` clears it.
 pub async fn add_manager(m: Arc<Manager>, id: NodeId, addr: String) {
     let node = ManagerNode { addr };
-    let r = change(&m, "add learner", || m.raft.add_learner(id, node.clone(), true)).await;
+    let r = change(&m, "add learner", || m.raft.add_learner(id, node.clone(), false)).await;
     if let Err(e) = r {
         tracing::warn!(node_id = id, error = %e, "joined manager was not added as a learner; `coffer node promote` retries");
+        return;
+    }
+    if !caught_up(&m, id, CATCH_UP).await {
+        tracing::warn!(
+            node_id = id,
+            "joined manager did not catch up; it stays a learner (`coffer node promote` retries)"
+        );
         return;
     }
     if let Err(e) = promote(&m, id).await {
@@ -91,7 +120,15 @@ pub async fn promote(m: &Arc<Manager>, id: NodeId) -> Result<(), ApiError> {
     }
     if !members(m).contains(&id) {
         let node = ManagerNode { addr: rec.addr.clone() };
-        change(m, "add learner", || m.raft.add_learner(id, node.clone(), true)).await?;
+        change(m, "add learner", || m.raft.add_learner(id, node.clone(), false)).await?;
+    }
+    // A voter that cannot answer would cost the quorum a member: promote only a learner
+    // that has caught up.
+    if !caught_up(m, id, Duration::from_secs(10)).await {
+        return Err(ApiError::precondition(format!(
+            "manager {id} has not caught up with the leader; is it running and reachable at {}?",
+            rec.addr
+        )));
     }
     change(m, "promote", || m.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)).await?;
     tracing::info!(node_id = id, "manager promoted to voter");
@@ -137,17 +174,19 @@ pub async fn remove(m: &Arc<Manager>, id: NodeId) -> Result<(), ApiError> {
     }
     // Record the removal: from now on every endpoint refuses the node's certificate.
     m.propose(Command::RemoveNode { id, at: now_millis() }).await?;
-    let index = m.raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0);
-    wait_applied_everywhere(m, index).await;
+    wait_applied_everywhere(m).await;
     tracing::info!(node_id = id, "node removed");
     Ok(())
 }
 
-/// Waits (boundedly) until every reachable manager has applied `index`, so that when an
-/// operator's `node rm` returns, every manager already refuses the removed certificate.
-/// A manager that cannot be reached is not waited for: it refuses the certificate as soon
-/// as it has caught up, before it can be part of a quorum again.
-async fn wait_applied_everywhere(m: &Manager, index: u64) {
+/// Waits (boundedly) until every reachable manager has applied what this one has, so that
+/// when a revocation (`node rm`, a revoked API token) returns, every manager already
+/// refuses the credential. A manager that cannot be reached is not waited for: it refuses
+/// the credential as soon as it has caught up, before it can be part of a quorum again.
+pub async fn wait_applied_everywhere(m: &Manager) {
+    // A follower that forwarded the write first catches up with it itself.
+    let _ = m.linearizable().await;
+    let index = m.raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0);
     let deadline = Instant::now() + Duration::from_secs(5);
     let peers: Vec<(NodeId, String)> = {
         let metrics = m.raft.metrics();

@@ -200,7 +200,7 @@ impl ClusterCa {
     }
 
     /// Signs a node's CSR: CN = node id (decimal), OU = `role.ou()`, O = `cluster_id`,
-    /// SANs = `sans` (IP addresses or DNS names), EKU ServerAuth and ClientAuth, validity
+    /// SANs = `sans` (IP addresses or DNS names), EKU ServerAuth and ClientAuth for managers, ClientAuth only for workers, validity
     /// now - 5 min .. now + `validity`, random 16-byte positive serial.
     ///
     /// Only the CSR's public key is used (after its signature is verified); whatever subject,
@@ -225,7 +225,13 @@ impl ClusterCa {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| PkiError::Csr(e.to_string()))?;
         let mut params = leaf_params(&node_id.to_string(), role, cluster_id, validity)?;
         params.subject_alt_names = sans.iter().map(|s| san(s)).collect::<Result<_, _>>()?;
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        // Only managers serve TLS. A worker's certificate (and anyone who holds the worker
+        // token can get one, with the SAN of its choice) must never pass as a server: its
+        // EKU is ClientAuth alone, so rustls refuses it on the client side of a handshake.
+        params.extended_key_usages = match role {
+            Role::Manager => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+            _ => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        };
         let cert = params.signed_by(&csr.public_key, &self.issuer).map_err(|e| PkiError::Cert(e.to_string()))?;
         issued(cert.pem(), cert.der())
     }
@@ -571,7 +577,13 @@ mod tests {
         let sans = parsed.subject_alternative_name().expect("SAN extension").expect("SANs present");
         assert_eq!(sans.value.general_names.len(), 1);
         assert!(verify_server(&ca, &cert.cert_pem, "evil.example").is_err());
-        assert!(verify_server(&ca, &cert.cert_pem, "127.0.0.1").is_ok());
+        // A worker certificate is a client certificate only: it never passes as a server,
+        // whatever address it names.
+        let e = verify_server(&ca, &cert.cert_pem, "127.0.0.1").expect_err("worker as a server");
+        assert!(format!("{e:?}").contains("ServerAuth"), "{e:?}");
+        verify_client(&ca, &cert.cert_pem).expect("worker as a client");
+        let manager = ca.sign_csr(&csr, 8, Role::Manager, CLUSTER, &["127.0.0.1".into()], DAY).expect("sign CSR");
+        assert!(verify_server(&ca, &manager.cert_pem, "127.0.0.1").is_ok());
     }
 
     #[test]
@@ -667,7 +679,7 @@ mod tests {
         provider();
         let ca = ClusterCa::generate(CLUSTER).expect("generate CA");
         let loaded = ClusterCa::from_pem(ca.cert_pem(), ca.key_pem().expose()).expect("CA loads from PEM");
-        let cert = node_cert(&loaded, 2, Role::Worker);
+        let cert = node_cert(&loaded, 2, Role::Manager);
         verify_client(&ca, &cert.cert_pem).expect("client cert verifies");
         verify_server(&ca, &cert.cert_pem, "127.0.0.1").expect("server cert verifies for its IP");
         let key = NodeKey::generate().expect("generate node key");

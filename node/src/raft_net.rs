@@ -195,7 +195,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 .post(&url)
                 .header("content-type", "application/octet-stream")
                 .body(body)
-                .timeout(option.hard_ttl().max(Duration::from_secs(5)))
+                .timeout(option.hard_ttl().max(SNAPSHOT_TIMEOUT))
                 .send()
                 .await
                 .map_err(classify)?;
@@ -229,6 +229,9 @@ fn frame(payload: &[u8]) -> Bytes {
     v.extend_from_slice(payload);
     Bytes::from(v)
 }
+
+/// The least time a whole snapshot transfer (stream and install) gets.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Largest frame a receiver accepts (a chunk is ~1 MiB; anything far larger is garbage).
 const MAX_FRAME: usize = 64 << 20;

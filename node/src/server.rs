@@ -2,7 +2,8 @@
 //! caller's certificate identity attached to every request of the connection.
 //!
 //! Owns: the connection limit (a semaphore: one client cannot starve the rest of
-//! connections) and the TLS handshake deadline. Stops accepting when `shutdown` fires and
+//! connections), the TLS handshake and header deadlines (an idle connection does not hold
+//! a slot forever), and backing off when accept fails. Stops accepting when `shutdown` fires and
 //! drops live connections.
 
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -25,6 +26,9 @@ use crate::auth::Caller;
 use crate::pki;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection that sends no complete request headers for this long is closed.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Serves `app` on `listener` until `shutdown` is cancelled.
 pub async fn serve(
@@ -47,7 +51,9 @@ pub async fn serve(
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
+                    // Usually out of file descriptors: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
@@ -77,7 +83,13 @@ pub async fn serve(
                 req.extensions_mut().insert(Caller(caller.clone()));
                 req
             });
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(HEADER_TIMEOUT))
+                .keep_alive_timeout(HEADER_TIMEOUT);
             let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
             tokio::select! {
                 r = conn => if let Err(e) = r { tracing::debug!(error = %e, "connection ended with an error") },

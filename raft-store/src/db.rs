@@ -70,6 +70,8 @@ impl Db {
         // Corruption is an error, not something to skip over.
         opts.set_paranoid_checks(true);
         opts.set_keep_log_file_num(4);
+        // File descriptors are shared with the listener: keep RocksDB to a bounded share.
+        opts.set_max_open_files(256);
         let cfs = ALL_CFS.iter().map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, &db_path, cfs)
             .map_err(StoreError::db(format!("open {}", db_path.display())))?;

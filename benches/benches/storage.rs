@@ -52,6 +52,7 @@ impl AppendBench {
                         name: format!("name{index}"),
                         labels: BTreeMap::new(),
                         value: SealedBytes(vec![0x5a; ENTRY_VALUE]),
+                        size: ENTRY_VALUE as u32,
                         at: index,
                     }),
                 }

@@ -4,7 +4,9 @@
 //! rustls has already verified the chain to the cluster CA (or the caller sent no
 //! certificate). Here each endpoint states the role it needs with an extractor:
 //! [`ManagerCaller`] (Raft RPC, forwarding), [`NodeCaller`] (renewal, worker sessions),
-//! [`AdminCaller`] (the admin API). Every node extractor also refuses a certificate of
+//! [`AdminCaller`] (cluster administration, admin certificates only), [`Operator`] and
+//! [`Writer`] (secrets and services: admin certificates or API tokens). Every node
+//! extractor also refuses a certificate of
 //! another cluster and a node that was removed, even though its certificate is unexpired.
 
 use std::sync::Arc;
@@ -96,5 +98,53 @@ impl FromRequestParts<Arc<Manager>> for AdminCaller {
             ));
         }
         Ok(AdminCaller(id.name.clone()))
+    }
+}
+
+/// An operator or a tool: an admin client certificate (may write), or an API token (may
+/// write if its scope is read-write). Used by the secrets and services API.
+#[derive(Debug)]
+pub struct Operator {
+    pub name: String,
+    pub can_write: bool,
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let v = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    v.strip_prefix("Bearer ").map(str::trim)
+}
+
+impl FromRequestParts<Arc<Manager>> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, m: &Arc<Manager>) -> Result<Self, ApiError> {
+        if let Some(text) = bearer(parts) {
+            let token: crate::api_token::ApiToken =
+                text.parse().map_err(|_| ApiError::unauthenticated("malformed API token"))?;
+            let rec = m.reader.api_token(token.id())?;
+            // One answer for unknown, revoked and wrong tokens: nothing to probe with.
+            let Some(rec) = rec.filter(|r| !r.revoked && token.matches(&r.hash)) else {
+                return Err(ApiError::unauthenticated("invalid or revoked API token"));
+            };
+            let can_write = rec.scope == coffer_raft_store::model::TokenScope::ReadWrite;
+            return Ok(Operator { name: format!("token {}", rec.name), can_write });
+        }
+        AdminCaller::from_request_parts(parts, m).await.map(|a| Operator { name: a.0, can_write: true })
+    }
+}
+
+/// An [`Operator`] allowed to change things.
+#[derive(Debug)]
+pub struct Writer(pub Operator);
+
+impl FromRequestParts<Arc<Manager>> for Writer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, m: &Arc<Manager>) -> Result<Self, ApiError> {
+        let op = Operator::from_request_parts(parts, m).await?;
+        if !op.can_write {
+            return Err(ApiError::forbidden("this API token is read-only"));
+        }
+        Ok(Writer(op))
     }
 }

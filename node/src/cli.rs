@@ -32,21 +32,35 @@ pub struct Cli {
     client: ClientOpts,
 }
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Clone)]
 pub struct ClientOpts {
     /// Address of any manager.
     #[arg(long, env = "COFFER_ADDR", global = true, default_value = "127.0.0.1:7370")]
-    addr: String,
+    pub(crate) addr: String,
     /// Directory with ca.pem, client.pem and client.key (written by `manager init`).
     #[arg(long, env = "COFFER_CLIENT_DIR", global = true)]
     client_dir: Option<PathBuf>,
+    /// Authenticate with an API token instead of the bundle's certificate (the bundle's
+    /// ca.pem is still used to check the manager).
+    #[arg(long, env = "COFFER_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
     /// Output format of listings.
     #[arg(long, value_enum, global = true, default_value = "table")]
-    format: Format,
+    pub(crate) format: Format,
+}
+
+impl std::fmt::Debug for ClientOpts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOpts")
+            .field("addr", &self.addr)
+            .field("client_dir", &self.client_dir)
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
+pub(crate) enum Format {
     Table,
     Json,
 }
@@ -70,6 +84,21 @@ enum Top {
         /// Print the token only.
         #[arg(short, long)]
         quiet: bool,
+    },
+    /// Create, list, inspect, rotate and remove secrets. Values come from a file or stdin.
+    Secret {
+        #[command(subcommand)]
+        cmd: crate::cli_resources::SecretCmd,
+    },
+    /// Create, update, list, inspect and remove services.
+    Service {
+        #[command(subcommand)]
+        cmd: crate::cli_resources::ServiceCmd,
+    },
+    /// API tokens for tooling (needs the admin bundle).
+    Token {
+        #[command(subcommand)]
+        cmd: crate::cli_resources::TokenCmd,
     },
     /// Cluster-wide views.
     Cluster {
@@ -256,6 +285,9 @@ async fn run(cli: Cli) -> ExitCode {
             client_outcome(join_token(role.into(), rotate, quiet, &cli.client).await)
         }
         Top::Cluster { cmd: ClusterCmd::Status } => client_outcome(cluster_status(&cli.client).await),
+        Top::Secret { cmd } => client_outcome(crate::cli_resources::secret(cmd, &cli.client).await),
+        Top::Service { cmd } => client_outcome(crate::cli_resources::service(cmd, &cli.client).await),
+        Top::Token { cmd } => client_outcome(crate::cli_resources::token(cmd, &cli.client).await),
     }
 }
 
@@ -276,24 +308,34 @@ fn client_outcome(r: Result<(), CliError>) -> ExitCode {
             eprintln!("error: {msg}");
             ExitCode::from(2)
         }
+        Err(CliError::Reported(code)) => ExitCode::from(code),
         Err(CliError::Client(e)) => {
             eprintln!("error: {e}");
-            match &e {
-                ClientError::Bundle { .. } => ExitCode::from(2),
-                ClientError::Transport { .. } => ExitCode::from(3),
-                ClientError::Api { code: ErrorCode::Unavailable | ErrorCode::Locked | ErrorCode::Internal, .. } => {
-                    ExitCode::from(3)
-                }
-                ClientError::Api { .. } => ExitCode::from(1),
-            }
+            exit_code(&e)
         }
     }
 }
 
+/// The exit code for a client error (see the table at the top of this module).
+pub(crate) fn exit_code(e: &ClientError) -> ExitCode {
+    ExitCode::from(exit_code_num(e))
+}
+
+pub(crate) fn exit_code_num(e: &ClientError) -> u8 {
+    match e {
+        ClientError::Bundle { .. } => 2,
+        ClientError::Transport { .. } => 3,
+        ClientError::Api { code: ErrorCode::Unavailable | ErrorCode::Locked | ErrorCode::Internal, .. } => 3,
+        ClientError::Api { .. } => 1,
+    }
+}
+
 #[derive(Debug)]
-enum CliError {
+pub(crate) enum CliError {
     Local(String),
     Client(ClientError),
+    /// Already reported item by item; exit with this code.
+    Reported(u8),
 }
 
 impl From<ClientError> for CliError {
@@ -338,6 +380,12 @@ async fn manager(cmd: ManagerCmd) -> anyhow::Result<()> {
             (config, Startup { listener, bootstrap: Some(b) })
         }
         ManagerCmd::Join { data_dir, listen, advertise, token, join, tuning } => {
+            if std::env::var_os("COFFER_JOIN_TOKEN").is_none() {
+                eprintln!(
+                    "warning: --token is visible to local users in the process list while this manager \
+                     runs; prefer COFFER_JOIN_TOKEN"
+                );
+            }
             let mut config = ManagerConfig::new(&data_dir, &listen);
             config.advertise = advertise.clone();
             tuning.apply(&mut config);
@@ -380,13 +428,21 @@ fn print_init(s: &bootstrap::InitSummary) {
     println!("  export COFFER_ADDR={} COFFER_CLIENT_DIR={}", s.addr, s.client_dir.display());
 }
 
-fn client(opts: &ClientOpts) -> Result<AdminClient, CliError> {
+pub(crate) fn client(opts: &ClientOpts) -> Result<AdminClient, CliError> {
     let dir = opts.client_dir.clone().ok_or_else(|| {
         CliError::Local(
             "no client bundle: pass --client-dir or set COFFER_CLIENT_DIR (see `coffer manager init`)".into(),
         )
     })?;
-    Ok(AdminClient::from_dir(&dir, &opts.addr)?)
+    match &opts.token {
+        Some(token) => {
+            let ca_path = dir.join("ca.pem");
+            let ca = std::fs::read_to_string(&ca_path)
+                .map_err(|e| CliError::Local(format!("{}: {e}", ca_path.display())))?;
+            AdminClient::with_token(&ca, token, &opts.addr).map_err(|e| CliError::Local(e.to_string()))
+        }
+        None => Ok(AdminClient::from_dir(&dir, &opts.addr)?),
+    }
 }
 
 /// A node named by id, or by a hostname that only one node has.
@@ -402,13 +458,13 @@ async fn resolve_node(c: &AdminClient, name: &str) -> Result<u64, CliError> {
     }
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> Result<(), CliError> {
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(v).map_err(|e| CliError::Local(e.to_string()))?;
     println!("{text}");
     Ok(())
 }
 
-fn lower<T: serde::Serialize>(v: &T) -> String {
+pub(crate) fn lower<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
 

@@ -337,7 +337,16 @@ pub fn apply_error(e: ApplyError) -> ApiError {
         }
         ApplyError::NotFound { kind, .. } if *kind != ObjectKind::Cluster => ErrorCode::NotFound,
         ApplyError::NotFound { .. } | ApplyError::NotInitialized => ErrorCode::FailedPrecondition,
-        ApplyError::SecretInUse { .. } => ErrorCode::SecretInUse,
+        ApplyError::SecretInUse { services } => {
+            return ApiError::new(
+                ErrorCode::SecretInUse,
+                format!(
+                    "the secret is used by services {}; remove the references first \
+                     (coffer service update SERVICE --secret-rm SECRET)",
+                    services.join(", ")
+                ),
+            )
+        }
         ApplyError::VersionConflict { .. } | ApplyError::StaleAuthority { .. } => ErrorCode::Conflict,
     };
     ApiError::new(code, e.to_string())

@@ -9,7 +9,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use coffer_api::cluster::{
     ClusterStatus, JoinRequest, JoinResponse, JoinTokenResponse, NodeInfo, NodeList, NodeRole as WireRole, NodeUpdate,
@@ -27,6 +27,8 @@ use crate::leader_ops::{LeaderOp, OpResult};
 use crate::manager::Manager;
 
 use crate::raft_net::receive_snapshot;
+use crate::{secrets_api, services_api, tokens_api};
+use coffer_api::error::ErrorBody;
 
 type S = State<Arc<Manager>>;
 
@@ -53,6 +55,21 @@ pub fn router(m: Arc<Manager>) -> Router {
         .route("/v1/nodes/{id}/demote", post(demote))
         .route("/v1/join-tokens/{role}", get(show_token))
         .route("/v1/join-tokens/{role}/rotate", post(rotate_token))
+        .route("/v1/secrets", post(secrets_api::create).get(secrets_api::list))
+        .route("/v1/secrets/{secret}", get(secrets_api::inspect).delete(secrets_api::remove))
+        .route("/v1/secrets/{secret}/rotate", post(secrets_api::rotate))
+        .route("/v1/secrets/{secret}/labels", put(secrets_api::set_labels))
+        .route("/v1/services", post(services_api::create).get(services_api::list))
+        .route(
+            "/v1/services/{service}",
+            get(services_api::inspect).patch(services_api::update).delete(services_api::remove),
+        )
+        .route("/v1/tokens", post(tokens_api::create).get(tokens_api::list))
+        .route("/v1/tokens/{id}", delete(tokens_api::revoke))
+        .route(
+            "/v1/openapi.json",
+            get(|| async { ([("content-type", "application/json")], crate::openapi::document()) }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(limit));
@@ -85,7 +102,12 @@ async fn vote(State(m): S, _c: ManagerCaller, body: Bytes) -> Result<Response, A
 
 async fn snapshot(State(m): S, _c: ManagerCaller, body: Body) -> Result<Response, ApiError> {
     let (vote, snap) = receive_snapshot(&m.inbox, body).await.map_err(ApiError::invalid)?;
-    Ok(postcard_reply(&m.raft.install_full_snapshot(vote, snap).await))
+    let received = snap.snapshot.path().to_path_buf();
+    let reply = m.raft.install_full_snapshot(vote, snap).await;
+    // Installed (copied into the store's own snapshot dir) or refused as stale: either
+    // way the received file has served its purpose.
+    let _ = std::fs::remove_file(received);
+    Ok(postcard_reply(&reply))
 }
 
 /// A write forwarded by a follower; the follower authenticated and authorized the caller.
@@ -127,6 +149,9 @@ async fn ca(State(m): S) -> Result<String, ApiError> {
 }
 
 async fn join(State(m): S, Json(req): Json<JoinRequest>) -> Result<Json<JoinResponse>, ApiError> {
+    // Refuse bad tokens here, before the leader spends a quorum read on them. (The
+    // leader checks again, on current state: a token rotated a moment ago fails there.)
+    crate::leader_ops::check_join_token(&m.cluster()?, &req)?;
     match m.leader_op(LeaderOp::Join(req)).await? {
         OpResult::Joined(r) => Ok(Json(r)),
         _ => Err(ApiError::internal("joining", "unexpected reply")),
@@ -148,7 +173,8 @@ async fn renew(
 // ---------------------------------------------------------------------------------------
 // Admin API.
 
-async fn status(State(m): S, _a: AdminCaller) -> Result<Json<ClusterStatus>, ApiError> {
+#[utoipa::path(get, path = "/v1/cluster/status", tag = "cluster", responses((status = 200, body = ClusterStatus), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn status(State(m): S, _a: AdminCaller) -> Result<Json<ClusterStatus>, ApiError> {
     m.status().map(Json)
 }
 
@@ -191,7 +217,8 @@ fn node_info(m: &Manager, rec: NodeRecord) -> NodeInfo {
     }
 }
 
-async fn list_nodes(State(m): S, _a: AdminCaller) -> Result<Json<NodeList>, ApiError> {
+#[utoipa::path(get, path = "/v1/nodes", tag = "cluster", responses((status = 200, body = NodeList)))]
+pub async fn list_nodes(State(m): S, _a: AdminCaller) -> Result<Json<NodeList>, ApiError> {
     m.linearizable().await?;
     let nodes = m.reader.nodes()?.into_iter().filter(|n| !n.removed).map(|n| node_info(&m, n)).collect();
     Ok(Json(NodeList { nodes }))
@@ -201,7 +228,8 @@ fn parse_id(id: &str) -> Result<u64, ApiError> {
     id.parse().map_err(|_| ApiError::invalid(format!("node id {id:?} is not a number")))
 }
 
-async fn inspect_node(State(m): S, _a: AdminCaller, Path(id): Path<String>) -> Result<Json<NodeInfo>, ApiError> {
+#[utoipa::path(get, path = "/v1/nodes/{id}", tag = "cluster", params(("id" = u64, Path)), responses((status = 200, body = NodeInfo), (status = 404, body = ErrorBody)))]
+pub async fn inspect_node(State(m): S, _a: AdminCaller, Path(id): Path<String>) -> Result<Json<NodeInfo>, ApiError> {
     let id = parse_id(&id)?;
     m.linearizable().await?;
     let rec = m.reader.node(id)?.ok_or_else(|| ApiError::not_found(format!("no node {id}")))?;
@@ -212,7 +240,8 @@ async fn simple_op(m: &Arc<Manager>, op: LeaderOp) -> Result<StatusCode, ApiErro
     m.leader_op(op).await.map(|_| StatusCode::NO_CONTENT)
 }
 
-async fn update_node(
+#[utoipa::path(patch, path = "/v1/nodes/{id}", tag = "cluster", params(("id" = u64, Path)), request_body = NodeUpdate, responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn update_node(
     State(m): S,
     _a: AdminCaller,
     Path(id): Path<String>,
@@ -223,15 +252,18 @@ async fn update_node(
     simple_op(&m, LeaderOp::SetAvailability { node_id: id, availability }).await
 }
 
-async fn remove_node(State(m): S, _a: AdminCaller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+#[utoipa::path(delete, path = "/v1/nodes/{id}", tag = "cluster", params(("id" = u64, Path)), responses((status = 204), (status = 409, description = "the last voting manager", body = ErrorBody)))]
+pub async fn remove_node(State(m): S, _a: AdminCaller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     simple_op(&m, LeaderOp::Remove(parse_id(&id)?)).await
 }
 
-async fn promote(State(m): S, _a: AdminCaller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+#[utoipa::path(post, path = "/v1/nodes/{id}/promote", tag = "cluster", params(("id" = u64, Path)), responses((status = 204), (status = 409, body = ErrorBody)))]
+pub async fn promote(State(m): S, _a: AdminCaller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     simple_op(&m, LeaderOp::Promote(parse_id(&id)?)).await
 }
 
-async fn demote(State(m): S, _a: AdminCaller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+#[utoipa::path(post, path = "/v1/nodes/{id}/demote", tag = "cluster", params(("id" = u64, Path)), responses((status = 204), (status = 409, description = "the last voting manager", body = ErrorBody)))]
+pub async fn demote(State(m): S, _a: AdminCaller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     simple_op(&m, LeaderOp::Demote(parse_id(&id)?)).await
 }
 
@@ -254,7 +286,8 @@ async fn show_token(_s: S, _a: AdminCaller, Path(role): Path<String>) -> Result<
     )))
 }
 
-async fn rotate_token(
+#[utoipa::path(post, path = "/v1/join-tokens/{role}/rotate", tag = "cluster", params(("role" = String, Path, description = "worker or manager")), responses((status = 200, body = JoinTokenResponse)))]
+pub async fn rotate_token(
     State(m): S,
     _a: AdminCaller,
     Path(role): Path<String>,

@@ -124,15 +124,15 @@ impl<'a> Txn<'a> {
                 self.put(keys::node(*id), &node)?;
                 done
             }
-            Command::CreateSecret { id, name, labels, value, at } => {
-                self.create_secret(id, name, labels, value, *at)?
+            Command::CreateSecret { id, name, labels, value, size, at } => {
+                self.create_secret(id, name, labels, value, *size, *at)?
             }
-            Command::RotateSecret { id, value, at } => {
+            Command::RotateSecret { id, value, size, at } => {
                 let Some(mut secret) = self.get::<SecretRecord>(&keys::secret(id))? else {
                     return Ok(not_found(ObjectKind::Secret, id));
                 };
                 let version = secret.latest_version().unwrap_or(0).saturating_add(1);
-                secret.versions.push(SecretVersionMeta { version, created_at: *at, size: size_of(value) });
+                secret.versions.push(SecretVersionMeta { version, created_at: *at, size: *size });
                 secret.updated_at = *at;
                 self.put(keys::secret(id), &secret)?;
                 self.put(keys::secret_value(id, version), value)?;
@@ -244,6 +244,7 @@ impl<'a> Txn<'a> {
         name: &str,
         labels: &BTreeMap<String, String>,
         value: &SealedBytes,
+        size: u32,
         at: Millis,
     ) -> Result<Result<Applied, ApplyError>, StoreError> {
         if self.get::<String>(&keys::secret_name(name))?.is_some() {
@@ -258,7 +259,7 @@ impl<'a> Txn<'a> {
             labels: labels.clone(),
             created_at: at,
             updated_at: at,
-            versions: vec![SecretVersionMeta { version: 1, created_at: at, size: size_of(value) }],
+            versions: vec![SecretVersionMeta { version: 1, created_at: at, size }],
         };
         self.put(keys::secret(id), &record)?;
         self.put(keys::secret_name(name), &id.to_string())?;
@@ -337,8 +338,4 @@ impl<'a> Txn<'a> {
 
 fn not_found(kind: ObjectKind, id: &(impl ToString + ?Sized)) -> Result<Applied, ApplyError> {
     Err(ApplyError::NotFound { kind, id: id.to_string() })
-}
-
-fn size_of(value: &SealedBytes) -> u32 {
-    u32::try_from(value.0.len()).unwrap_or(u32::MAX)
 }

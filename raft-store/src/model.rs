@@ -124,6 +124,7 @@ pub struct NodeRecord {
 pub struct SecretVersionMeta {
     pub version: u32,
     pub created_at: Millis,
+    /// Plaintext size in bytes, as the proposer stated it.
     pub size: u32,
 }
 
@@ -239,16 +240,19 @@ pub enum Command {
         id: NodeId,
         at: Millis,
     },
+    /// `size` is the plaintext size, for `inspect`; the value is sealed by the proposer.
     CreateSecret {
         id: String,
         name: String,
         labels: BTreeMap<String, String>,
         value: SealedBytes,
+        size: u32,
         at: Millis,
     },
     RotateSecret {
         id: String,
         value: SealedBytes,
+        size: u32,
         at: Millis,
     },
     SetSecretLabels {

@@ -38,6 +38,7 @@ fn create_secret(n: u64, value: &[u8]) -> Command {
         name: format!("name{n}"),
         labels: BTreeMap::from([("team".to_string(), "db".to_string())]),
         value: SealedBytes(value.to_vec()),
+        size: value.len() as u32,
         at: 1_700_000_000_000 + n,
     }
 }
@@ -88,7 +89,7 @@ async fn commands_apply_atomically_and_survive_reopen() {
         let entries = vec![
             entry(1, create_secret(1, b"v1")),
             entry(2, create_secret(1, b"again")), // same name: refused, changes nothing
-            entry(3, Command::RotateSecret { id: "id1".into(), value: SealedBytes(b"v2".to_vec()), at: 5 }),
+            entry(3, Command::RotateSecret { id: "id1".into(), value: SealedBytes(b"v2".to_vec()), size: 2, at: 5 }),
             entry(
                 4,
                 Command::CreateService {
@@ -456,7 +457,15 @@ async fn no_file_holds_a_secret_value_in_plaintext() {
             value.extend_from_slice(format!("-{n}").as_bytes());
             entries.push(entry(n, create_secret(n, &value)));
         }
-        entries.push(entry(51, Command::RotateSecret { id: "id1".into(), value: SealedBytes(canary.clone()), at: 9 }));
+        entries.push(entry(
+            51,
+            Command::RotateSecret {
+                id: "id1".into(),
+                value: SealedBytes(canary.clone()),
+                size: canary.len() as u32,
+                at: 9,
+            },
+        ));
         append(&mut store.log, entries.clone()).await;
         store.state_machine.apply(entries).await.expect("apply");
         store.log.save_vote(&openraft::Vote::new(1, 1)).await.expect("vote");

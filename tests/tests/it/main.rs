@@ -1,6 +1,8 @@
 //! Integration tests: real `coffer` manager processes on 127.0.0.1, port 0, temporary data
 //! dirs, mutual TLS. One test binary (link once, run everything under nextest).
 
+mod api;
+mod cli;
 mod cluster;
 mod security;
 

@@ -129,6 +129,33 @@ async fn a_joiner_facing_a_ca_that_does_not_match_its_token_sends_nothing() {
     assert!(err.to_string().contains("does not match the join token"), "{err}");
     assert_eq!(others.load(Ordering::SeqCst), 0, "the joiner sent something past the CA check");
     assert!(!dir.join("node.json").exists());
+
+    // The real CA with the impostor's appended: the digest of the first certificate
+    // matches, but nothing may ride along with it.
+    let real_ca = ca_pem(&c);
+    let both = format!("{real_ca}{}", creds.ca_pem);
+    let counted = others.clone();
+    let app = axum::Router::new().route("/v1/ca", axum::routing::get(move || async move { both })).fallback(
+        move || async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            "nothing"
+        },
+    );
+    let cert = NodeCert::new(tls::certified_key(&creds.cert_pem, creds.key_pem.expose()).expect("cert"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr2 = listener.local_addr().expect("addr").to_string();
+    let serving2 = tokio::spawn(coffer_node::server::serve(
+        listener,
+        tls::server_config(&creds.ca_pem, cert).expect("tls"),
+        app,
+        16,
+        stop.clone(),
+    ));
+    let dir = joiner_dir(c.root.path(), "fooled-twice");
+    let err = ManagerProc::join(bin(), &dir, &c.tokens.manager, &addr2, &[]).expect_err("join must refuse");
+    assert!(err.to_string().contains("does not match the join token"), "{err}");
+    assert_eq!(others.load(Ordering::SeqCst), 0, "the joiner sent something past the CA check");
+    let _ = serving2;
     stop.cancel();
     let _ = serving.await;
 }
@@ -189,5 +216,41 @@ async fn each_endpoint_refuses_callers_without_its_role() {
     assert!(nodes.iter().all(|n| n.id != c.managers[2].id && n.id != worker.node_id), "removed nodes are listed");
     let s = admin.status().await.expect("status");
     assert_eq!(s.members.len(), 2, "the removed manager is still a Raft member");
+    assert!(s.healthy);
+}
+
+/// A client holding a fresh worker certificate of `c`, aimed at manager `i`.
+pub async fn worker_client(c: &Cluster, i: usize) -> AdminClient {
+    let (w, key) = join_raw(c, &c.tokens.worker, NodeRole::Worker).await.expect("worker joins");
+    client_with(c, i, &w.cert_pem, key.key_pem().expose())
+}
+
+/// Retries `f` until it succeeds (a record committed on the leader may take a heartbeat
+/// to be applied on the manager asked).
+pub async fn eventually_ok<T, F, Fut>(f: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    coffer_tests::eventually("the call to succeed", coffer_tests::DEADLINE, || async { f().await.ok() })
+        .await
+        .expect("call succeeds")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_that_never_comes_up_does_not_stall_the_cluster() {
+    let c = Cluster::start(bin(), 1, &[]).await.expect("cluster");
+    let admin = c.admin(0);
+    // Admitted, but nothing ever answers at its address.
+    let (ghost, _key) = join_raw(&c, &c.tokens.manager, NodeRole::Manager).await.expect("ghost joins");
+    // The cluster keeps committing: a write, a token rotation, and removing the ghost.
+    admin.rotate_token(NodeRole::Worker).await.expect("rotate with a ghost learner");
+    let g = admin.node(ghost.node_id).await.expect("ghost recorded");
+    assert_ne!(g.raft, coffer_api::cluster::RaftRole::Voter, "a manager that never answered became a voter");
+    let e = admin.promote(ghost.node_id).await.expect_err("promoting a ghost");
+    assert_eq!(e.code(), Some(ErrorCode::FailedPrecondition), "{e}");
+    admin.remove(ghost.node_id).await.expect("remove the ghost");
+    let s = admin.status().await.expect("status");
+    assert_eq!(s.members.len(), 1);
     assert!(s.healthy);
 }

@@ -263,6 +263,11 @@ impl Client {
         self.patch(&format!("/v1/services/{service}"), update).await
     }
 
+    /// Where a service's replicas run (`coffer service ps`).
+    pub async fn service_tasks(&self, service: &str) -> Result<Vec<crate::worker::TaskInfo>, ClientError> {
+        self.get::<crate::worker::TaskList>(&format!("/v1/services/{service}/tasks")).await.map(|l| l.tasks)
+    }
+
     pub async fn remove_service(&self, service: &str) -> Result<(), ClientError> {
         self.delete(&format!("/v1/services/{service}")).await
     }

@@ -28,6 +28,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// No leader is known right now; retry.
     Unavailable,
+    /// Only the leader does this (issuing grants); the message names the leader.
+    NotLeader,
     /// The manager is sealed (autolock) and waits for `coffer cluster unlock`.
     Locked,
     Internal,
@@ -46,6 +48,7 @@ impl ErrorCode {
             }
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Unavailable | ErrorCode::Locked => 503,
+            ErrorCode::NotLeader => 421,
             ErrorCode::Internal => 500,
         }
     }

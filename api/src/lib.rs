@@ -5,6 +5,7 @@
 //! - [`error`]: the error envelope `{"error": {"code", "message"}}` and its stable codes.
 //! - [`cluster`]: join, renew, nodes, join tokens, cluster status.
 //! - [`secrets`], [`services`], [`tokens`]: the admin API's resources.
+//! - [`worker`]: the worker session: assignments, grants, redemption.
 //! - [`client`]: the typed async client (CLI, tests, benchmarks), over [`tls`].
 //!
 //! Boundary: no RocksDB, no openraft. Storage types are converted to these by hand in
@@ -17,3 +18,4 @@ pub mod secrets;
 pub mod services;
 pub mod tls;
 pub mod tokens;
+pub mod worker;

@@ -190,8 +190,12 @@ pub fn init_data_dir(config: &ManagerConfig, bound: SocketAddr) -> anyhow::Resul
     let ca_key_sealed =
         Sealer::new(&value_key).seal(&Aad::new("ca-key", cluster_id.as_bytes()), ca.key_pem().expose().as_bytes())?;
     let now = now_millis();
-    let settings =
-        ClusterSettings { node_cert_validity_secs: config.node_cert_validity_secs, ..ClusterSettings::default() };
+    let settings = ClusterSettings {
+        node_cert_validity_secs: config.node_cert_validity_secs,
+        grant_ttl_secs: config.grant_ttl_secs,
+        worker_heartbeat_ms: config.worker_heartbeat_ms,
+        ..ClusterSettings::default()
+    };
     let cluster = ClusterRecord {
         id: cluster_id.clone(),
         created_at: now,

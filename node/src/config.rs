@@ -46,6 +46,10 @@ pub struct ManagerConfig {
     pub raft: RaftTuning,
     /// Validity of node certificates issued by this cluster (set at init).
     pub node_cert_validity_secs: u64,
+    /// Grant lifetime (set at init).
+    pub grant_ttl_secs: u64,
+    /// Worker heartbeat period (set at init); a worker is down after 3 missed.
+    pub worker_heartbeat_ms: u64,
     /// Concurrent connections the listener serves; more wait.
     pub max_connections: usize,
     /// Request body limit in bytes.
@@ -60,6 +64,8 @@ impl ManagerConfig {
             advertise: None,
             raft: RaftTuning::default(),
             node_cert_validity_secs: 90 * 24 * 3600,
+            grant_ttl_secs: 30,
+            worker_heartbeat_ms: 2000,
             // Below the usual 1024 file descriptors, with room for RocksDB and peers.
             max_connections: 512,
             max_body_bytes: 1 << 20,

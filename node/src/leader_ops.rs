@@ -120,7 +120,8 @@ async fn join(m: &Arc<Manager>, req: JoinRequest) -> Result<JoinResponse, ApiErr
         .advertise_addr
         .parse()
         .map_err(|_| ApiError::invalid(format!("advertise address {:?} is not ip:port", req.advertise_addr)))?;
-    if addr.ip().is_unspecified() || addr.port() == 0 {
+    // Managers are dialled at their advertised address; workers only dial out.
+    if req.role == WireRole::Manager && (addr.ip().is_unspecified() || addr.port() == 0) {
         return Err(ApiError::invalid(format!("advertise address {addr} cannot be dialled")));
     }
     if req.hostname.is_empty() || req.hostname.len() > 253 {
@@ -139,8 +140,9 @@ async fn join(m: &Arc<Manager>, req: JoinRequest) -> Result<JoinResponse, ApiErr
     };
     let ca = cluster_ca(&cluster)?;
     let validity = Duration::from_secs(cluster.settings.node_cert_validity_secs);
+    let sans = if role == Role::Manager { vec![addr.ip().to_string()] } else { Vec::new() };
     let issued = ca
-        .sign_csr(&req.csr_pem, node_id, role, &cluster.id, &[addr.ip().to_string()], validity)
+        .sign_csr(&req.csr_pem, node_id, role, &cluster.id, &sans, validity)
         .map_err(|e| ApiError::invalid(format!("certificate signing request: {e}")))?;
     let now = now_millis();
     let record = NodeRecord {
@@ -184,8 +186,9 @@ async fn renew(m: &Arc<Manager>, node_id: u64, role: Role, csr_pem: &str) -> Res
     let host =
         rec.addr.parse::<std::net::SocketAddr>().map(|a| a.ip().to_string()).unwrap_or_else(|_| rec.hostname.clone());
     let validity = Duration::from_secs(cluster.settings.node_cert_validity_secs);
+    let sans = if role == Role::Manager { vec![host] } else { Vec::new() };
     let issued = ca
-        .sign_csr(csr_pem, node_id, role, &cluster.id, &[host], validity)
+        .sign_csr(csr_pem, node_id, role, &cluster.id, &sans, validity)
         .map_err(|e| ApiError::invalid(format!("certificate signing request: {e}")))?;
     rec.cert_serial = issued.serial_hex.clone();
     rec.updated_at = now_millis();

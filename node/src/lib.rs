@@ -15,6 +15,9 @@
 //!   [`constraints`], [`values`], [`api_token`]: input rules, placement constraints,
 //!   value sealing, API token format.
 //! - [`tls`], [`pki`], [`join_token`], [`renewal`]: certificates and trust.
+//! - [`scheduler`], [`grants`], [`worker_api`]: placing tasks, leader-only grants and
+//!   their redemption, the worker session on a manager.
+//! - [`worker`]: the worker agent: session, heartbeats, grants, files on tmpfs.
 //! - [`cli`], [`dev`]: the command line, `coffer dev`.
 //! - [`config`], [`data_dir`], [`key_file`], [`store_check`]: configuration and on-disk layout.
 
@@ -29,6 +32,7 @@ pub mod constraints;
 pub mod data_dir;
 pub mod dev;
 pub mod extract;
+pub mod grants;
 pub mod join_token;
 pub mod key_file;
 pub mod leader_ops;
@@ -39,6 +43,7 @@ pub mod pki;
 pub mod raft_net;
 pub mod renewal;
 pub mod routes;
+pub mod scheduler;
 pub mod secrets_api;
 pub mod server;
 pub mod services_api;
@@ -47,3 +52,5 @@ pub mod tls;
 pub mod tokens_api;
 pub mod validate;
 pub mod values;
+pub mod worker;
+pub mod worker_api;

@@ -47,6 +47,12 @@ pub struct Manager {
     pub(crate) kek: Arc<dyn KeyEncryptionKey>,
     /// Serialises membership changes made by this manager while it leads.
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
+    /// This manager's grant key for the term it leads (see `grants`).
+    pub(crate) grant_key: tokio::sync::Mutex<Option<Arc<crate::grants::GrantKey>>>,
+    /// Serialises appends to the audit log.
+    pub(crate) audit_lock: tokio::sync::Mutex<()>,
+    /// Worker heartbeats seen while leading (see `scheduler`).
+    pub(crate) liveness: crate::scheduler::Liveness,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -119,6 +125,9 @@ impl Manager {
             data_dir,
             kek,
             membership_lock: tokio::sync::Mutex::new(()),
+            grant_key: tokio::sync::Mutex::new(None),
+            audit_lock: tokio::sync::Mutex::new(()),
+            liveness: crate::scheduler::Liveness::default(),
             shutdown: shutdown.clone(),
         });
 
@@ -129,6 +138,7 @@ impl Manager {
             bootstrap::bootstrap_cluster(&manager, b).await?;
         }
         tokio::spawn(renewal::renew_certificates(manager.clone()));
+        tokio::spawn(crate::scheduler::run(manager.clone()));
         let m = manager.clone();
         let serving = tokio::spawn(async move {
             shutdown.cancelled().await;

@@ -4,7 +4,7 @@
 
 use utoipa::OpenApi;
 
-use crate::{routes, secrets_api, services_api, tokens_api};
+use crate::{routes, secrets_api, services_api, tokens_api, worker_api};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -16,6 +16,8 @@ use crate::{routes, secrets_api, services_api, tokens_api};
         services_api::create, services_api::list, services_api::inspect, services_api::update,
         services_api::remove,
         tokens_api::create, tokens_api::list, tokens_api::revoke,
+        worker_api::service_tasks, worker_api::assignments, worker_api::heartbeat, worker_api::grants,
+        worker_api::redeem,
         routes::status, routes::list_nodes, routes::inspect_node, routes::update_node, routes::remove_node,
         routes::promote, routes::demote, routes::rotate_token,
     ),
@@ -23,6 +25,7 @@ use crate::{routes, secrets_api, services_api, tokens_api};
         (name = "secrets", description = "Secrets; values never come back out of this API"),
         (name = "services", description = "Services and the secrets they mount"),
         (name = "tokens", description = "API tokens (admin certificate only)"),
+        (name = "worker", description = "The worker session (worker certificates only)"),
         (name = "cluster", description = "Nodes, join tokens and cluster status (admin certificate only)"),
     )
 )]

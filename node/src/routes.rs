@@ -27,7 +27,7 @@ use crate::leader_ops::{LeaderOp, OpResult};
 use crate::manager::Manager;
 
 use crate::raft_net::receive_snapshot;
-use crate::{secrets_api, services_api, tokens_api};
+use crate::{secrets_api, services_api, tokens_api, worker_api};
 use coffer_api::error::ErrorBody;
 
 type S = State<Arc<Manager>>;
@@ -40,6 +40,7 @@ pub fn router(m: Arc<Manager>) -> Router {
         .route("/raft/propose", post(propose))
         .route("/raft/read-index", post(read_index))
         .route("/raft/applied", post(applied))
+        .route("/raft/heartbeat", post(worker_api::forwarded_heartbeat))
         .route("/raft/op", post(op))
         // Raft batches can exceed the API's body limit.
         .layer(DefaultBodyLimit::max(64 << 20))
@@ -64,6 +65,11 @@ pub fn router(m: Arc<Manager>) -> Router {
             "/v1/services/{service}",
             get(services_api::inspect).patch(services_api::update).delete(services_api::remove),
         )
+        .route("/v1/services/{service}/tasks", get(worker_api::service_tasks))
+        .route("/v1/worker/assignments", get(worker_api::assignments))
+        .route("/v1/worker/heartbeat", post(worker_api::heartbeat))
+        .route("/v1/worker/grants", post(worker_api::grants))
+        .route("/v1/worker/redeem", post(worker_api::redeem))
         .route("/v1/tokens", post(tokens_api::create).get(tokens_api::list))
         .route("/v1/tokens/{id}", delete(tokens_api::revoke))
         .route(

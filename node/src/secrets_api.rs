@@ -37,7 +37,7 @@ pub fn new_id() -> String {
 
 fn decode_value(data: &str) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     // Check the encoded length first: no allocation for a value that is too large.
-    if data.len() > (validate::MAX_SECRET_BYTES + 2) / 3 * 4 + 4 {
+    if data.len() > validate::MAX_SECRET_BYTES.div_ceil(3) * 4 + 4 {
         validate::secret_size(data.len() / 4 * 3)?;
     }
     let bytes = base64::engine::general_purpose::STANDARD

@@ -1,0 +1,220 @@
+//! The worker session on a manager: assignments (long poll), heartbeats, grants (leader
+//! only) and redemption (any manager). Worker certificates only, each worker sees only its
+//! own tasks; and `service ps` for operators.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use axum::Json;
+use base64::Engine;
+use coffer_api::error::ErrorBody;
+use coffer_api::worker::{
+    AssignedSecret, AssignedTask, Assignment, GrantList, GrantRequest, HeartbeatReply, RedeemRequest, Redeemed,
+    RedeemedSecret, TaskInfo, TaskList,
+};
+use coffer_raft_store::model::TaskState;
+use coffer_raft_store::NodeId;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::api_error::ApiError;
+use crate::auth::{ManagerCaller, NodeCaller, Operator};
+use crate::extract::ApiJson;
+use crate::grants;
+use crate::manager::Manager;
+use crate::pki::Role;
+use crate::values::ValueSealer;
+
+type S = State<Arc<Manager>>;
+
+/// How long an assignments request waits for a change before answering anyway.
+const LONG_POLL: Duration = Duration::from_secs(20);
+
+fn worker(caller: &NodeCaller) -> Result<NodeId, ApiError> {
+    if caller.role != Role::Worker {
+        return Err(ApiError::forbidden("this endpoint is for workers"));
+    }
+    Ok(caller.node_id)
+}
+
+/// The tasks assigned to `node`, as the worker needs them.
+pub fn assignment_of(m: &Manager, node: NodeId) -> Result<Assignment, ApiError> {
+    let mut tasks = Vec::new();
+    for t in m.reader.tasks()? {
+        if t.node_id != Some(node) || t.desired != TaskState::Running {
+            continue;
+        }
+        let Some(svc) = m.reader.service(&t.service_id)? else { continue };
+        let mut secrets = Vec::new();
+        for (secret_id, version) in &t.secret_versions {
+            let Some(r) = svc.spec.secrets.iter().find(|r| &r.secret_id == secret_id) else { continue };
+            let name = m.reader.secret(secret_id)?.map(|s| s.name).unwrap_or_default();
+            secrets.push(AssignedSecret {
+                secret_id: secret_id.clone(),
+                secret_name: name,
+                version: *version,
+                target: r.target.clone(),
+                uid: r.uid,
+                gid: r.gid,
+                mode: r.mode,
+            });
+        }
+        tasks.push(AssignedTask { task_id: t.id, service_id: svc.id, service_name: svc.name, slot: t.slot, secrets });
+    }
+    tasks.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+    let digest = Sha256::digest(serde_json::to_vec(&tasks).map_err(|e| ApiError::internal("fingerprint", e))?);
+    let fingerprint = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    let managers =
+        m.raft.metrics().borrow().membership_config.membership().nodes().map(|(_, n)| n.addr.clone()).collect();
+    let heartbeat_ms = m.cluster()?.settings.worker_heartbeat_ms;
+    Ok(Assignment { fingerprint, tasks, leader_addr: m.leader().map(|l| l.1), managers, heartbeat_ms })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Since {
+    since: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/worker/assignments", tag = "worker",
+    params(("since" = Option<String>, Query, description = "fingerprint of the assignment the worker has")),
+    responses((status = 200, body = Assignment), (status = 403, body = ErrorBody)))]
+pub async fn assignments(
+    State(m): S,
+    caller: NodeCaller,
+    Query(q): Query<Since>,
+) -> Result<Json<Assignment>, ApiError> {
+    let node = worker(&caller)?;
+    let deadline = Instant::now() + LONG_POLL;
+    let mut rx = m.raft.metrics();
+    let mut applied = rx.borrow().last_applied;
+    loop {
+        let a = assignment_of(&m, node)?;
+        if q.since.as_deref() != Some(a.fingerprint.as_str()) || Instant::now() >= deadline {
+            return Ok(Json(a));
+        }
+        // Wait for the state to move (anything applied), or the deadline.
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, rx.changed()).await.is_err() {
+                break;
+            }
+            let now = rx.borrow().last_applied;
+            if now != applied {
+                applied = now;
+                break;
+            }
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/v1/worker/heartbeat", tag = "worker", responses((status = 200, body = HeartbeatReply)))]
+pub async fn heartbeat(State(m): S, caller: NodeCaller) -> Result<Json<HeartbeatReply>, ApiError> {
+    let node = worker(&caller)?;
+    record_heartbeat(&m, node).await;
+    Ok(Json(HeartbeatReply { leader_addr: m.leader().map(|l| l.1) }))
+}
+
+/// Liveness lives on the leader; a follower passes the heartbeat on (best effort: a lost
+/// one is covered by the next).
+async fn record_heartbeat(m: &Manager, node: NodeId) {
+    if m.is_leader() {
+        m.liveness.seen(node);
+        return;
+    }
+    if let Some((id, addr)) = m.leader() {
+        let url = format!("https://{addr}/raft/heartbeat");
+        let _ = crate::raft_net::post_postcard::<_, ()>(&m.peers, &url, Some(id), &node, Duration::from_secs(2)).await;
+    }
+}
+
+/// A heartbeat forwarded by a follower.
+pub async fn forwarded_heartbeat(
+    State(m): S,
+    _c: ManagerCaller,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let node: NodeId = postcard::from_bytes(&body).map_err(|_| ApiError::invalid("malformed heartbeat"))?;
+    if m.is_leader() {
+        m.liveness.seen(node);
+    }
+    Ok(axum::response::IntoResponse::into_response((
+        [("content-type", "application/octet-stream")],
+        postcard::to_allocvec(&()).unwrap_or_default(),
+    )))
+}
+
+#[utoipa::path(post, path = "/v1/worker/grants", tag = "worker", request_body = GrantRequest,
+    responses((status = 200, body = GrantList), (status = 403, body = ErrorBody),
+        (status = 421, description = "not the leader", body = ErrorBody)))]
+pub async fn grants(
+    State(m): S,
+    caller: NodeCaller,
+    ApiJson(req): ApiJson<GrantRequest>,
+) -> Result<Json<GrantList>, ApiError> {
+    let node = worker(&caller)?;
+    if req.task_ids.len() > 1024 {
+        return Err(ApiError::invalid("at most 1024 tasks per request"));
+    }
+    grants::issue(&m, node, &req.task_ids).await.map(|grants| Json(GrantList { grants }))
+}
+
+#[utoipa::path(post, path = "/v1/worker/redeem", tag = "worker", request_body = RedeemRequest,
+    responses((status = 200, body = Redeemed), (status = 403, description = "grant refused", body = ErrorBody)))]
+pub async fn redeem(
+    State(m): S,
+    caller: NodeCaller,
+    ApiJson(req): ApiJson<RedeemRequest>,
+) -> Result<Json<Redeemed>, ApiError> {
+    let node = worker(&caller)?;
+    // Checked against a linearizable view: a grant whose term was superseded, whose task
+    // moved or whose versions changed is refused as soon as that change is committed,
+    // even here on a follower that has not applied it yet. A deposed leader cannot get a
+    // read index from a quorum, so it cannot honour its own old grants either.
+    m.linearizable().await?;
+    let (body, _task) = grants::verify(&m, node, &req.grant)?;
+    let sealer = ValueSealer::for_cluster(&m.cluster()?)?;
+    // Read everything first, audit, then answer: no value leaves without its record.
+    let mut sealed = Vec::new();
+    for (id, version) in &body.versions {
+        let v = m
+            .reader
+            .secret_value(id, *version)?
+            .ok_or_else(|| ApiError::not_found(format!("secret {id} version {version} is gone")))?;
+        sealed.push((id.clone(), *version, v));
+    }
+    grants::audit(&m, &body).await?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut secrets = Vec::new();
+    for (id, version, v) in sealed {
+        let plain = sealer.open(&id, &v)?;
+        secrets.push(RedeemedSecret { secret_id: id, version, data: b64.encode(plain.as_slice()) });
+    }
+    Ok(Json(Redeemed { task_id: body.task_id, secrets }))
+}
+
+#[utoipa::path(get, path = "/v1/services/{service}/tasks", tag = "services",
+    params(("service" = String, Path, description = "id or name")),
+    responses((status = 200, body = TaskList), (status = 404, body = ErrorBody)))]
+pub async fn service_tasks(State(m): S, _o: Operator, Path(key): Path<String>) -> Result<Json<TaskList>, ApiError> {
+    m.linearizable().await?;
+    let svc = crate::services_api::find_service(&m, &key)?;
+    let mut tasks = Vec::new();
+    for t in m.reader.tasks()?.into_iter().filter(|t| t.service_id == svc.id) {
+        let host = match t.node_id {
+            Some(n) => m.reader.node(n)?.map(|r| r.hostname),
+            None => None,
+        };
+        tasks.push(TaskInfo {
+            task_id: t.id,
+            slot: t.slot,
+            node_id: t.node_id,
+            node_hostname: host,
+            secret_versions: t.secret_versions,
+            updated_at_ms: t.updated_at,
+        });
+    }
+    tasks.sort_by_key(|t| t.slot);
+    Ok(Json(TaskList { tasks }))
+}

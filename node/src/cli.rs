@@ -70,6 +70,9 @@ enum Top {
     /// Run a manager: create a cluster, join one, or restart.
     #[command(subcommand)]
     Manager(ManagerCmd),
+    /// Run a worker: join a cluster, or restart.
+    #[command(subcommand)]
+    Worker(WorkerCmd),
     /// List, inspect and change nodes.
     Node {
         #[command(subcommand)]
@@ -109,6 +112,8 @@ enum Top {
     Dev {
         #[arg(long, default_value_t = 3)]
         managers: usize,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
         /// Where the managers keep their data dirs (default: a temporary directory, removed on exit).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -181,6 +186,12 @@ struct Tuning {
     /// Validity of node certificates in seconds (read at `init`; default 90 days).
     #[arg(long)]
     cert_validity_secs: Option<u64>,
+    /// Lifetime of grants in seconds (read at `init`; default 30).
+    #[arg(long)]
+    grant_ttl_secs: Option<u64>,
+    /// Worker heartbeat period in milliseconds (read at `init`; default 2000).
+    #[arg(long)]
+    worker_heartbeat_ms: Option<u64>,
 }
 
 impl Tuning {
@@ -194,7 +205,41 @@ impl Tuning {
         if let Some(n) = self.cert_validity_secs {
             c.node_cert_validity_secs = n;
         }
+        if let Some(n) = self.grant_ttl_secs {
+            c.grant_ttl_secs = n;
+        }
+        if let Some(n) = self.worker_heartbeat_ms {
+            c.worker_heartbeat_ms = n;
+        }
     }
+}
+
+#[derive(Subcommand, Debug)]
+enum WorkerCmd {
+    /// Join a cluster with a worker join token, and run.
+    Join {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, env = "COFFER_JOIN_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Address of any manager of the cluster.
+        #[arg(long)]
+        join: String,
+        /// Where tasks' secrets are written; must be tmpfs (or ramfs).
+        #[arg(long)]
+        secrets_dir: PathBuf,
+        /// Allow a secrets dir on persistent storage.
+        #[arg(long)]
+        insecure_disk: bool,
+        /// A shell command run after a task's files change (COFFER_TASK_DIR, COFFER_SERVICE).
+        #[arg(long)]
+        on_change: Option<String>,
+    },
+    /// Restart a worker from its data dir.
+    Run {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -266,7 +311,8 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Top::Manager(cmd) => outcome(manager(cmd).await),
-        Top::Dev { managers, dir } => outcome(dev::run(managers, dir, shutdown_on_signal()).await),
+        Top::Worker(cmd) => outcome(worker(cmd).await),
+        Top::Dev { managers, workers, dir } => outcome(dev::run(managers, workers, dir, shutdown_on_signal()).await),
         Top::Store(StoreCmd::Check { data_dir }) => match store_check::check(&DataDir::new(&data_dir)) {
             Ok(r) => {
                 println!(
@@ -415,6 +461,21 @@ async fn manager(cmd: ManagerCmd) -> anyhow::Result<()> {
     println!("coffer: manager {} serving on {}", running.manager.id, running.manager.advertise);
     running.serving.await?;
     Ok(())
+}
+
+async fn worker(cmd: WorkerCmd) -> anyhow::Result<()> {
+    let shutdown = shutdown_on_signal();
+    let data_dir = match cmd {
+        WorkerCmd::Join { data_dir, token, join, secrets_dir, insecure_disk, on_change } => {
+            let dir = DataDir::new(&data_dir);
+            let settings = crate::worker::settings(secrets_dir, insecure_disk, on_change, &join);
+            let id = crate::worker::join(&dir, &token, &join, settings).await?;
+            eprintln!("joined as worker {}", id.node_id);
+            dir
+        }
+        WorkerCmd::Run { data_dir } => DataDir::new(&data_dir),
+    };
+    crate::worker::run(data_dir, shutdown).await
 }
 
 fn print_init(s: &bootstrap::InitSummary) {

@@ -76,6 +76,10 @@ pub enum ServiceCmd {
     Inspect {
         service: String,
     },
+    /// Where the service's replicas run.
+    Ps {
+        service: String,
+    },
     Rm {
         #[arg(required = true)]
         services: Vec<String>,
@@ -278,6 +282,25 @@ pub(crate) async fn service(cmd: ServiceCmd, opts: &ClientOpts) -> Result<(), Cl
             print_service_table(&services);
         }
         ServiceCmd::Inspect { service } => print_json(&c.service(&service).await?)?,
+        ServiceCmd::Ps { service } => {
+            let tasks = c.service_tasks(&service).await?;
+            if opts.format == Format::Json {
+                return print_json(&tasks);
+            }
+            println!("{:<18} {:<5} {:<22} {:<16} {}", "TASK", "SLOT", "NODE", "HOSTNAME", "SECRET VERSIONS");
+            for t in tasks {
+                let node = t.node_id.map(|n| n.to_string()).unwrap_or_else(|| "(pending)".into());
+                let versions: Vec<String> = t.secret_versions.iter().map(|(id, v)| format!("{id}@{v}")).collect();
+                println!(
+                    "{:<18} {:<5} {:<22} {:<16} {}",
+                    t.task_id,
+                    t.slot,
+                    node,
+                    t.node_hostname.unwrap_or_default(),
+                    versions.join(",")
+                );
+            }
+        }
         ServiceCmd::Rm { services } => {
             for s in &services {
                 c.remove_service(s).await?;

@@ -235,3 +235,178 @@ impl Cluster {
         self.extra.iter().map(String::as_str).collect()
     }
 }
+
+/// One worker process with its secrets dir on tmpfs (/dev/shm), removed on drop.
+#[derive(Debug)]
+pub struct WorkerProc {
+    child: Child,
+    pub dir: PathBuf,
+    pub secrets: PathBuf,
+    pub id: u64,
+}
+
+/// A fresh secrets dir on tmpfs for a test worker.
+pub fn tmpfs_dir(name: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    Path::new("/dev/shm").join(format!("coffer-it-{}-{n}-{name}", std::process::id()))
+}
+
+impl WorkerProc {
+    fn wait_running(mut child: Child, dir: &Path, secrets: &Path) -> anyhow::Result<Self> {
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        loop {
+            match rx.recv_timeout(DEADLINE) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("coffer: worker ") {
+                        let id = rest.split_whitespace().next().context("worker id")?.parse()?;
+                        // Keep draining stdout so the worker never blocks on a full pipe.
+                        std::thread::spawn(move || while rx.recv().is_ok() {});
+                        return Ok(Self { child, dir: dir.to_path_buf(), secrets: secrets.to_path_buf(), id });
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let log = std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default();
+                    bail!("worker in {} did not start; log:\n{log}", dir.display());
+                }
+            }
+        }
+    }
+
+    fn spawn(bin: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Child> {
+        let log = std::fs::File::create(dir.with_extension("log")).context("create log file")?;
+        let mut cmd = Command::new(bin);
+        cmd.args(args).env("COFFER_LOG", "info").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.spawn().with_context(|| format!("spawn {}", bin.display()))
+    }
+
+    /// `coffer worker join`, secrets on tmpfs.
+    pub fn join(bin: &Path, dir: &Path, token: &str, join: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let secrets = tmpfs_dir("secrets");
+        let d = dir.to_str().context("utf-8 path")?;
+        let s = secrets.to_str().context("utf-8 path")?;
+        let mut args = vec!["worker", "join", "--data-dir", d, "--join", join, "--secrets-dir", s];
+        args.extend_from_slice(extra);
+        let child = Self::spawn(bin, dir, &args, &[("COFFER_JOIN_TOKEN", token)])?;
+        Self::wait_running(child, dir, &secrets)
+    }
+
+    /// `coffer worker run`: restart from the data dir.
+    pub fn restart(bin: &Path, dir: &Path, secrets: &Path) -> anyhow::Result<Self> {
+        let d = dir.to_str().context("utf-8 path")?;
+        let child = Self::spawn(bin, dir, &["worker", "run", "--data-dir", d], &[])?;
+        Self::wait_running(child, dir, secrets)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running (not restarted, not dead).
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The content of `<secrets>/<task dir>/<target>`, if present.
+    pub fn read(&self, task_dir: &str, target: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.secrets.join(task_dir).join(target)).ok()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.secrets);
+    }
+}
+
+impl Cluster {
+    /// Starts `n` workers joined to this cluster (rotating the worker token once).
+    pub async fn start_workers(&self, n: usize, extra: &[&str]) -> anyhow::Result<Vec<WorkerProc>> {
+        let token = self.admin(0).rotate_token(coffer_api::cluster::NodeRole::Worker).await?.token;
+        let mut out = Vec::new();
+        for i in 1..=n {
+            let dir = self.root.path().join(format!("w{i}-{}", rand_suffix()));
+            out.push(WorkerProc::join(&self.bin, &dir, &token, &self.managers[0].addr, extra)?);
+        }
+        Ok(out)
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A worker made by hand for tests and benchmarks that drive the worker API directly:
+/// its certificate, a client per manager, and a heartbeat loop keeping it ready.
+#[derive(Debug)]
+pub struct RawWorker {
+    pub id: u64,
+    pub clients: Vec<AdminClient>,
+    beat: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawWorker {
+    fn drop(&mut self) {
+        self.beat.abort();
+    }
+}
+
+/// Joins a [`RawWorker`] to `c` with the worker token `token`.
+pub async fn raw_worker(c: &Cluster, token: &str) -> RawWorker {
+    use coffer_api::cluster::{JoinRequest, JoinResponse, NodeRole};
+    let ca = std::fs::read_to_string(c.client_dir().join("ca.pem")).expect("ca");
+    let key = coffer_node::pki::NodeKey::generate().expect("key");
+    let req = JoinRequest {
+        token: token.into(),
+        role: NodeRole::Worker,
+        csr_pem: key.csr_pem(&[]).expect("csr"),
+        advertise_addr: "0.0.0.0:0".into(),
+        hostname: "raw".into(),
+    };
+    let anon = AdminClient::with_tls(&ca, None, &c.managers[0].addr).expect("client");
+    let joined: JoinResponse = anon.post("/v1/join", &req).await.expect("join");
+    let cert = coffer_api::tls::certified_key(&joined.cert_pem, key.key_pem().expose()).expect("cert");
+    let clients: Vec<AdminClient> = c
+        .managers
+        .iter()
+        .map(|m| {
+            let resolver = std::sync::Arc::new(coffer_api::tls::StaticCert(cert.clone()));
+            AdminClient::with_tls(&ca, Some(resolver), &m.addr).expect("client")
+        })
+        .collect();
+    let hb = clients.clone();
+    let beat = tokio::spawn(async move {
+        let mut i = 0usize;
+        loop {
+            let _ = hb[i % hb.len()].post::<_, serde_json::Value>("/v1/worker/heartbeat", &()).await;
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    RawWorker { id: joined.node_id, clients, beat }
+}

@@ -130,6 +130,7 @@ async fn certificates_renew_before_they_expire() {
     // 10-second certificates renew between 5 and 8 seconds.
     let issued = tokio::time::Instant::now();
     let c = Cluster::start(bin(), 2, &["--cert-validity-secs", "10"]).await.expect("cluster");
+    let workers = c.start_workers(1, &[]).await.expect("a worker renews too");
     let admin = c.admin(0);
     let before: Vec<(u64, String)> =
         admin.nodes().await.expect("ls").into_iter().map(|n| (n.id, n.cert_serial)).collect();
@@ -152,6 +153,9 @@ async fn certificates_renew_before_they_expire() {
     .await
     .expect("write");
     assert!(c.admin(1).status().await.expect("status").healthy);
+    // The worker, on its renewed certificate, is still in session (heartbeats count).
+    let w = admin.node(workers[0].id).await.expect("worker");
+    assert_eq!(w.status, coffer_api::cluster::NodeStatus::Ready);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,10 +178,14 @@ async fn coffer_dev_runs_a_cluster_and_stops_on_ctrl_c() {
         }
     });
     let mut addr = None;
+    let mut secrets_dirs: Vec<String> = Vec::new();
     loop {
         let line = rx.recv_timeout(DEADLINE).expect("coffer dev printed its instructions");
         if let Some(rest) = line.trim().strip_prefix("export COFFER_ADDR=") {
             addr = rest.split_whitespace().next().map(str::to_string);
+        }
+        if let Some((_, dir)) = line.split_once("secrets in ") {
+            secrets_dirs.push(dir.trim().to_string());
         }
         if line.contains("Ctrl-C stops") {
             break;
@@ -186,7 +194,44 @@ async fn coffer_dev_runs_a_cluster_and_stops_on_ctrl_c() {
     let addr = addr.expect("export line");
     let admin = coffer_api::client::Client::from_dir(&dir.path().join("manager-1/client"), &addr).expect("bundle");
     let nodes = admin.nodes().await.expect("node ls against coffer dev");
-    assert_eq!(nodes.len(), 3);
+    let managers = nodes.iter().filter(|n| n.role == coffer_api::cluster::NodeRole::Manager).count();
+    let workers: Vec<u64> =
+        nodes.iter().filter(|n| n.role == coffer_api::cluster::NodeRole::Worker).map(|n| n.id).collect();
+    assert_eq!((managers, workers.len()), (3, 2));
+    // The README's tour: a secret lands in both workers' directories.
+    admin.create_secret("db_password", b"tour-value", Default::default()).await.expect("secret");
+    let svc = coffer_api::services::ServiceCreate {
+        name: "api".into(),
+        replicas: Some(2),
+        constraints: vec![],
+        secrets: vec![coffer_api::services::SecretRefSpec {
+            source: "db_password".into(),
+            target: None,
+            uid: None,
+            gid: None,
+            mode: Some(0o400),
+            version: None,
+        }],
+        labels: Default::default(),
+    };
+    admin.create_service(&svc).await.expect("service");
+    secrets_dirs.sort();
+    secrets_dirs.dedup();
+    assert_eq!(secrets_dirs.len(), 2, "coffer dev names both workers' secrets dirs");
+    let dirs: Vec<std::path::PathBuf> = secrets_dirs.iter().map(std::path::PathBuf::from).collect();
+    coffer_tests::eventually("the secret in both workers' dirs", DEADLINE, || async {
+        let found = dirs
+            .iter()
+            .filter(|d| {
+                std::fs::read_dir(d).into_iter().flatten().flatten().any(|e| {
+                    std::fs::read(e.path().join("db_password")).ok().as_deref() == Some(b"tour-value".as_slice())
+                })
+            })
+            .count();
+        (found == 2).then_some(())
+    })
+    .await
+    .expect("delivered by coffer dev's workers");
 
     send_signal(child.id(), libc::SIGINT);
     let deadline = std::time::Instant::now() + DEADLINE;
@@ -198,4 +243,8 @@ async fn coffer_dev_runs_a_cluster_and_stops_on_ctrl_c() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "coffer dev exited with {status}");
+    // A given --dir is kept for a restart; the test cleans up the workers' tmpfs dirs.
+    for d in &dirs {
+        let _ = std::fs::remove_dir_all(d.parent().unwrap_or(d));
+    }
 }

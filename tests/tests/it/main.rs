@@ -4,7 +4,9 @@
 mod api;
 mod cli;
 mod cluster;
+mod grants;
 mod security;
+mod workers;
 
 use std::path::Path;
 

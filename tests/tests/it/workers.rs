@@ -1,0 +1,252 @@
+//! Workers: a service's secrets land exactly on the workers of its tasks, with the right
+//! owner and mode; rotations reach running workers; tasks move off dead or drained
+//! workers; files survive the leader's loss; and no file outside the secrets dirs ever
+//! holds a value.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use coffer_api::cluster::Availability;
+use coffer_api::services::{SecretRefSpec, ServiceCreate, ServiceUpdate};
+use coffer_tests::{eventually, Cluster, WorkerProc, DEADLINE};
+
+use crate::bin;
+
+fn service(name: &str, replicas: u32, secret: &str, target: &str) -> ServiceCreate {
+    ServiceCreate {
+        name: name.into(),
+        replicas: Some(replicas),
+        constraints: vec![],
+        secrets: vec![SecretRefSpec {
+            source: secret.into(),
+            target: Some(target.into()),
+            uid: Some(1234),
+            gid: Some(2345),
+            mode: Some(0o440),
+            version: None,
+        }],
+        labels: BTreeMap::new(),
+    }
+}
+
+/// The workers whose `<service>.<slot>/<target>` holds `value`, for any slot.
+fn holders(workers: &[WorkerProc], svc: &str, target: &str, value: &[u8]) -> Vec<u64> {
+    workers
+        .iter()
+        .filter(|w| task_dirs(w, svc).iter().any(|d| std::fs::read(d.join(target)).ok().as_deref() == Some(value)))
+        .map(|w| w.id)
+        .collect()
+}
+
+fn task_dirs(w: &WorkerProc, svc: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(&w.secrets)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{svc}.")))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn files_under(dir: &Path, skip: &[PathBuf], out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        if skip.iter().any(|s| p.starts_with(s)) {
+            continue;
+        }
+        if p.is_dir() {
+            files_under(&p, skip, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+fn leak_forms(value: &[u8]) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    let mut forms = vec![value.to_vec(), value.iter().map(|b| format!("{b:02x}")).collect::<String>().into_bytes()];
+    for pad in 0..3 {
+        let mut v = vec![b'x'; pad];
+        v.extend_from_slice(value);
+        let enc = base64::engine::general_purpose::STANDARD.encode(&v);
+        let start = (pad * 4).div_ceil(3) + 1;
+        forms.push(enc.as_bytes()[start..enc.len() - 4].to_vec());
+    }
+    forms
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_land_on_their_tasks_workers_follow_rotations_and_never_leak() {
+    let c = Cluster::start(bin(), 3, &[]).await.expect("cluster");
+    let mut workers = c.start_workers(3, &[]).await.expect("workers");
+    let admin = c.admin(1);
+    let canary = b"COFFER-WORKER-CANARY-91c4e2f07d".to_vec();
+    admin.create_secret("db_password", &canary, BTreeMap::new()).await.expect("secret");
+    admin.create_service(&service("api", 2, "db_password", "conf/db")).await.expect("service");
+
+    let on = eventually("the secret on two workers", DEADLINE, || async {
+        let h = holders(&workers, "api", "conf/db", &canary);
+        (h.len() == 2).then_some(h)
+    })
+    .await
+    .expect("delivered");
+    let tasks = admin.service_tasks("api").await.expect("ps");
+    let mut placed: Vec<u64> = tasks.iter().filter_map(|t| t.node_id).collect();
+    placed.sort();
+    let mut holding = on.clone();
+    holding.sort();
+    assert_eq!(placed, holding, "files are where `service ps` says the tasks are");
+    for w in workers.iter().filter(|w| on.contains(&w.id)) {
+        let dir = &task_dirs(w, "api")[0];
+        let meta = std::fs::metadata(dir.join("conf/db")).expect("file");
+        assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (1234, 2345, 0o440));
+    }
+    let idle = workers.iter().find(|w| !on.contains(&w.id)).expect("a worker without the service");
+    assert!(task_dirs(idle, "api").is_empty(), "a worker without a task has the service's files");
+    let idle_id = idle.id;
+
+    // Rotation reaches the running workers: same processes, new content.
+    let pids: Vec<u32> = workers.iter().map(|w| w.pid()).collect();
+    let v2 = b"COFFER-WORKER-CANARY-91c4e2f07d-v2".to_vec();
+    admin.rotate_secret("db_password", &v2).await.expect("rotate");
+    eventually("the rotation on both workers", DEADLINE, || async {
+        (holders(&workers, "api", "conf/db", &v2).len() == 2).then_some(())
+    })
+    .await
+    .expect("rotated");
+    assert_eq!(workers.iter().map(|w| w.pid()).collect::<Vec<_>>(), pids);
+    assert!(workers.iter_mut().all(|w| w.alive()), "a worker restarted");
+
+    // Dropping the reference removes the file; removing the service removes the directory.
+    let update = ServiceUpdate { secret_rm: vec!["db_password".into()], ..Default::default() };
+    admin.update_service("api", &update).await.expect("secret-rm");
+    eventually("the file to go", DEADLINE, || async {
+        workers.iter().all(|w| task_dirs(w, "api").iter().all(|d| !d.join("conf/db").exists())).then_some(())
+    })
+    .await
+    .expect("file removed");
+    admin.remove_service("api").await.expect("service rm");
+    eventually("the task directories to go", DEADLINE, || async {
+        workers.iter().all(|w| task_dirs(w, "api").is_empty()).then_some(())
+    })
+    .await
+    .expect("dirs removed");
+
+    // The worker that never had a task never redeemed anything: no audit record names it.
+    let mut audited = 0;
+    for m in &c.managers {
+        let log = std::fs::read_to_string(m.dir.join("audit.log")).unwrap_or_default();
+        for line in log.lines() {
+            let rec: serde_json::Value = serde_json::from_str(line).expect("audit record is JSON");
+            assert_ne!(rec["node"].as_u64(), Some(idle_id), "the idle worker redeemed a grant");
+            assert!(rec["task"].is_string() && rec["secrets"].is_array());
+            audited += 1;
+        }
+    }
+    assert!(audited >= 4, "every redemption is audited ({audited} records)");
+
+    // No file the managers or workers wrote outside the secrets dirs holds a value.
+    let skip: Vec<PathBuf> = workers.iter().map(|w| w.secrets.clone()).collect();
+    let mut files = Vec::new();
+    files_under(c.root.path(), &skip, &mut files);
+    assert!(files.iter().any(|f| f.ends_with("audit.log")));
+    for f in &files {
+        let bytes = std::fs::read(f).expect("read");
+        for value in [&canary, &v2] {
+            for form in leak_forms(value) {
+                assert!(
+                    !bytes.windows(form.len()).any(|w| w == form.as_slice()),
+                    "{} holds a secret value",
+                    f.display()
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_move_off_drained_and_dead_workers() {
+    let c = Cluster::start(bin(), 3, &["--worker-heartbeat-ms", "300"]).await.expect("cluster");
+    let mut workers = c.start_workers(3, &[]).await.expect("workers");
+    let admin = c.admin(0);
+    admin.create_secret("token", b"value-1", BTreeMap::new()).await.expect("secret");
+    admin.create_service(&service("web", 1, "token", "t")).await.expect("service");
+    let first = eventually("the task placed", DEADLINE, || async {
+        holders(&workers, "web", "t", b"value-1").first().copied()
+    })
+    .await
+    .expect("placed");
+
+    // Drain: the task moves, the drained worker (alive) removes its files.
+    admin.set_availability(first, Availability::Drain).await.expect("drain");
+    let second = eventually("the task to move off the drained worker", DEADLINE, || async {
+        let h = holders(&workers, "web", "t", b"value-1");
+        (h.len() == 1 && h[0] != first).then(|| h[0])
+    })
+    .await
+    .expect("moved");
+
+    // Kill the worker that has it now: after missed heartbeats it is down, the task moves
+    // to the last active worker, which receives the secret.
+    let i = workers.iter().position(|w| w.id == second).expect("worker");
+    workers[i].kill();
+    let third = eventually("the task to move off the dead worker", DEADLINE, || async {
+        let live: Vec<&WorkerProc> = workers.iter().filter(|w| w.id != second).collect();
+        live.iter().find(|w| w.id != first && !task_dirs(w, "web").is_empty()).map(|w| w.id)
+    })
+    .await
+    .expect("moved again");
+    assert!(third != first && third != second);
+    let n = admin.node(second).await.expect("node");
+    assert_eq!(n.status, coffer_api::cluster::NodeStatus::Down);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_keep_their_files_through_leader_loss_and_get_later_rotations() {
+    let mut c = Cluster::start(bin(), 3, &[]).await.expect("cluster");
+    let on_change = "echo \"$COFFER_SERVICE\" >> \"$COFFER_TASK_DIR.changes\"";
+    let workers = c.start_workers(2, &["--on-change", on_change]).await.expect("workers");
+    let admin = c.admin(0);
+    admin.create_secret("cfg", b"before", BTreeMap::new()).await.expect("secret");
+    admin.create_service(&service("app", 2, "cfg", "cfg")).await.expect("service");
+    eventually("delivery", DEADLINE, || async {
+        (holders(&workers, "app", "cfg", b"before").len() == 2).then_some(())
+    })
+    .await
+    .expect("delivered");
+
+    let leader = c.leader_seen_by(0).await.expect("leader");
+    let li = c.index_of(leader).expect("index");
+    c.managers[li].kill();
+    assert_eq!(holders(&workers, "app", "cfg", b"before").len(), 2, "files vanished with the leader");
+
+    let alive = (li + 1) % 3;
+    let survivor = c.admin(alive);
+    eventually("a rotation after the leader's loss", DEADLINE, || async {
+        survivor.rotate_secret("cfg", b"after").await.ok()
+    })
+    .await
+    .expect("rotate");
+    eventually("the rotation on both workers", DEADLINE, || async {
+        (holders(&workers, "app", "cfg", b"after").len() == 2).then_some(())
+    })
+    .await
+    .expect("rotation arrived");
+    // --on-change ran after the first delivery and after the rotation, on each worker.
+    for w in &workers {
+        let changes = eventually("the on-change command to run twice", DEADLINE, || async {
+            let dir = task_dirs(w, "app").into_iter().next()?;
+            let log =
+                std::fs::read_to_string(dir.with_extension(format!("{}.changes", dir.extension()?.to_str()?))).ok()?;
+            (log.lines().count() >= 2).then_some(log)
+        })
+        .await
+        .expect("on-change ran");
+        assert!(changes.lines().all(|l| l == "app"), "{changes}");
+    }
+}

@@ -14,7 +14,6 @@
 //! Must never: sign with a key whose authority is not committed, or let a grant outlive
 //! a change of leader, of task placement or of secret versions.
 
-use std::io::Write;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -176,15 +175,5 @@ pub async fn audit(m: &Manager, body: &GrantBody) -> Result<(), ApiError> {
     };
     let mut line = serde_json::to_vec(&rec).map_err(|e| ApiError::internal("encoding an audit record", e))?;
     line.push(b'\n');
-    let path = m.data_dir.root().join("audit.log");
-    let _guard = m.audit_lock.lock().await;
-    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path)?;
-        f.write_all(&line)?;
-        f.sync_data()
-    })
-    .await
-    .map_err(|e| ApiError::internal("writing the audit log", e))?
-    .map_err(|e| ApiError::internal("writing the audit log", e))
+    m.audit.append(line).await.map_err(|e| ApiError::internal("writing the audit log", e))
 }

@@ -23,6 +23,7 @@
 
 pub mod api_error;
 pub mod api_token;
+pub mod audit;
 pub mod auth;
 pub mod bootstrap;
 pub mod cli;

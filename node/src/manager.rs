@@ -49,8 +49,10 @@ pub struct Manager {
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
     /// This manager's grant key for the term it leads (see `grants`).
     pub(crate) grant_key: tokio::sync::Mutex<Option<Arc<crate::grants::GrantKey>>>,
-    /// Serialises appends to the audit log.
-    pub(crate) audit_lock: tokio::sync::Mutex<()>,
+    /// Coalesces concurrent read-index requests.
+    pub(crate) read_batch: ReadIndexBatch,
+    /// The audit log of redemptions (group-committed).
+    pub(crate) audit: crate::audit::AuditLog,
     /// Worker heartbeats seen while leading (see `scheduler`).
     pub(crate) liveness: crate::scheduler::Liveness,
     pub(crate) shutdown: CancellationToken,
@@ -112,6 +114,7 @@ impl Manager {
                 .await
                 .context("start raft")?;
 
+        let data_dir_root = data_dir.root().to_path_buf();
         let manager = Arc::new(Manager {
             raft,
             reader: store.reader,
@@ -126,7 +129,8 @@ impl Manager {
             kek,
             membership_lock: tokio::sync::Mutex::new(()),
             grant_key: tokio::sync::Mutex::new(None),
-            audit_lock: tokio::sync::Mutex::new(()),
+            read_batch: ReadIndexBatch::default(),
+            audit: crate::audit::AuditLog::start(data_dir_root.join("audit.log")),
             liveness: crate::scheduler::Liveness::default(),
             shutdown: shutdown.clone(),
         });
@@ -229,18 +233,9 @@ impl Manager {
     /// confirmed read index; on a follower, the leader's read index, applied here.
     pub async fn linearizable(&self) -> Result<(), ApiError> {
         let leader = self.wait_for_leader(LEADER_WAIT).await?;
-        let read_index = if leader.0 == self.id {
-            match self.raft.ensure_linearizable().await {
-                Ok(_) => return Ok(()),
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                    let l = self.forward_target(f).await?;
-                    self.remote_read_index(&l).await?
-                }
-                Err(e) => return Err(ApiError::unavailable(format!("read index: {e}"))),
-            }
-        } else {
-            self.remote_read_index(&leader).await?
-        };
+        // Concurrent reads share one read index (see `ReadIndexBatch`): under load, one
+        // round trip to the leader's quorum serves every request that was waiting for it.
+        let read_index = self.read_batch.read_index(|| self.fetch_read_index(leader)).await?;
         if let Some(index) = read_index {
             self.raft
                 .wait(Some(LEADER_WAIT))
@@ -249,6 +244,21 @@ impl Manager {
                 .map_err(|e| ApiError::unavailable(format!("catching up to the leader: {e}")))?;
         }
         Ok(())
+    }
+
+    /// A read index confirmed by a quorum: our own if we lead, else the leader's.
+    pub(crate) async fn fetch_read_index(&self, leader: (NodeId, String)) -> Result<Option<u64>, ApiError> {
+        if leader.0 != self.id {
+            return self.remote_read_index(&leader).await;
+        }
+        match self.raft.get_read_log_id().await {
+            Ok((read, _applied)) => Ok(read.map(|l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                let l = self.forward_target(f).await?;
+                self.remote_read_index(&l).await
+            }
+            Err(e) => Err(ApiError::unavailable(format!("read index: {e}"))),
+        }
     }
 
     async fn remote_read_index(&self, leader: &(NodeId, String)) -> Result<Option<u64>, ApiError> {
@@ -369,4 +379,78 @@ pub fn apply_error(e: ApplyError) -> ApiError {
 pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
     use anyhow::Context;
     TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))
+}
+
+/// Shares read indexes between concurrent linearizable reads.
+///
+/// Invariant: a caller gets the result of a fetch that *started after it arrived* (so the
+/// index reflects every write acknowledged before the read began), never of one that was
+/// already under way. Fetches run one at a time; everyone who queued behind a fetch is
+/// served by the next one.
+#[derive(Debug, Default)]
+pub struct ReadIndexBatch {
+    started: std::sync::atomic::AtomicU64,
+    last: tokio::sync::Mutex<Option<(u64, Result<Option<u64>, ApiError>)>>,
+}
+
+impl ReadIndexBatch {
+    pub async fn read_index<F, Fut>(&self, fetch: F) -> Result<Option<u64>, ApiError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<u64>, ApiError>>,
+    {
+        use std::sync::atomic::Ordering::SeqCst;
+        let arrival = self.started.load(SeqCst);
+        let mut last = self.last.lock().await;
+        if let Some((generation, result)) = last.as_ref() {
+            if *generation > arrival {
+                return result.clone();
+            }
+        }
+        let generation = self.started.fetch_add(1, SeqCst) + 1;
+        let result = fetch().await;
+        *last = Some((generation, result.clone()));
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    #[tokio::test]
+    async fn a_read_never_reuses_an_index_fetched_before_it_arrived() {
+        let batch = Arc::new(ReadIndexBatch::default());
+        let fetches = Arc::new(AtomicU64::new(0));
+        // A first fetch is under way (holding the lock) when 20 reads arrive.
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let (b, f, g) = (batch.clone(), fetches.clone(), gate.clone());
+        let first = tokio::spawn(async move {
+            b.read_index(|| async move {
+                g.notified().await;
+                Ok(Some(f.fetch_add(1, Ordering::SeqCst) + 1))
+            })
+            .await
+        });
+        tokio::task::yield_now().await;
+        while batch.started.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let mut later = Vec::new();
+        for _ in 0..20 {
+            let (b, f) = (batch.clone(), fetches.clone());
+            later.push(tokio::spawn(async move {
+                b.read_index(|| async move { Ok(Some(f.fetch_add(1, Ordering::SeqCst) + 1)) }).await
+            }));
+        }
+        tokio::task::yield_now().await;
+        gate.notify_one();
+        assert_eq!(first.await.expect("join"), Ok(Some(1)));
+        for r in later {
+            // Served by a fetch that began after they arrived: index 2, not the first one.
+            assert_eq!(r.await.expect("join"), Ok(Some(2)));
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 2, "twenty waiting reads cost one more fetch");
+    }
 }

@@ -130,8 +130,10 @@ async fn propose(State(m): S, _c: ManagerCaller, body: Bytes) -> Result<Response
 
 /// The leader's read index, for a follower's linearizable read.
 async fn read_index(State(m): S, _c: ManagerCaller) -> Response {
+    // Shared with this leader's own reads: concurrent followers' requests cost one quorum round.
+    let me = (m.id, m.advertise.clone());
     let r: Result<Option<u64>, String> =
-        m.raft.ensure_linearizable().await.map(|l| l.map(|l| l.index)).map_err(|e| e.to_string());
+        m.read_batch.read_index(|| m.fetch_read_index(me)).await.map_err(|e| e.message);
     postcard_reply(&r)
 }
 

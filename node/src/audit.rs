@@ -22,41 +22,41 @@ pub struct AuditLog {
 impl AuditLog {
     /// Starts the writer for `path` (created 0600 if missing). It stops when every handle
     /// is dropped.
-    pub fn start(path: PathBuf) -> Self {
+    ///
+    /// # Errors
+    /// When the writer thread cannot be started.
+    pub fn start(path: PathBuf) -> std::io::Result<Self> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
-        std::thread::Builder::new()
-            .name("coffer-audit".into())
-            .spawn(move || {
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut file = None;
-                while let Some(first) = rx.blocking_recv() {
-                    let mut batch = vec![first];
-                    while let Ok(more) = rx.try_recv() {
-                        batch.push(more);
-                    }
-                    if file.is_none() {
-                        file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path).ok();
-                    }
-                    let result = match file.as_mut() {
-                        None => Err(format!("cannot open {}", path.display())),
-                        Some(f) => {
-                            let mut buf = Vec::new();
-                            for (line, _) in &batch {
-                                buf.extend_from_slice(line);
-                            }
-                            f.write_all(&buf).and_then(|()| f.sync_data()).map_err(|e| e.to_string())
-                        }
-                    };
-                    if result.is_err() {
-                        file = None;
-                    }
-                    for (_, done) in batch {
-                        let _ = done.send(result.clone());
-                    }
+        std::thread::Builder::new().name("coffer-audit".into()).spawn(move || {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = None;
+            while let Some(first) = rx.blocking_recv() {
+                let mut batch = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
                 }
-            })
-            .expect("spawning the audit writer thread");
-        Self { tx }
+                if file.is_none() {
+                    file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path).ok();
+                }
+                let result = match file.as_mut() {
+                    None => Err(format!("cannot open {}", path.display())),
+                    Some(f) => {
+                        let mut buf = Vec::new();
+                        for (line, _) in &batch {
+                            buf.extend_from_slice(line);
+                        }
+                        f.write_all(&buf).and_then(|()| f.sync_data()).map_err(|e| e.to_string())
+                    }
+                };
+                if result.is_err() {
+                    file = None;
+                }
+                for (_, done) in batch {
+                    let _ = done.send(result.clone());
+                }
+            }
+        })?;
+        Ok(Self { tx })
     }
 
     /// Appends one record (a JSON line) and waits until it is synced.

@@ -51,8 +51,23 @@ impl std::fmt::Debug for GrantKey {
     }
 }
 
-/// The grant key of this manager's current term, committing its authority first.
-async fn key_for_term(m: &Manager) -> Result<Arc<GrantKey>, ApiError> {
+/// The secret versions of `task` that its service still references. A reference just
+/// removed from the service is gone from here at once, before the scheduler updates the
+/// task: no grant covers, and no redemption returns, a secret the service dropped.
+pub fn current_versions(m: &Manager, task: &TaskRecord) -> Result<Vec<(String, u32)>, ApiError> {
+    let Some(svc) = m.reader.service(&task.service_id)? else { return Ok(Vec::new()) };
+    Ok(task
+        .secret_versions
+        .iter()
+        .filter(|(id, _)| svc.spec.secrets.iter().any(|r| &r.secret_id == id))
+        .cloned()
+        .collect())
+}
+
+/// The grant key of this manager's current term, committing its authority first. The
+/// scheduler calls it as soon as this manager leads, so that a new term's authority voids
+/// the old leader's grants without waiting for a worker to ask for one.
+pub async fn key_for_term(m: &Manager) -> Result<Arc<GrantKey>, ApiError> {
     let term = m.raft.metrics().borrow().current_term;
     let mut slot = m.grant_key.lock().await;
     if let Some(k) = slot.as_ref().filter(|k| k.term == term) {
@@ -62,7 +77,12 @@ async fn key_for_term(m: &Manager) -> Result<Arc<GrantKey>, ApiError> {
     rand::rngs::OsRng.fill_bytes(seed.as_mut());
     let key = SigningKey::from_bytes(&seed);
     let auth = GrantAuthority { term, node_id: m.id, public_key: key.verifying_key().to_bytes().to_vec() };
-    m.write(Command::SetGrantAuthority(auth)).await?.map_err(apply_error)?;
+    // Committed here, never forwarded: only the leader of `term` may name its authority.
+    let r =
+        m.raft.client_write(Command::SetGrantAuthority(auth)).await.map_err(|e| {
+            ApiError::new(coffer_api::error::ErrorCode::NotLeader, format!("not leading term {term}: {e}"))
+        })?;
+    r.data.0.map_err(apply_error)?;
     // If leadership moved on while the authority committed, the new leader's authority
     // (a later term) makes ours useless; refuse rather than sign with it.
     if !m.is_leader() || m.raft.metrics().borrow().current_term != term {
@@ -88,13 +108,13 @@ pub async fn issue(m: &Manager, node_id: NodeId, task_ids: &[String]) -> Result<
     let mut out = Vec::new();
     for id in task_ids {
         let task = m.reader.task(id)?.ok_or_else(|| ApiError::not_found(format!("no task {id}")))?;
-        if task.node_id != Some(node_id) {
+        if task.node_id != Some(node_id) || task.desired != coffer_raft_store::model::TaskState::Running {
             return Err(ApiError::forbidden(format!("task {id} is not assigned to this node")));
         }
         let body = GrantBody {
             node_id,
             task_id: id.clone(),
-            versions: task.secret_versions.clone(),
+            versions: current_versions(m, &task)?,
             term: key.term,
             issuer: m.id,
             expires_at_ms: now_millis().saturating_add(ttl_ms),
@@ -139,14 +159,19 @@ pub fn verify(m: &Manager, caller: NodeId, grant: &Grant) -> Result<(GrantBody, 
     if body.node_id != caller {
         return Err(refused("issued to another node"));
     }
+    // The caller's certificate was checked against this manager's state before the
+    // linearizable read; check removal again on the current view.
+    if m.reader.node(caller)?.is_none_or(|n| n.removed) {
+        return Err(ApiError::forbidden(format!("node {caller} was removed from the cluster")));
+    }
     if body.task_id != grant.task_id {
         return Err(refused("malformed"));
     }
     let task = m.reader.task(&body.task_id)?.ok_or_else(|| refused("the task no longer exists"))?;
-    if task.node_id != Some(caller) {
+    if task.node_id != Some(caller) || task.desired != coffer_raft_store::model::TaskState::Running {
         return Err(refused("the task has moved to another node"));
     }
-    if task.secret_versions != body.versions {
+    if current_versions(m, &task)? != body.versions {
         return Err(refused("the task's secret versions changed"));
     }
     Ok((body, task))

@@ -60,14 +60,20 @@ pub async fn execute(m: &Arc<Manager>, op: LeaderOp) -> Result<OpResult, ApiErro
         LeaderOp::Demote(id) => membership::demote(m, id).await.map(|()| OpResult::Done),
         LeaderOp::Remove(id) => membership::remove(m, id).await.map(|()| OpResult::Done),
         LeaderOp::SetAvailability { node_id, availability } => {
-            let mut rec = existing_node(m, node_id)?;
-            rec.availability = match availability {
+            existing_node(m, node_id)?;
+            let availability = match availability {
                 Availability::Active => model::Availability::Active,
                 Availability::Drain => model::Availability::Drain,
                 Availability::Pause => model::Availability::Pause,
             };
-            rec.updated_at = now_millis();
-            m.propose(Command::PutNode(rec)).await.map(|_| OpResult::Done)
+            let cmd = Command::UpdateNode {
+                id: node_id,
+                status: None,
+                availability: Some(availability),
+                cert_serial: None,
+                at: now_millis(),
+            };
+            m.propose(cmd).await.map(|_| OpResult::Done)
         }
         LeaderOp::RotateToken(role) => {
             let cluster = m.cluster()?;
@@ -180,7 +186,7 @@ fn role_word(r: WireRole) -> &'static str {
 }
 
 async fn renew(m: &Arc<Manager>, node_id: u64, role: Role, csr_pem: &str) -> Result<RenewResponse, ApiError> {
-    let mut rec = existing_node(m, node_id)?;
+    let rec = existing_node(m, node_id)?;
     let cluster = m.cluster()?;
     let ca = cluster_ca(&cluster)?;
     let host =
@@ -190,9 +196,14 @@ async fn renew(m: &Arc<Manager>, node_id: u64, role: Role, csr_pem: &str) -> Res
     let issued = ca
         .sign_csr(csr_pem, node_id, role, &cluster.id, &sans, validity)
         .map_err(|e| ApiError::invalid(format!("certificate signing request: {e}")))?;
-    rec.cert_serial = issued.serial_hex.clone();
-    rec.updated_at = now_millis();
-    m.propose(Command::PutNode(rec)).await?;
+    let cmd = Command::UpdateNode {
+        id: rec.id,
+        status: None,
+        availability: None,
+        cert_serial: Some(issued.serial_hex.clone()),
+        at: now_millis(),
+    };
+    m.propose(cmd).await?;
     tracing::info!(node_id, serial = %issued.serial_hex, "certificate renewed");
     Ok(RenewResponse { cert_pem: issued.cert_pem })
 }

@@ -30,6 +30,8 @@ use crate::{bootstrap, renewal, routes, server, tls};
 /// How long an operation waits for a leader to be known before it reports `unavailable`.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
+/// Committed-but-not-applied entries a healthy (ready) manager may have.
+const HEALTHY_APPLY_LAG: u64 = 100;
 
 /// A running manager. Handlers get it as their state.
 pub struct Manager {
@@ -114,7 +116,7 @@ impl Manager {
                 .await
                 .context("start raft")?;
 
-        let data_dir_root = data_dir.root().to_path_buf();
+        let audit = crate::audit::AuditLog::start(data_dir.root().join("audit.log")).context("start the audit log")?;
         let manager = Arc::new(Manager {
             raft,
             reader: store.reader,
@@ -130,7 +132,7 @@ impl Manager {
             membership_lock: tokio::sync::Mutex::new(()),
             grant_key: tokio::sync::Mutex::new(None),
             read_batch: ReadIndexBatch::default(),
-            audit: crate::audit::AuditLog::start(data_dir_root.join("audit.log")),
+            audit,
             liveness: crate::scheduler::Liveness::default(),
             shutdown: shutdown.clone(),
         });
@@ -334,7 +336,11 @@ impl Manager {
             committed_index: committed,
             applied_index: applied,
             members,
-            healthy: m.current_leader.is_some() && m.running_state.is_ok() && applied >= committed,
+            // Applying trails committing by a few entries under load; a manager is
+            // unhealthy when it has no leader or has fallen behind, not for that.
+            healthy: m.current_leader.is_some()
+                && m.running_state.is_ok()
+                && committed.unwrap_or(0).saturating_sub(applied.unwrap_or(0)) <= HEALTHY_APPLY_LAG,
         })
     }
 }
@@ -368,6 +374,7 @@ pub fn apply_error(e: ApplyError) -> ApiError {
             )
         }
         ApplyError::VersionConflict { .. } | ApplyError::StaleAuthority { .. } => ErrorCode::Conflict,
+        ApplyError::NodeRemoved(_) => ErrorCode::NotFound,
     };
     ApiError::new(code, e.to_string())
 }

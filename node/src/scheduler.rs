@@ -12,13 +12,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use coffer_raft_store::model::{
-    Availability, Command, NodeRecord, NodeRole, NodeStatus, ServiceRecord, TaskRecord, TaskState,
+    ApplyError, Availability, Command, NodeRecord, NodeRole, NodeStatus, ServiceRecord, TaskRecord, TaskState,
 };
 use coffer_raft_store::NodeId;
 
+use crate::api_error::ApiError;
 use crate::bootstrap::now_millis;
 use crate::constraints::Constraint;
-use crate::manager::Manager;
+use crate::manager::{apply_error, Manager};
 use crate::secrets_api::new_id;
 
 /// Heartbeats seen by this manager while it leads.
@@ -62,18 +63,28 @@ pub async fn run(m: Arc<Manager>) {
         tokio::select! {
             _ = m.shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-            _ = rx.changed() => {}
+            changed = rx.changed() => if changed.is_err() { return },
         }
         if !m.is_leader() {
             continue;
         }
         if let Err(e) = reconcile(&m).await {
-            tracing::warn!(error = %e.message, "scheduling pass failed; retrying");
-            tokio::select! {
-                _ = m.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            }
+            tracing::debug!(error = %e.message, "scheduling pass stopped; the next one retries");
         }
+        // At most a few passes a second, however often the metrics change.
+        tokio::select! {
+            _ = m.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
+/// Commits one scheduling decision on this manager, as leader. Never forwarded: a pass
+/// decided on a deposed leader's view must not be carried out by the new leader.
+async fn decide(m: &Manager, cmd: Command) -> Result<Result<(), ApplyError>, ApiError> {
+    match m.raft.client_write(cmd).await {
+        Ok(r) => Ok(r.data.0.map(|_| ())),
+        Err(e) => Err(ApiError::unavailable(format!("no longer leading: {e}"))),
     }
 }
 
@@ -97,9 +108,14 @@ fn pick(
 }
 
 /// One pass: bring node statuses and tasks in line with the state and the heartbeats.
-pub async fn reconcile(m: &Manager) -> Result<(), crate::api_error::ApiError> {
+pub async fn reconcile(m: &Manager) -> Result<(), ApiError> {
     let term = m.raft.metrics().borrow().current_term;
+    // Everything committed before this term, including the old leader's last decisions,
+    // must be applied here before we decide anything on top of it.
+    m.raft.ensure_linearizable().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
     m.liveness.lead(term);
+    // Commit this term's grant authority now: it voids the old leader's grants at once.
+    crate::grants::key_for_term(m).await?;
     let Some(cluster) = m.reader.cluster()? else { return Ok(()) };
     let window = Duration::from_millis(
         cluster.settings.worker_heartbeat_ms.saturating_mul(u64::from(cluster.settings.worker_missed_heartbeats)),
@@ -113,10 +129,16 @@ pub async fn reconcile(m: &Manager) -> Result<(), crate::api_error::ApiError> {
         }
         let status = if m.liveness.alive(n.id, window) { NodeStatus::Ready } else { NodeStatus::Down };
         if n.status != status {
-            tracing::info!(node_id = n.id, ?status, "worker status changed");
-            n.status = status;
-            n.updated_at = now;
-            m.propose(Command::PutNode(n.clone())).await?;
+            let cmd =
+                Command::UpdateNode { id: n.id, status: Some(status), availability: None, cert_serial: None, at: now };
+            match decide(m, cmd).await? {
+                Ok(()) => {
+                    tracing::info!(node_id = n.id, ?status, "worker status changed");
+                    n.status = status;
+                }
+                // Removed meanwhile: nothing to mark, and nothing to schedule on it.
+                Err(_) => n.removed = true,
+            }
         }
     }
 
@@ -144,7 +166,7 @@ async fn schedule_service(
     latest: &HashMap<String, u32>,
     load: &mut HashMap<NodeId, usize>,
     now: u64,
-) -> Result<(), crate::api_error::ApiError> {
+) -> Result<(), ApiError> {
     let constraints: Vec<Constraint> = svc.spec.constraints.iter().filter_map(|c| Constraint::parse(c).ok()).collect();
     let versions: Vec<(String, u32)> = svc
         .spec
@@ -207,10 +229,15 @@ async fn schedule_service(
         if existing.and_then(|t| t.node_id) != node {
             tracing::info!(service = %svc.name, slot, node = ?node, "task placed");
         }
-        m.propose(Command::PutTask(task)).await?;
+        decide(m, Command::PutTask(task)).await?.map_err(apply_error)?;
     }
-    for t in mine.iter().filter(|t| t.slot >= svc.spec.replicas) {
-        m.propose(Command::RemoveTask { id: t.id.clone() }).await?;
+    // Slots beyond the replicas, and any second task of a slot, go.
+    let mut kept = std::collections::HashSet::new();
+    for t in &mine {
+        let first_of_slot = kept.insert(t.slot) && mine.iter().find(|x| x.slot == t.slot).map(|x| &x.id) == Some(&t.id);
+        if t.slot >= svc.spec.replicas || !first_of_slot {
+            decide(m, Command::RemoveTask { id: t.id.clone() }).await?.map_err(apply_error)?;
+        }
     }
     Ok(())
 }

@@ -57,6 +57,14 @@ fn check_targets(refs: &[SecretRef]) -> Result<(), ApiError> {
             return Err(ApiError::invalid(format!("two secrets would be written to the same target {:?}", r.target)));
         }
     }
+    // A target cannot be both a file and the directory of another (`a` and `a/b`).
+    for a in &seen {
+        for b in &seen {
+            if b.len() > a.len() && b.starts_with(a) && b.as_bytes()[a.len()] == b'/' {
+                return Err(ApiError::invalid(format!("target {a:?} would be a file and the directory of {b:?}")));
+            }
+        }
+    }
     Ok(())
 }
 

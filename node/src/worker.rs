@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -117,7 +118,9 @@ struct Agent {
     http: reqwest::Client,
     settings: WorkerSettings,
     managers: Arc<RwLock<Vec<String>>>,
-    current: usize,
+    /// The manager of the session, shared with the heartbeat loop: when either finds it
+    /// unreachable or leaderless, both move on.
+    current: Arc<AtomicUsize>,
     leader: Option<String>,
     applied: BTreeMap<String, Applied>,
 }
@@ -140,11 +143,11 @@ async fn call<T: serde::de::DeserializeOwned>(req: reqwest::RequestBuilder) -> A
 impl Agent {
     fn manager(&self) -> String {
         let list = self.managers.read().unwrap_or_else(|p| p.into_inner());
-        list.get(self.current % list.len().max(1)).cloned().unwrap_or_default()
+        list.get(self.current.load(Ordering::Relaxed) % list.len().max(1)).cloned().unwrap_or_default()
     }
 
     fn next_manager(&mut self) {
-        self.current = self.current.wrapping_add(1);
+        self.current.fetch_add(1, Ordering::Relaxed);
     }
 
     fn learn(&mut self, a: &Assignment) {
@@ -193,21 +196,53 @@ impl Agent {
         }
         let ids: Vec<String> = changed.iter().map(|t| t.task_id.clone()).collect();
         let grants = self.grants(&ids).await?;
+        // One task's failure (a refused grant, an owner that cannot be set) must not hold
+        // back the others: each is tried, and the first error is reported.
+        let mut failed = None;
         for grant in grants.grants {
             let Some(task) = changed.iter().find(|t| t.task_id == grant.task_id) else { continue };
-            let redeemed: Redeemed = self.redeem(RedeemRequest { grant }).await?;
-            let dir = self.settings.secrets_dir.join(format!("{}.{}", task.service_name, task.slot));
-            let old_targets: BTreeSet<String> = self
-                .applied
-                .get(&task.task_id)
-                .map(|x| x.task.secrets.iter().map(|s| s.target.clone()).collect())
-                .unwrap_or_default();
-            write_task(&dir, task, &redeemed, &old_targets)?;
-            tracing::info!(task = %task.task_id, service = %task.service_name, slot = task.slot, "secrets written");
-            self.applied.insert(task.task_id.clone(), Applied { task: (*task).clone(), dir: dir.clone() });
-            self.on_change(&dir, task).await;
+            if let Err(e) = self.apply_task(task, grant).await {
+                tracing::warn!(task = %task.task_id, service = %task.service_name, error = %e, "task's secrets not written");
+                failed.get_or_insert(e);
+            }
         }
+        failed.map_or(Ok(()), Err)
+    }
+
+    async fn apply_task(&mut self, task: &AssignedTask, grant: coffer_api::worker::Grant) -> anyhow::Result<()> {
+        let redeemed: Redeemed = self.redeem(RedeemRequest { grant }).await?;
+        let dir = self.settings.secrets_dir.join(format!("{}.{}", task.service_name, task.slot));
+        let old_targets: BTreeSet<String> = self
+            .applied
+            .get(&task.task_id)
+            .map(|x| x.task.secrets.iter().map(|s| s.target.clone()).collect())
+            .unwrap_or_default();
+        write_task(&dir, task, &redeemed, &old_targets)?;
+        tracing::info!(task = %task.task_id, service = %task.service_name, slot = task.slot, "secrets written");
+        self.applied.insert(task.task_id.clone(), Applied { task: task.clone(), dir: dir.clone() });
+        self.on_change(&dir, task).await;
         Ok(())
+    }
+
+    /// The task directories written so far (for the manifest).
+    fn dirs(&self) -> BTreeSet<PathBuf> {
+        self.applied.values().map(|a| a.dir.clone()).collect()
+    }
+
+    /// After a restart: removes the directories of tasks that left this worker while it
+    /// was away (listed in the manifest, not in the first assignment).
+    fn remove_stale(&self, previous: &BTreeSet<PathBuf>, a: &Assignment) {
+        let now: BTreeSet<PathBuf> =
+            a.tasks.iter().map(|t| self.settings.secrets_dir.join(format!("{}.{}", t.service_name, t.slot))).collect();
+        for d in previous.difference(&now) {
+            if d.starts_with(&self.settings.secrets_dir) {
+                if let Err(e) = remove_task_dir(d) {
+                    tracing::warn!(error = %e, "cannot remove a stale task directory");
+                } else {
+                    tracing::info!(dir = %d.display(), "removed the secrets of a task that left while this worker was away");
+                }
+            }
+        }
     }
 
     async fn redeem(&mut self, req: RedeemRequest) -> anyhow::Result<Redeemed> {
@@ -256,14 +291,30 @@ fn remove_task_dir(dir: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Writes every secret of `task` into `dir`, atomically per file, and removes the files
-/// of references the task no longer has.
+/// Removes a temporary file unless it was renamed into place: a failed write (chown as a
+/// non-root user, a full tmpfs) must not leave a value lying in the secrets dir.
+struct TmpFile(Option<PathBuf>);
+
+impl Drop for TmpFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Writes every secret of `task` into `dir`, atomically per file. Files of references the
+/// task no longer has are removed first (a target may become a directory of a new one).
 fn write_task(
     dir: &Path,
     task: &AssignedTask,
     redeemed: &Redeemed,
     old_targets: &BTreeSet<String>,
 ) -> anyhow::Result<()> {
+    let now: BTreeSet<&str> = task.secrets.iter().map(|s| s.target.as_str()).collect();
+    for t in old_targets.iter().filter(|t| !now.contains(t.as_str())) {
+        let _ = std::fs::remove_file(dir.join(t));
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let b64 = base64::engine::general_purpose::STANDARD;
     for s in &task.secrets {
@@ -283,22 +334,44 @@ fn write_task(
         let mut rnd = [0u8; 6];
         rand::thread_rng().fill_bytes(&mut rnd);
         let tmp = parent.join(format!(".coffer-{}", rnd.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+        let mut guard = TmpFile(Some(tmp.clone()));
         {
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
             let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
             f.write_all(&bytes)?;
         }
-        std::os::unix::fs::chown(&tmp, Some(s.uid), Some(s.gid))
-            .with_context(|| format!("chown {}", path.display()))?;
+        std::os::unix::fs::chown(&tmp, Some(s.uid), Some(s.gid)).with_context(|| {
+            format!(
+                "set owner {}:{} on {} (run the worker as root to own files as others)",
+                s.uid,
+                s.gid,
+                path.display()
+            )
+        })?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(s.mode))?;
         std::fs::rename(&tmp, &path).with_context(|| format!("rename into {}", path.display()))?;
-    }
-    let now: BTreeSet<&str> = task.secrets.iter().map(|s| s.target.as_str()).collect();
-    for t in old_targets.iter().filter(|t| !now.contains(t.as_str())) {
-        let _ = std::fs::remove_file(dir.join(t));
+        guard.0 = None;
     }
     Ok(())
+}
+
+/// Task directories this worker has written, kept in its data dir so that a restarted
+/// worker removes those whose tasks left it while it was away.
+fn manifest_path(dir: &DataDir) -> PathBuf {
+    dir.root().join("worker-tasks.json")
+}
+
+fn save_manifest(dir: &DataDir, dirs: &BTreeSet<PathBuf>) {
+    if let Ok(text) = serde_json::to_string(dirs) {
+        if let Err(e) = write_atomic(&manifest_path(dir), text.as_bytes(), 0o600) {
+            tracing::warn!(error = %e, "cannot record this worker's task directories");
+        }
+    }
+}
+
+fn load_manifest(dir: &DataDir) -> BTreeSet<PathBuf> {
+    std::fs::read_to_string(manifest_path(dir)).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
 }
 
 /// `worker run`: runs the agent until shutdown.
@@ -312,22 +385,31 @@ pub async fn run(data_dir: DataDir, shutdown: CancellationToken) -> anyhow::Resu
     let cert = NodeCert::new(tls::certified_key(&creds.cert_pem, creds.key_pem.expose())?);
     let http = tls::http_client(tls::client_config(&creds.ca_pem, Some(cert.clone()))?)?;
     let managers = Arc::new(RwLock::new(settings.managers.clone()));
+    let current = Arc::new(AtomicUsize::new(0));
     let mut agent = Agent {
         http: http.clone(),
         settings: settings.clone(),
         managers: managers.clone(),
-        current: 0,
+        current: current.clone(),
         leader: None,
         applied: BTreeMap::new(),
     };
+    let mut stale = Some(load_manifest(&data_dir));
     println!("coffer: worker {} running, secrets in {}", identity.node_id, settings.secrets_dir.display());
 
     let heartbeat_every = Arc::new(std::sync::atomic::AtomicU64::new(2000));
-    tokio::spawn(heartbeats(http.clone(), managers.clone(), heartbeat_every.clone(), shutdown.clone()));
+    tokio::spawn(heartbeats(
+        http.clone(),
+        managers.clone(),
+        current.clone(),
+        heartbeat_every.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(renew(data_dir.clone(), http.clone(), managers.clone(), cert, shutdown.clone()));
 
     let mut fingerprint: Option<String> = None;
     let mut backoff = Duration::from_millis(100);
+    let mut retry = Duration::from_millis(250);
     loop {
         let addr = agent.manager();
         let mut req = agent.http.get(format!("https://{addr}/v1/worker/assignments")).timeout(Duration::from_secs(40));
@@ -343,15 +425,24 @@ pub async fn run(data_dir: DataDir, shutdown: CancellationToken) -> anyhow::Resu
                 backoff = Duration::from_millis(100);
                 agent.learn(&a);
                 heartbeat_every.store(a.heartbeat_ms.max(100), std::sync::atomic::Ordering::Relaxed);
-                match agent.reconcile(&a).await {
-                    Ok(()) => fingerprint = Some(a.fingerprint),
+                if let Some(previous) = stale.take() {
+                    agent.remove_stale(&previous, &a);
+                }
+                let result = agent.reconcile(&a).await;
+                save_manifest(&data_dir, &agent.dirs());
+                match result {
+                    Ok(()) => {
+                        fingerprint = Some(a.fingerprint);
+                        retry = Duration::from_millis(250);
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, "could not apply the assignment; retrying");
+                        tracing::warn!(error = %e, retry_in = ?retry, "could not apply the whole assignment; retrying");
                         fingerprint = None;
                         tokio::select! {
                             _ = shutdown.cancelled() => return Ok(()),
-                            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                            _ = tokio::time::sleep(retry) => {}
                         }
+                        retry = (retry * 2).min(Duration::from_secs(30));
                     }
                 }
             }
@@ -371,16 +462,17 @@ pub async fn run(data_dir: DataDir, shutdown: CancellationToken) -> anyhow::Resu
 async fn heartbeats(
     http: reqwest::Client,
     managers: Arc<RwLock<Vec<String>>>,
+    current: Arc<AtomicUsize>,
     every_ms: Arc<std::sync::atomic::AtomicU64>,
     shutdown: CancellationToken,
 ) {
-    let mut i = 0usize;
     loop {
-        let wait = Duration::from_millis(every_ms.load(std::sync::atomic::Ordering::Relaxed));
+        let wait = Duration::from_millis(every_ms.load(Ordering::Relaxed));
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
+        let i = current.load(Ordering::Relaxed);
         let addr = {
             let list = managers.read().unwrap_or_else(|p| p.into_inner());
             list.get(i % list.len().max(1)).cloned().unwrap_or_default()
@@ -391,7 +483,8 @@ async fn heartbeats(
             .send()
             .await;
         if !sent.is_ok_and(|r| r.status().is_success()) {
-            i = i.wrapping_add(1);
+            // Move the session too (unless it already moved).
+            let _ = current.compare_exchange(i, i.wrapping_add(1), Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 }

@@ -48,7 +48,7 @@ pub fn assignment_of(m: &Manager, node: NodeId) -> Result<Assignment, ApiError> 
         }
         let Some(svc) = m.reader.service(&t.service_id)? else { continue };
         let mut secrets = Vec::new();
-        for (secret_id, version) in &t.secret_versions {
+        for (secret_id, version) in &grants::current_versions(m, &t)? {
             let Some(r) = svc.spec.secrets.iter().find(|r| &r.secret_id == secret_id) else { continue };
             let name = m.reader.secret(secret_id)?.map(|s| s.name).unwrap_or_default();
             secrets.push(AssignedSecret {
@@ -90,6 +90,11 @@ pub async fn assignments(
     let mut rx = m.raft.metrics();
     let mut applied = rx.borrow().last_applied;
     loop {
+        // A manager that has lost the leader has a state that may be stale: send the
+        // worker elsewhere rather than keep it on assignments the leader has moved.
+        if m.leader().is_none() {
+            return Err(ApiError::unavailable("this manager knows no leader; try another manager"));
+        }
         let a = assignment_of(&m, node)?;
         if q.since.as_deref() != Some(a.fingerprint.as_str()) || Instant::now() >= deadline {
             return Ok(Json(a));
@@ -97,7 +102,12 @@ pub async fn assignments(
         // Wait for the state to move (anything applied), or the deadline.
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || tokio::time::timeout(left, rx.changed()).await.is_err() {
+            match tokio::time::timeout(left, rx.changed()).await {
+                Err(_) => break,
+                Ok(Err(_)) => return Err(ApiError::unavailable("this manager is shutting down")),
+                Ok(Ok(())) => {}
+            }
+            if m.leader().is_none() {
                 break;
             }
             let now = rx.borrow().last_applied;
@@ -112,21 +122,22 @@ pub async fn assignments(
 #[utoipa::path(post, path = "/v1/worker/heartbeat", tag = "worker", responses((status = 200, body = HeartbeatReply)))]
 pub async fn heartbeat(State(m): S, caller: NodeCaller) -> Result<Json<HeartbeatReply>, ApiError> {
     let node = worker(&caller)?;
-    record_heartbeat(&m, node).await;
+    record_heartbeat(&m, node).await?;
     Ok(Json(HeartbeatReply { leader_addr: m.leader().map(|l| l.1) }))
 }
 
-/// Liveness lives on the leader; a follower passes the heartbeat on (best effort: a lost
-/// one is covered by the next).
-async fn record_heartbeat(m: &Manager, node: NodeId) {
+/// Liveness lives on the leader; a follower passes the heartbeat on. If it cannot, the
+/// worker is told so and moves to another manager.
+async fn record_heartbeat(m: &Manager, node: NodeId) -> Result<(), ApiError> {
     if m.is_leader() {
         m.liveness.seen(node);
-        return;
+        return Ok(());
     }
-    if let Some((id, addr)) = m.leader() {
-        let url = format!("https://{addr}/raft/heartbeat");
-        let _ = crate::raft_net::post_postcard::<_, ()>(&m.peers, &url, Some(id), &node, Duration::from_secs(2)).await;
-    }
+    let (id, addr) = m.leader().ok_or_else(|| ApiError::unavailable("this manager knows no leader"))?;
+    let url = format!("https://{addr}/raft/heartbeat");
+    crate::raft_net::post_postcard::<_, ()>(&m.peers, &url, Some(id), &node, Duration::from_secs(2))
+        .await
+        .map_err(|e| ApiError::unavailable(format!("cannot reach the leader: {e}")))
 }
 
 /// A heartbeat forwarded by a follower.

@@ -200,6 +200,26 @@ impl<'a> Txn<'a> {
                 self.delete(keys::task(id));
                 done
             }
+            Command::UpdateNode { id, status, availability, cert_serial, at } => {
+                let Some(mut node) = self.get::<NodeRecord>(&keys::node(*id))? else {
+                    return Ok(not_found(ObjectKind::Node, id));
+                };
+                if node.removed {
+                    return Ok(Err(ApplyError::NodeRemoved(*id)));
+                }
+                if let Some(s) = status {
+                    node.status = *s;
+                }
+                if let Some(a) = availability {
+                    node.availability = *a;
+                }
+                if let Some(c) = cert_serial {
+                    node.cert_serial = c.clone();
+                }
+                node.updated_at = *at;
+                self.put(keys::node(*id), &node)?;
+                done
+            }
             Command::CreateApiToken(rec) => {
                 if self.get::<ApiTokenRecord>(&keys::api_token(&rec.id))?.is_some() {
                     return Ok(Err(ApplyError::IdTaken { kind: ObjectKind::ApiToken, id: rec.id.clone() }));

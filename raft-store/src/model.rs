@@ -287,6 +287,15 @@ pub enum Command {
     RevokeApiToken {
         id: String,
     },
+    /// Changes some fields of a node. Refused for a removed node, so that no decision
+    /// made on an older read (the scheduler's, a renewal's) can bring it back.
+    UpdateNode {
+        id: NodeId,
+        status: Option<NodeStatus>,
+        availability: Option<Availability>,
+        cert_serial: Option<String>,
+        at: Millis,
+    },
 }
 
 impl Command {
@@ -310,6 +319,7 @@ impl Command {
             Command::SetGrantAuthority(_) => "set_grant_authority",
             Command::CreateApiToken(_) => "create_api_token",
             Command::RevokeApiToken { .. } => "revoke_api_token",
+            Command::UpdateNode { .. } => "update_node",
         }
     }
 }
@@ -362,6 +372,8 @@ pub enum ApplyError {
     NotInitialized,
     #[error("grant authority for term {term} is stale: term {newer} already has one")]
     StaleAuthority { term: u64, newer: u64 },
+    #[error("node {0} was removed")]
+    NodeRemoved(NodeId),
 }
 
 /// What applying a command produced.

@@ -127,6 +127,8 @@ async fn exercise(c: &Client, tag: &str, seen: &Seen) {
     assert_eq!(code(c.create_service(&mk(vec![spec("missing", None)], vec![])).await), ErrorCode::NotFound);
     let dup = vec![spec(&name, Some("db")), spec(&name, Some("db"))];
     assert_eq!(code(c.create_service(&mk(dup, vec![])).await), ErrorCode::InvalidArgument);
+    let file_and_dir = vec![spec(&name, Some("pw")), spec(&name, Some("pw/app.conf"))];
+    assert_eq!(code(c.create_service(&mk(file_and_dir, vec![])).await), ErrorCode::InvalidArgument);
     for target in ["../escape", "/etc/passwd", "", "a/../../b"] {
         let r = c.create_service(&mk(vec![spec(&name, Some(target))], vec![])).await;
         assert_eq!(code(r), ErrorCode::InvalidArgument, "target {target:?}");

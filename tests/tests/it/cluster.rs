@@ -152,7 +152,12 @@ async fn certificates_renew_before_they_expire() {
     })
     .await
     .expect("write");
-    assert!(c.admin(1).status().await.expect("status").healthy);
+    let a1 = c.admin(1);
+    eventually("manager 2 healthy on its new certificate", DEADLINE, || async {
+        a1.status().await.ok().filter(|s| s.healthy)
+    })
+    .await
+    .expect("healthy");
     // The worker, on its renewed certificate, is still in session (heartbeats count).
     let w = admin.node(workers[0].id).await.expect("worker");
     assert_eq!(w.status, coffer_api::cluster::NodeStatus::Ready);

@@ -123,6 +123,20 @@ async fn secrets_land_on_their_tasks_workers_follow_rotations_and_never_leak() {
     assert!(workers.iter_mut().all(|w| w.alive()), "a worker restarted");
 
     // Dropping the reference removes the file; removing the service removes the directory.
+    let audit_lines = |c: &Cluster| -> Vec<String> {
+        c.managers
+            .iter()
+            .flat_map(|m| {
+                std::fs::read_to_string(m.dir.join("audit.log"))
+                    .unwrap_or_default()
+                    .lines()
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let before_rm = audit_lines(&c).len();
+    let secret_id = admin.secret("db_password").await.expect("inspect").id;
     let update = ServiceUpdate { secret_rm: vec!["db_password".into()], ..Default::default() };
     admin.update_service("api", &update).await.expect("secret-rm");
     eventually("the file to go", DEADLINE, || async {
@@ -130,6 +144,10 @@ async fn secrets_land_on_their_tasks_workers_follow_rotations_and_never_leak() {
     })
     .await
     .expect("file removed");
+    // No redemption after the reference was dropped covered the dropped secret.
+    for line in audit_lines(&c).iter().skip(before_rm) {
+        assert!(!line.contains(&secret_id), "a value was sent for a reference already dropped: {line}");
+    }
     admin.remove_service("api").await.expect("service rm");
     eventually("the task directories to go", DEADLINE, || async {
         workers.iter().all(|w| task_dirs(w, "api").is_empty()).then_some(())
@@ -204,6 +222,16 @@ async fn tasks_move_off_drained_and_dead_workers() {
     assert!(third != first && third != second);
     let n = admin.node(second).await.expect("node");
     assert_eq!(n.status, coffer_api::cluster::NodeStatus::Down);
+
+    // The dead worker comes back: the files of the task that left it meanwhile go.
+    let (dir, secrets) = (workers[i].dir.clone(), workers[i].secrets.clone());
+    assert!(!task_dirs(&workers[i], "web").is_empty(), "the killed worker's files stay while it is down");
+    workers[i] = WorkerProc::restart(bin(), &dir, &secrets).expect("restart the worker");
+    eventually("the restarted worker to drop the task that moved", DEADLINE, || async {
+        task_dirs(&workers[i], "web").is_empty().then_some(())
+    })
+    .await
+    .expect("stale files removed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -142,23 +142,15 @@ impl From<RoleArg> for NodeRole {
 enum ManagerCmd {
     /// Create a new cluster with this manager as its first member, and serve.
     Init {
-        #[arg(long)]
-        data_dir: PathBuf,
-        #[arg(long, default_value = "0.0.0.0:7370")]
-        listen: String,
-        #[arg(long)]
-        advertise: Option<String>,
+        #[command(flatten)]
+        at: Placement,
         #[command(flatten)]
         tuning: Tuning,
     },
     /// Join an existing cluster with a manager join token, and serve.
     Join {
-        #[arg(long)]
-        data_dir: PathBuf,
-        #[arg(long, default_value = "0.0.0.0:7370")]
-        listen: String,
-        #[arg(long)]
-        advertise: Option<String>,
+        #[command(flatten)]
+        at: Placement,
         #[arg(long, env = "COFFER_JOIN_TOKEN", hide_env_values = true)]
         token: String,
         /// Address of any manager of the cluster.
@@ -174,6 +166,18 @@ enum ManagerCmd {
         #[command(flatten)]
         tuning: Tuning,
     },
+}
+
+/// Where a new manager keeps its data and listens.
+#[derive(Args, Debug, Clone)]
+struct Placement {
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "0.0.0.0:7370")]
+    listen: String,
+    /// The address other nodes dial (default: the bound listen address).
+    #[arg(long)]
+    advertise: Option<String>,
 }
 
 /// Raft tuning, for tests and benchmarks; the defaults suit production.
@@ -415,7 +419,7 @@ pub fn shutdown_on_signal() -> CancellationToken {
 async fn manager(cmd: ManagerCmd) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signal();
     let (config, startup) = match cmd {
-        ManagerCmd::Init { data_dir, listen, advertise, tuning } => {
+        ManagerCmd::Init { at: Placement { data_dir, listen, advertise }, tuning } => {
             let mut config = ManagerConfig::new(&data_dir, &listen);
             config.advertise = advertise;
             tuning.apply(&mut config);
@@ -425,7 +429,7 @@ async fn manager(cmd: ManagerCmd) -> anyhow::Result<()> {
             print_init(&summary);
             (config, Startup { listener, bootstrap: Some(b) })
         }
-        ManagerCmd::Join { data_dir, listen, advertise, token, join, tuning } => {
+        ManagerCmd::Join { at: Placement { data_dir, listen, advertise }, token, join, tuning } => {
             if std::env::var_os("COFFER_JOIN_TOKEN").is_none() {
                 eprintln!(
                     "warning: --token is visible to local users in the process list while this manager \

@@ -56,28 +56,39 @@ impl Liveness {
     }
 }
 
-/// Runs until shutdown; acts only while this manager leads.
+/// Runs until shutdown; acts only while this manager leads. A pass runs when the applied
+/// state has moved (a rotation is scheduled within one pass of its commit) and at least
+/// every 250 ms (heartbeat deadlines), not on every metrics tick.
 pub async fn run(m: Arc<Manager>) {
     let mut rx = m.raft.metrics();
+    let mut seen = None;
+    let mut last_pass = Instant::now();
     loop {
         tokio::select! {
             _ = m.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = tokio::time::sleep(TICK) => {}
             changed = rx.changed() => if changed.is_err() { return },
         }
         if !m.is_leader() {
             continue;
         }
+        let applied = rx.borrow().last_applied;
+        if applied == seen && last_pass.elapsed() < TICK {
+            continue;
+        }
+        seen = applied;
+        last_pass = Instant::now();
         if let Err(e) = reconcile(&m).await {
             tracing::debug!(error = %e.message, "scheduling pass stopped; the next one retries");
-        }
-        // At most a few passes a second, however often the metrics change.
-        tokio::select! {
-            _ = m.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            tokio::select! {
+                _ = m.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(TICK) => {}
+            }
         }
     }
 }
+
+const TICK: Duration = Duration::from_millis(250);
 
 /// Commits one scheduling decision on this manager, as leader. Never forwarded: a pass
 /// decided on a deposed leader's view must not be carried out by the new leader.

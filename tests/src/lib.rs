@@ -34,6 +34,21 @@ where
     }
 }
 
+/// The lines a child prints on stdout, read on a thread of their own (so the child never
+/// blocks on a full pipe).
+fn stdout_lines(child: &mut Child) -> anyhow::Result<mpsc::Receiver<String>> {
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
+
 /// Tokens a `manager init` printed.
 #[derive(Debug, Clone)]
 pub struct Tokens {
@@ -62,15 +77,7 @@ impl ManagerProc {
             .stderr(log)
             .spawn()
             .with_context(|| format!("spawn {}", bin.display()))?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = stdout_lines(&mut child)?;
         let deadline = Instant::now() + DEADLINE;
         let mut seen = Vec::new();
         loop {
@@ -255,15 +262,7 @@ pub fn tmpfs_dir(name: &str) -> PathBuf {
 
 impl WorkerProc {
     fn wait_running(mut child: Child, dir: &Path, secrets: &Path) -> anyhow::Result<Self> {
-        let stdout = child.stdout.take().context("stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = stdout_lines(&mut child)?;
         loop {
             match rx.recv_timeout(DEADLINE) {
                 Ok(line) => {

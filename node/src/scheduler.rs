@@ -153,8 +153,17 @@ pub async fn reconcile(m: &Manager) -> Result<(), ApiError> {
         }
     }
 
-    let latest: HashMap<String, u32> =
-        m.reader.secrets()?.into_iter().filter_map(|s| s.latest_version().map(|v| (s.id, v))).collect();
+    let services = m.reader.services()?;
+    // The newest version of each secret a service references (not of every secret: a
+    // pass must not cost more with 10 000 secrets than with 10).
+    let mut latest: HashMap<String, u32> = HashMap::new();
+    for r in services.iter().flat_map(|s| &s.spec.secrets) {
+        if !latest.contains_key(&r.secret_id) {
+            if let Some(v) = m.reader.secret(&r.secret_id)?.and_then(|x| x.latest_version()) {
+                latest.insert(r.secret_id.clone(), v);
+            }
+        }
+    }
     let tasks = m.reader.tasks()?;
     let mut load: HashMap<NodeId, usize> = HashMap::new();
     for t in &tasks {
@@ -162,7 +171,6 @@ pub async fn reconcile(m: &Manager) -> Result<(), ApiError> {
             *load.entry(n).or_default() += 1;
         }
     }
-    let services = m.reader.services()?;
     for svc in &services {
         schedule_service(m, svc, &tasks, &nodes, &latest, &mut load, now).await?;
     }

@@ -54,17 +54,23 @@ pub fn find_secret(m: &Manager, key: &str) -> Result<SecretRecord, ApiError> {
     m.reader.secret_by_name(key)?.ok_or_else(|| ApiError::not_found(format!("no secret {key:?}")))
 }
 
-fn used_by(m: &Manager, id: &str) -> Result<Vec<String>, ApiError> {
-    Ok(m.reader
-        .services()?
-        .into_iter()
-        .filter(|s| s.spec.secrets.iter().any(|r| r.secret_id == id))
-        .map(|s| s.name)
-        .collect())
+/// Names of the services referencing each secret id (read once per request, not once
+/// per secret listed).
+fn users(m: &Manager) -> Result<BTreeMap<String, Vec<String>>, ApiError> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for svc in m.reader.services()? {
+        for r in &svc.spec.secrets {
+            let names = out.entry(r.secret_id.clone()).or_default();
+            if !names.contains(&svc.name) {
+                names.push(svc.name.clone());
+            }
+        }
+    }
+    Ok(out)
 }
 
-fn info(m: &Manager, s: SecretRecord) -> Result<SecretInfo, ApiError> {
-    let used_by = used_by(m, &s.id)?;
+fn info(users: &BTreeMap<String, Vec<String>>, s: SecretRecord) -> Result<SecretInfo, ApiError> {
+    let used_by = users.get(&s.id).cloned().unwrap_or_default();
     Ok(SecretInfo {
         latest_version: s.latest_version().unwrap_or(0),
         versions: s
@@ -138,6 +144,7 @@ pub async fn list(
         }
     }
     m.linearizable().await?;
+    let users = users(&m)?;
     let mut secrets = Vec::new();
     for s in m.reader.secrets()? {
         let name_ok = prefix.as_ref().is_none_or(|p| s.name.starts_with(p.as_str()));
@@ -147,7 +154,7 @@ pub async fn list(
             (None, _) => false,
         });
         if name_ok && labels_ok {
-            secrets.push(info(&m, s)?);
+            secrets.push(info(&users, s)?);
         }
     }
     secrets.sort_by(|a, b| a.name.cmp(&b.name));
@@ -160,7 +167,7 @@ pub async fn list(
 pub async fn inspect(State(m): S, _o: Operator, Path(key): Path<String>) -> Result<Json<SecretInfo>, ApiError> {
     m.linearizable().await?;
     let s = find_secret(&m, &key)?;
-    info(&m, s).map(Json)
+    info(&users(&m)?, s).map(Json)
 }
 
 #[utoipa::path(post, path = "/v1/secrets/{secret}/rotate", tag = "secrets", request_body = SecretRotate,
@@ -204,7 +211,7 @@ pub async fn set_labels(
     m.propose(Command::SetSecretLabels { id: s.id.clone(), labels: req.labels.clone(), at }).await?;
     s.labels = req.labels;
     s.updated_at = at;
-    info(&m, s).map(Json)
+    info(&users(&m)?, s).map(Json)
 }
 
 #[utoipa::path(delete, path = "/v1/secrets/{secret}", tag = "secrets",

@@ -52,7 +52,7 @@ fn main() -> anyhow::Result<()> {
     times.sort();
     let median = times[times.len() / 2];
     println!(
-        "\n== failover ({runs} runs, 3 managers, heartbeat 100 ms, election 400-800 ms) ==\n\
+        "\n== failover ({runs} runs, 3 managers, heartbeat 100 ms, election 250-400 ms) ==\n\
          median {} ms, min {} ms, max {} ms (target: under 1000 ms)",
         median.as_millis(),
         times[0].as_millis(),

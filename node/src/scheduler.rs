@@ -49,6 +49,10 @@ impl Liveness {
         }
     }
 
+    fn leading_term(&self) -> Option<u64> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).leading.map(|(t, _)| t)
+    }
+
     fn alive(&self, node: NodeId, window: Duration) -> bool {
         let s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let since = s.seen.get(&node).copied().or(s.leading.map(|(_, at)| at));
@@ -76,7 +80,16 @@ pub async fn run(m: Arc<Manager>) {
         if applied == seen && last_pass.elapsed() < TICK {
             continue;
         }
-        seen = applied;
+        // Under a burst of writes, passes are at least SPACING apart: one pass then covers
+        // many changes, and the write path keeps the CPU.
+        let since = last_pass.elapsed();
+        if since < SPACING {
+            tokio::select! {
+                _ = m.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(SPACING - since) => {}
+            }
+        }
+        seen = rx.borrow().last_applied;
         last_pass = Instant::now();
         if let Err(e) = reconcile(&m).await {
             tracing::debug!(error = %e.message, "scheduling pass stopped; the next one retries");
@@ -89,6 +102,7 @@ pub async fn run(m: Arc<Manager>) {
 }
 
 const TICK: Duration = Duration::from_millis(250);
+const SPACING: Duration = Duration::from_millis(50);
 
 /// Commits one scheduling decision on this manager, as leader. Never forwarded: a pass
 /// decided on a deposed leader's view must not be carried out by the new leader.
@@ -122,8 +136,11 @@ fn pick(
 pub async fn reconcile(m: &Manager) -> Result<(), ApiError> {
     let term = m.raft.metrics().borrow().current_term;
     // Everything committed before this term, including the old leader's last decisions,
-    // must be applied here before we decide anything on top of it.
-    m.raft.ensure_linearizable().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+    // must be applied here before we decide anything on top of it: once per term (within
+    // a term, this leader's own decisions are applied before `client_write` returns).
+    if m.liveness.leading_term() != Some(term) {
+        m.raft.ensure_linearizable().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+    }
     m.liveness.lead(term);
     // Commit this term's grant authority now: it voids the old leader's grants at once.
     crate::grants::key_for_term(m).await?;

@@ -197,7 +197,7 @@ pub(crate) async fn secret(cmd: SecretCmd, opts: &ClientOpts) -> Result<(), CliE
                 secrets.iter().for_each(|s| println!("{}", s.name));
                 return Ok(());
             }
-            println!("{:<18} {:<28} {:<8} {:<12} {}", "ID", "NAME", "VERSION", "CREATED", "USED BY");
+            println!("{:<18} {:<28} {:<8} {:<12} USED BY", "ID", "NAME", "VERSION", "CREATED");
             for s in secrets {
                 println!(
                     "{:<18} {:<28} {:<8} {:<12} {}",
@@ -241,7 +241,7 @@ pub(crate) async fn secret(cmd: SecretCmd, opts: &ClientOpts) -> Result<(), CliE
 }
 
 fn print_service_table(services: &[ServiceInfo]) {
-    println!("{:<18} {:<28} {:<9} {}", "ID", "NAME", "REPLICAS", "SECRETS");
+    println!("{:<18} {:<28} {:<9} SECRETS", "ID", "NAME", "REPLICAS");
     for s in services {
         let secrets: Vec<String> = s.secrets.iter().map(|r| format!("{}->{}", r.secret_name, r.target)).collect();
         println!("{:<18} {:<28} {:<9} {}", s.id, s.name, s.replicas, secrets.join(","));
@@ -287,7 +287,7 @@ pub(crate) async fn service(cmd: ServiceCmd, opts: &ClientOpts) -> Result<(), Cl
             if opts.format == Format::Json {
                 return print_json(&tasks);
             }
-            println!("{:<18} {:<5} {:<22} {:<16} {}", "TASK", "SLOT", "NODE", "HOSTNAME", "SECRET VERSIONS");
+            println!("{:<18} {:<5} {:<22} {:<16} SECRET VERSIONS", "TASK", "SLOT", "NODE", "HOSTNAME");
             for t in tasks {
                 let node = t.node_id.map(|n| n.to_string()).unwrap_or_else(|| "(pending)".into());
                 let versions: Vec<String> = t.secret_versions.iter().map(|(id, v)| format!("{id}@{v}")).collect();
@@ -329,7 +329,7 @@ pub(crate) async fn token(cmd: TokenCmd, opts: &ClientOpts) -> Result<(), CliErr
             if opts.format == Format::Json {
                 return print_json(&list.tokens);
             }
-            println!("{:<18} {:<24} {:<11} {:<12} {}", "ID", "NAME", "SCOPE", "CREATED", "REVOKED");
+            println!("{:<18} {:<24} {:<11} {:<12} REVOKED", "ID", "NAME", "SCOPE", "CREATED");
             for t in list.tokens {
                 println!(
                     "{:<18} {:<24} {:<11} {:<12} {}",

@@ -388,6 +388,9 @@ pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))
 }
 
+/// A read index (`None` on an empty log), or why there is none.
+type ReadIndex = Result<Option<u64>, ApiError>;
+
 /// Shares read indexes between concurrent linearizable reads.
 ///
 /// Invariant: a caller gets the result of a fetch that *started after it arrived* (so the
@@ -397,14 +400,14 @@ pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
 #[derive(Debug, Default)]
 pub struct ReadIndexBatch {
     started: std::sync::atomic::AtomicU64,
-    last: tokio::sync::Mutex<Option<(u64, Result<Option<u64>, ApiError>)>>,
+    last: tokio::sync::Mutex<Option<(u64, ReadIndex)>>,
 }
 
 impl ReadIndexBatch {
-    pub async fn read_index<F, Fut>(&self, fetch: F) -> Result<Option<u64>, ApiError>
+    pub async fn read_index<F, Fut>(&self, fetch: F) -> ReadIndex
     where
         F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<Option<u64>, ApiError>>,
+        Fut: std::future::Future<Output = ReadIndex>,
     {
         use std::sync::atomic::Ordering::SeqCst;
         let arrival = self.started.load(SeqCst);

@@ -175,6 +175,16 @@ async fn coffer_dev_runs_a_cluster_and_stops_on_ctrl_c() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn coffer dev");
+    // If an assertion fails, the cluster must not outlive the test.
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if self.0 != 0 {
+                send_signal(self.0, libc::SIGKILL);
+            }
+        }
+    }
+    let mut guard = KillOnDrop(child.id());
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -247,6 +257,7 @@ async fn coffer_dev_runs_a_cluster_and_stops_on_ctrl_c() {
         assert!(std::time::Instant::now() < deadline, "coffer dev did not stop on Ctrl-C");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    guard.0 = 0; // reaped: the pid is no longer ours to signal
     assert!(status.success(), "coffer dev exited with {status}");
     // A given --dir is kept for a restart; the test cleans up the workers' tmpfs dirs.
     for d in &dirs {

@@ -155,9 +155,9 @@ async fn a_joiner_facing_a_ca_that_does_not_match_its_token_sends_nothing() {
     let err = ManagerProc::join(bin(), &dir, &c.tokens.manager, &addr2, &[]).expect_err("join must refuse");
     assert!(err.to_string().contains("does not match the join token"), "{err}");
     assert_eq!(others.load(Ordering::SeqCst), 0, "the joiner sent something past the CA check");
-    let _ = serving2;
     stop.cancel();
     let _ = serving.await;
+    let _ = serving2.await;
 }
 
 fn tokio_util_cancel() -> tokio_util::sync::CancellationToken {

@@ -115,25 +115,38 @@ fn classify(e: reqwest::Error) -> PeerError {
     }
 }
 
-fn rpc_error<E: std::error::Error>(target: NodeId, e: PeerError) -> RPCError<NodeId, ManagerNode, E> {
+fn rpc_error<E: std::error::Error>(e: PeerError) -> RPCError<NodeId, ManagerNode, E> {
     match e {
         PeerError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),
-        _ => {
-            let _ = target;
-            RPCError::Network(NetworkError::new(&e))
-        }
+        _ => RPCError::Network(NetworkError::new(&e)),
     }
 }
 
+type RpcResult<T> = Result<T, RPCError<NodeId, ManagerNode, RaftError<NodeId>>>;
+
 impl PeerClient {
+    /// One postcard RPC to the target manager; the remote's Raft error, a network error and
+    /// an unreachable peer are told apart for openraft.
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         path: &str,
         req: &Req,
         option: &RPCOption,
-    ) -> Result<Result<Resp, RaftError<NodeId>>, PeerError> {
+    ) -> RpcResult<Resp> {
         let url = format!("{}{path}", self.base);
-        post_postcard(&self.client, &url, Some(self.target), req, option.hard_ttl()).await
+        match post_postcard::<_, Result<Resp, RaftError<NodeId>>>(
+            &self.client,
+            &url,
+            Some(self.target),
+            req,
+            option.hard_ttl(),
+        )
+        .await
+        {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Err(e) => Err(rpc_error(e)),
+        }
     }
 }
 
@@ -142,24 +155,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, ManagerNode, RaftError<NodeId>>> {
-        match self.call("/raft/append", &rpc, &option).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
-            Err(e) => Err(rpc_error(self.target, e)),
-        }
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        self.call("/raft/append", &rpc, &option).await
     }
 
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<NodeId>,
-        option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, ManagerNode, RaftError<NodeId>>> {
-        match self.call("/raft/vote", &rpc, &option).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
-            Err(e) => Err(rpc_error(self.target, e)),
-        }
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
+        self.call("/raft/vote", &rpc, &option).await
     }
 
     async fn full_snapshot(

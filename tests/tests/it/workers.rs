@@ -82,7 +82,7 @@ fn leak_forms(value: &[u8]) -> Vec<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_land_on_their_tasks_workers_follow_rotations_and_never_leak() {
-    let c = Cluster::start(bin(), 3, &[]).await.expect("cluster");
+    let mut c = Cluster::start(bin(), 3, &[]).await.expect("cluster");
     let mut workers = c.start_workers(3, &[]).await.expect("workers");
     let admin = c.admin(1);
     let canary = b"COFFER-WORKER-CANARY-91c4e2f07d".to_vec();
@@ -168,7 +168,15 @@ async fn secrets_land_on_their_tasks_workers_follow_rotations_and_never_leak() {
     }
     assert!(audited >= 4, "every redemption is audited ({audited} records)");
 
-    // No file the managers or workers wrote outside the secrets dirs holds a value.
+    // No file the managers or workers wrote outside the secrets dirs holds a value. Stop
+    // them first (SIGKILL: the files as a thief would find them), so nothing moves while
+    // the files are read.
+    for m in c.managers.iter_mut() {
+        m.kill();
+    }
+    for w in workers.iter_mut() {
+        w.kill();
+    }
     let skip: Vec<PathBuf> = workers.iter().map(|w| w.secrets.clone()).collect();
     let mut files = Vec::new();
     files_under(c.root.path(), &skip, &mut files);

@@ -152,6 +152,21 @@ impl Client {
         self.send(self.request(reqwest::Method::DELETE, path)).await
     }
 
+    /// `/metrics`, as the Prometheus text the manager serves.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let transport = |e: reqwest::Error| ClientError::Transport { addr: self.addr.clone(), reason: e.to_string() };
+        let resp = self.request(reqwest::Method::GET, "/metrics").send().await.map_err(transport)?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(transport)?;
+        if status.is_success() {
+            return Ok(text);
+        }
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(b) => Err(ClientError::Api { status: status.as_u16(), code: b.error.code, message: b.error.message }),
+            Err(_) => Err(ClientError::Api { status: status.as_u16(), code: ErrorCode::Internal, message: text }),
+        }
+    }
+
     // -- cluster -----------------------------------------------------------------------
 
     pub async fn status(&self) -> Result<ClusterStatus, ClientError> {

@@ -121,6 +121,7 @@ pub async fn issue(m: &Manager, node_id: NodeId, task_ids: &[String]) -> Result<
         };
         out.push(sign(&key.key, &body)?);
     }
+    m.metrics.grants_issued.inc_by(out.len() as u64);
     Ok(out)
 }
 

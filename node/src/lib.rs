@@ -19,6 +19,7 @@
 //!   their redemption, the worker session on a manager.
 //! - [`worker`]: the worker agent: session, heartbeats, grants, files on tmpfs.
 //! - [`cli`], [`dev`]: the command line, `coffer dev`.
+//! - [`metrics`]: `/metrics` in the Prometheus text format.
 //! - [`config`], [`data_dir`], [`key_file`], [`store_check`]: configuration and on-disk layout.
 
 pub mod api_error;
@@ -39,6 +40,7 @@ pub mod key_file;
 pub mod leader_ops;
 pub mod manager;
 pub mod membership;
+pub mod metrics;
 pub mod openapi;
 pub mod pki;
 pub mod raft_net;

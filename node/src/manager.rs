@@ -51,6 +51,8 @@ pub struct Manager {
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
     /// This manager's grant key for the term it leads (see `grants`).
     pub(crate) grant_key: tokio::sync::Mutex<Option<Arc<crate::grants::GrantKey>>>,
+    /// Counters and gauges served at /metrics.
+    pub(crate) metrics: crate::metrics::Metrics,
     /// Coalesces concurrent read-index requests.
     pub(crate) read_batch: ReadIndexBatch,
     /// The audit log of redemptions (group-committed).
@@ -132,6 +134,7 @@ impl Manager {
             membership_lock: tokio::sync::Mutex::new(()),
             grant_key: tokio::sync::Mutex::new(None),
             read_batch: ReadIndexBatch::default(),
+            metrics: crate::metrics::Metrics::default(),
             audit,
             liveness: crate::scheduler::Liveness::default(),
             shutdown: shutdown.clone(),
@@ -194,7 +197,10 @@ impl Manager {
         for _ in 0..3 {
             if leader.0 == self.id {
                 match self.raft.client_write(cmd.clone()).await {
-                    Ok(resp) => return Ok(resp.data.0),
+                    Ok(resp) => {
+                        self.metrics.writes_local.inc();
+                        return Ok(resp.data.0);
+                    }
                     Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                         leader = self.forward_target(f).await?;
                         continue;
@@ -202,6 +208,7 @@ impl Manager {
                     Err(e) => return Err(ApiError::unavailable(format!("write not committed: {e}"))),
                 }
             }
+            self.metrics.writes_forwarded.inc();
             let url = format!("https://{}/raft/propose", leader.1);
             return match post_postcard::<_, coffer_raft_store::Response>(
                 &self.peers,

@@ -78,6 +78,7 @@ pub fn router(m: Arc<Manager>) -> Router {
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit));
     raft.merge(api).fallback(|| async { ApiError::not_found("no such endpoint") }).with_state(m)
 }
@@ -304,6 +305,12 @@ pub async fn rotate_token(
         OpResult::Token(t) => Ok(Json(t)),
         _ => Err(ApiError::internal("rotating the token", "unexpected reply")),
     }
+}
+
+/// Prometheus scrapes with an admin certificate or an API token (read-only will do).
+async fn metrics(State(m): S, _o: crate::auth::Operator) -> Result<Response, ApiError> {
+    let text = crate::metrics::render(&m)?;
+    Ok(([("content-type", "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
 }
 
 async fn readyz(State(m): S) -> Result<&'static str, ApiError> {

@@ -184,7 +184,9 @@ pub async fn redeem(
     // even here on a follower that has not applied it yet. A deposed leader cannot get a
     // read index from a quorum, so it cannot honour its own old grants either.
     m.linearizable().await?;
-    let (body, _task) = grants::verify(&m, node, &req.grant)?;
+    let (body, _task) = grants::verify(&m, node, &req.grant).inspect_err(|_| {
+        m.metrics.redemptions_refused.inc();
+    })?;
     let sealer = ValueSealer::for_cluster(&m.cluster()?)?;
     // Read everything first, audit, then answer: no value leaves without its record.
     let mut sealed = Vec::new();
@@ -202,6 +204,7 @@ pub async fn redeem(
         let plain = sealer.open(&id, &v)?;
         secrets.push(RedeemedSecret { secret_id: id, version, data: b64.encode(plain.as_slice()) });
     }
+    m.metrics.redemptions_ok.inc();
     Ok(Json(Redeemed { task_id: body.task_id, secrets }))
 }
 

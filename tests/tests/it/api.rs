@@ -231,6 +231,7 @@ async fn api_tokens_and_certificates_are_checked_on_every_call() {
     let anon = Client::with_tls(&ca, None, &c.managers[1].addr).expect("client");
     assert_eq!(code(anon.secrets().await), ErrorCode::Unauthenticated);
     assert_eq!(code(anon.create_secret("x", b"v", BTreeMap::new()).await), ErrorCode::Unauthenticated);
+    assert_eq!(code(anon.metrics().await), ErrorCode::Unauthenticated);
 
     // A worker's certificate.
     let worker = crate::security::worker_client(&c, 1).await;
@@ -250,6 +251,7 @@ async fn api_tokens_and_certificates_are_checked_on_every_call() {
     let ro_client = Client::with_token(&ca, &ro.token, &c.managers[1].addr).expect("client");
     crate::security::eventually_ok(|| ro_client.secrets()).await;
     assert_eq!(code(ro_client.create_secret("x", b"v", BTreeMap::new()).await), ErrorCode::PermissionDenied);
+    assert!(ro_client.metrics().await.expect("a read-only token scrapes /metrics").contains("coffer_raft_term"));
     assert_eq!(code(ro_client.remove_secret("existing").await), ErrorCode::PermissionDenied);
     // Tokens cannot manage tokens or the cluster.
     assert_eq!(code(ro_client.create_api_token("x", TokenScope::ReadWrite).await), ErrorCode::Unauthenticated);

@@ -168,6 +168,27 @@ async fn secrets_land_on_their_tasks_workers_follow_rotations_and_never_leak() {
     }
     assert!(audited >= 4, "every redemption is audited ({audited} records)");
 
+    // /metrics agrees: one successful redemption per audit record, across the managers;
+    // the leader says so and counts the three ready workers.
+    let mut redeemed = 0u64;
+    let mut leaders = 0;
+    for i in 0..3 {
+        let text = c.admin(i).metrics().await.expect("metrics");
+        let value = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok()))
+                .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}")) as u64
+        };
+        redeemed += value("coffer_redemptions_ok_total ");
+        if value("coffer_raft_is_leader ") == 1 {
+            leaders += 1;
+            assert_eq!(value("coffer_workers_ready "), 3, "{text}");
+        }
+        assert!(!text.contains("COFFER-WORKER-CANARY"), "a value in /metrics");
+    }
+    assert_eq!(leaders, 1);
+    assert_eq!(redeemed, audited as u64, "redemptions counted by /metrics vs audit records");
+
     // No file the managers or workers wrote outside the secrets dirs holds a value. Stop
     // them first (SIGKILL: the files as a thief would find them), so nothing moves while
     // the files are read.

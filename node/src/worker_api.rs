@@ -31,6 +31,10 @@ type S = State<Arc<Manager>>;
 
 /// How long an assignments request waits for a change before answering anyway.
 const LONG_POLL: Duration = Duration::from_secs(20);
+/// How often a waiting long poll checks that this manager still knows a leader.
+const LEADER_CHECK: Duration = Duration::from_secs(1);
+/// How long a woken long poll lets further placement changes land before it answers.
+const COALESCE: Duration = Duration::from_millis(10);
 
 fn worker(caller: &NodeCaller) -> Result<NodeId, ApiError> {
     if caller.role != Role::Worker {
@@ -42,8 +46,8 @@ fn worker(caller: &NodeCaller) -> Result<NodeId, ApiError> {
 /// The tasks assigned to `node`, as the worker needs them.
 pub fn assignment_of(m: &Manager, node: NodeId) -> Result<Assignment, ApiError> {
     let mut tasks = Vec::new();
-    for t in m.reader.tasks()? {
-        if t.node_id != Some(node) || t.desired != TaskState::Running {
+    for t in m.reader.tasks_of_node(node)? {
+        if t.desired != TaskState::Running {
             continue;
         }
         let Some(svc) = m.reader.service(&t.service_id)? else { continue };
@@ -87,33 +91,36 @@ pub async fn assignments(
 ) -> Result<Json<Assignment>, ApiError> {
     let node = worker(&caller)?;
     let deadline = Instant::now() + LONG_POLL;
-    let mut rx = m.raft.metrics();
-    let mut applied = rx.borrow().last_applied;
+    // Wake only when placement changes (tasks, services, secret versions, nodes), not on
+    // every applied entry: a burst of unrelated writes costs long polls nothing.
+    let mut placement = m.reader.watch_placement();
     loop {
         // A manager that has lost the leader has a state that may be stale: send the
         // worker elsewhere rather than keep it on assignments the leader has moved.
         if m.leader().is_none() {
             return Err(ApiError::unavailable("this manager knows no leader; try another manager"));
         }
+        placement.borrow_and_update();
         let a = assignment_of(&m, node)?;
-        if q.since.as_deref() != Some(a.fingerprint.as_str()) || Instant::now() >= deadline {
+        if q.since.as_deref() != Some(a.fingerprint.as_str()) {
             return Ok(Json(a));
         }
-        // Wait for the state to move (anything applied), or the deadline.
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, rx.changed()).await {
-                Err(_) => break,
+            if left.is_zero() {
+                return Ok(Json(a));
+            }
+            match tokio::time::timeout(left.min(LEADER_CHECK), placement.changed()).await {
+                Ok(Ok(())) => {
+                    // Let a burst of placement changes (one scheduling pass) land first.
+                    tokio::time::sleep(COALESCE).await;
+                    break;
+                }
                 Ok(Err(_)) => return Err(ApiError::unavailable("this manager is shutting down")),
-                Ok(Ok(())) => {}
-            }
-            if m.leader().is_none() {
-                break;
-            }
-            let now = rx.borrow().last_applied;
-            if now != applied {
-                applied = now;
-                break;
+                Err(_) if m.leader().is_none() => {
+                    return Err(ApiError::unavailable("this manager lost the leader; try another manager"))
+                }
+                Err(_) => {}
             }
         }
     }

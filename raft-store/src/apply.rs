@@ -176,6 +176,9 @@ impl<'a> Txn<'a> {
                 self.delete(keys::service_name(&svc.name));
                 for (key, task) in self.scan::<TaskRecord>(keys::TASK)? {
                     if task.service_id == *id {
+                        if let Some(n) = task.node_id {
+                            self.delete(keys::node_task(n, &task.id));
+                        }
                         self.delete(key);
                     }
                 }
@@ -190,12 +193,22 @@ impl<'a> Txn<'a> {
                         return Ok(not_found(ObjectKind::Node, &node_id));
                     }
                 }
+                // The per-node index follows the task's placement.
+                if let Some(old) = self.get::<TaskRecord>(&keys::task(&task.id))?.and_then(|t| t.node_id) {
+                    self.delete(keys::node_task(old, &task.id));
+                }
+                if let Some(n) = task.node_id {
+                    self.put(keys::node_task(n, &task.id), &())?;
+                }
                 self.put(keys::task(&task.id), task)?;
                 done
             }
             Command::RemoveTask { id } => {
-                if self.get::<TaskRecord>(&keys::task(id))?.is_none() {
+                let Some(task) = self.get::<TaskRecord>(&keys::task(id))? else {
                     return Ok(not_found(ObjectKind::Task, id));
+                };
+                if let Some(n) = task.node_id {
+                    self.delete(keys::node_task(n, id));
                 }
                 self.delete(keys::task(id));
                 done

@@ -51,6 +51,9 @@ pub struct Db {
     pub(crate) dir: PathBuf,
     /// Serialises replacing the current snapshot file (build and install both do it).
     pub(crate) snapshot_lock: std::sync::Mutex<()>,
+    /// Bumped whenever applied state that places tasks changes (tasks, services, secret
+    /// versions, nodes): watchers that only care about placement wake only for that.
+    pub(crate) placement: tokio::sync::watch::Sender<u64>,
 }
 
 impl Db {
@@ -77,7 +80,13 @@ impl Db {
             .map_err(StoreError::db(format!("open {}", db_path.display())))?;
 
         let sealer = Self::load_or_create_key(&db, dir, kek)?;
-        Ok(Arc::new(Self { db, sealer, dir: dir.to_path_buf(), snapshot_lock: std::sync::Mutex::new(()) }))
+        Ok(Arc::new(Self {
+            db,
+            sealer,
+            dir: dir.to_path_buf(),
+            snapshot_lock: std::sync::Mutex::new(()),
+            placement: tokio::sync::watch::channel(0).0,
+        }))
     }
 
     fn load_or_create_key(db: &DB, dir: &Path, kek: &dyn KeyEncryptionKey) -> Result<Sealer, StoreError> {
@@ -147,6 +156,10 @@ impl Db {
 
     pub(crate) fn cf(&self, name: &str) -> Result<&ColumnFamily, StoreError> {
         cf_of(&self.db, name)
+    }
+
+    pub(crate) fn placement_changed(&self) {
+        self.placement.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     pub(crate) fn snapshots_dir(&self) -> PathBuf {

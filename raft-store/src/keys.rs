@@ -15,6 +15,7 @@ pub(crate) const SERVICE_NAME: &[u8] = b"service-name/";
 pub(crate) const TASK: &[u8] = b"task/";
 pub(crate) const AUTHORITY: &[u8] = b"authority/";
 pub(crate) const API_TOKEN: &[u8] = b"api-token/";
+pub(crate) const NODE_TASK: &[u8] = b"node-task/";
 
 fn join(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + rest.len());
@@ -58,6 +59,19 @@ pub(crate) fn service_name(name: &str) -> Vec<u8> {
 
 pub(crate) fn task(id: &str) -> Vec<u8> {
     join(TASK, id.as_bytes())
+}
+
+/// Prefix of the index entries of one node's tasks.
+pub(crate) fn node_tasks(node: NodeId) -> Vec<u8> {
+    let mut k = join(NODE_TASK, &node.to_be_bytes());
+    k.push(b'/');
+    k
+}
+
+pub(crate) fn node_task(node: NodeId, task: &str) -> Vec<u8> {
+    let mut k = node_tasks(node);
+    k.extend_from_slice(task.as_bytes());
+    k
 }
 
 pub(crate) fn authority(term: u64) -> Vec<u8> {

@@ -299,6 +299,23 @@ pub enum Command {
 }
 
 impl Command {
+    /// Whether applying this can change which secret versions a node's tasks need.
+    pub fn affects_placement(&self) -> bool {
+        matches!(
+            self,
+            Command::PutNode(_)
+                | Command::RemoveNode { .. }
+                | Command::UpdateNode { .. }
+                | Command::RotateSecret { .. }
+                | Command::RemoveSecret { .. }
+                | Command::CreateService { .. }
+                | Command::UpdateService { .. }
+                | Command::RemoveService { .. }
+                | Command::PutTask(_)
+                | Command::RemoveTask { .. }
+        )
+    }
+
     /// A name for logs and metrics; never includes a value.
     pub fn kind(&self) -> &'static str {
         match self {

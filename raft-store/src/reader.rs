@@ -128,6 +128,32 @@ impl StateReader {
         self.scan(keys::API_TOKEN)
     }
 
+    /// The tasks placed on `node`, through the per-node index (not a scan of all tasks).
+    pub fn tasks_of_node(&self, node: NodeId) -> Result<Vec<TaskRecord>, StoreError> {
+        let prefix = keys::node_tasks(node);
+        let cf = self.db.cf(CF_SM)?;
+        let mut out = Vec::new();
+        for item in self.db.db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
+            let (key, _) = item.map_err(StoreError::db("scan node tasks"))?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            if let Some(t) = self.task(&id)? {
+                if t.node_id == Some(node) {
+                    out.push(t);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Changes whenever applied state that places tasks changes (see
+    /// [`Command::affects_placement`]).
+    pub fn watch_placement(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.db.placement.subscribe()
+    }
+
     pub fn grant_authority(&self, term: u64) -> Result<Option<GrantAuthority>, StoreError> {
         self.get(&keys::authority(term))
     }

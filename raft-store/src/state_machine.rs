@@ -75,11 +75,13 @@ impl StateMachine {
         let mut replies = Vec::new();
         let mut last = None;
         let mut membership = None;
+        let mut placement = false;
         for entry in entries {
             last = Some(entry.log_id);
             replies.push(match &entry.payload {
                 EntryPayload::Blank => Response(Ok(Applied::Done)),
                 EntryPayload::Normal(cmd) => {
+                    placement |= cmd.affects_placement();
                     let r = txn.apply(cmd)?;
                     if let Err(e) = &r.0 {
                         tracing::debug!(log_id = %entry.log_id, command = cmd.kind(), error = %e, "command refused");
@@ -105,6 +107,9 @@ impl StateMachine {
             self.db.put_sealed(&mut batch, CF_SM_META, MEMBERSHIP, &m)?;
         }
         self.db.write(batch, false, "apply")?;
+        if placement {
+            self.db.placement_changed();
+        }
         Ok(replies)
     }
 }
@@ -208,7 +213,9 @@ fn load_into_db(db: &Db, snap: &SnapshotFile) -> Result<(), StoreError> {
     db.put_sealed(&mut batch, CF_SM_META, LAST_APPLIED, &meta.last_log_id)?;
     db.put_sealed(&mut batch, CF_SM_META, MEMBERSHIP, &meta.last_membership)?;
     batch.delete_cf(db.cf(CF_SM_META)?, INSTALLING);
-    db.write(batch, true, "finish snapshot install")
+    db.write(batch, true, "finish snapshot install")?;
+    db.placement_changed();
+    Ok(())
 }
 
 /// Installs a snapshot that may be sealed under another key (a file received from, or

@@ -504,3 +504,71 @@ async fn no_file_holds_a_secret_value_in_plaintext() {
     let store = open_at(dir.path()).expect("reopen");
     assert_eq!(store.reader.secret_value("id1", 2).expect("read"), Some(SealedBytes(canary)));
 }
+
+// ---------------------------------------------------------------------------------------
+// the per-node task index and the placement watch
+
+#[tokio::test]
+async fn tasks_are_indexed_by_node_and_placement_changes_are_signalled() {
+    use coffer_raft_store::model::{Availability, NodeRecord, NodeRole, NodeStatus, TaskRecord, TaskState};
+    let dir = TempDir::new().expect("tempdir");
+    let mut store = open_at(dir.path()).expect("open");
+    let node = |id: u64| {
+        Command::PutNode(NodeRecord {
+            id,
+            role: NodeRole::Worker,
+            hostname: format!("w{id}"),
+            addr: "0.0.0.0:0".into(),
+            availability: Availability::Active,
+            status: NodeStatus::Ready,
+            labels: BTreeMap::new(),
+            cert_serial: "00".into(),
+            grant_public_key: None,
+            removed: false,
+            joined_at: 1,
+            updated_at: 1,
+        })
+    };
+    let task = |on: u64| {
+        Command::PutTask(TaskRecord {
+            id: "t1".into(),
+            service_id: "svc1".into(),
+            slot: 0,
+            node_id: Some(on),
+            desired: TaskState::Running,
+            secret_versions: vec![],
+            spec_version: 1,
+            updated_at: 1,
+        })
+    };
+    let spec = ServiceSpec { replicas: 1, constraints: vec![], secrets: vec![], labels: BTreeMap::new() };
+    let mut watch = store.reader.watch_placement();
+    watch.borrow_and_update();
+    store
+        .state_machine
+        .apply(vec![
+            entry(1, node(10)),
+            entry(2, node(20)),
+            entry(3, Command::CreateService { id: "svc1".into(), name: "api".into(), spec, at: 1 }),
+            entry(4, task(10)),
+        ])
+        .await
+        .expect("apply");
+    assert!(watch.has_changed().expect("watch"), "placing a task is signalled");
+    watch.borrow_and_update();
+    let ids = |v: Vec<TaskRecord>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.reader.tasks_of_node(10).expect("read")), vec!["t1".to_string()]);
+    assert!(store.reader.tasks_of_node(20).expect("read").is_empty());
+
+    // A secret that no service uses is not a placement change.
+    store.state_machine.apply(vec![entry(5, create_secret(5, b"x"))]).await.expect("apply");
+    assert!(!watch.has_changed().expect("watch"));
+
+    // The task moves: the index follows; the service goes: so does its task's entry.
+    store.state_machine.apply(vec![entry(6, task(20))]).await.expect("apply");
+    assert!(store.reader.tasks_of_node(10).expect("read").is_empty());
+    assert_eq!(ids(store.reader.tasks_of_node(20).expect("read")), vec!["t1".to_string()]);
+    store.state_machine.apply(vec![entry(7, Command::RemoveService { id: "svc1".into() })]).await.expect("apply");
+    assert!(store.reader.tasks_of_node(20).expect("read").is_empty());
+    assert!(store.reader.tasks().expect("read").is_empty());
+}

@@ -123,6 +123,9 @@ struct Agent {
     current: Arc<AtomicUsize>,
     leader: Option<String>,
     applied: BTreeMap<String, Applied>,
+    /// Every task directory this worker may have written, this run or a previous one (its
+    /// manifest): what is not wanted any more is removed, whatever this run managed.
+    known: BTreeSet<PathBuf>,
 }
 
 type Api<T> = Result<T, (Option<coffer_api::error::ErrorCode>, String)>;
@@ -224,25 +227,26 @@ impl Agent {
         Ok(())
     }
 
-    /// The task directories written so far (for the manifest).
-    fn dirs(&self) -> BTreeSet<PathBuf> {
-        self.applied.values().map(|a| a.dir.clone()).collect()
-    }
-
-    /// After a restart: removes the directories of tasks that left this worker while it
-    /// was away (listed in the manifest, not in the first assignment).
-    fn remove_stale(&self, previous: &BTreeSet<PathBuf>, a: &Assignment) {
-        let now: BTreeSet<PathBuf> =
+    /// Removes every known task directory that the assignment does not want (tasks that
+    /// left while this worker was away, or whose last update failed here), and records
+    /// the directories the assignment does want as known.
+    fn sweep(&mut self, a: &Assignment) {
+        let wanted: BTreeSet<PathBuf> =
             a.tasks.iter().map(|t| self.settings.secrets_dir.join(format!("{}.{}", t.service_name, t.slot))).collect();
-        for d in previous.difference(&now) {
-            if d.starts_with(&self.settings.secrets_dir) {
-                if let Err(e) = remove_task_dir(d) {
-                    tracing::warn!(error = %e, "cannot remove a stale task directory");
-                } else {
-                    tracing::info!(dir = %d.display(), "removed the secrets of a task that left while this worker was away");
+        let gone: Vec<PathBuf> = self.known.difference(&wanted).cloned().collect();
+        for d in gone {
+            if !d.starts_with(&self.settings.secrets_dir) {
+                self.known.remove(&d);
+                continue;
+            }
+            match remove_task_dir(&d) {
+                Ok(()) => {
+                    self.known.remove(&d);
                 }
+                Err(e) => tracing::warn!(error = %e, "cannot remove a task directory that is no longer wanted"),
             }
         }
+        self.known.extend(wanted);
     }
 
     async fn redeem(&mut self, req: RedeemRequest) -> anyhow::Result<Redeemed> {
@@ -315,6 +319,9 @@ fn write_task(
     for t in old_targets.iter().filter(|t| !now.contains(t.as_str())) {
         let _ = std::fs::remove_file(dir.join(t));
     }
+    // The task directory is ours alone: any other file in it (a target dropped while this
+    // worker was away, a temporary file of a crash) goes too.
+    remove_unlisted(dir, dir, &now);
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let b64 = base64::engine::general_purpose::STANDARD;
     for s in &task.secrets {
@@ -356,6 +363,24 @@ fn write_task(
     Ok(())
 }
 
+/// Removes the files under `dir` whose path relative to `root` is not in `keep`.
+fn remove_unlisted(root: &Path, dir: &Path, keep: &BTreeSet<&str>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        let Ok(kind) = e.file_type() else { continue };
+        if kind.is_dir() {
+            remove_unlisted(root, &path, keep);
+            let _ = std::fs::remove_dir(&path); // only if now empty
+        } else {
+            let rel = path.strip_prefix(root).ok().and_then(|r| r.to_str()).unwrap_or_default();
+            if !keep.contains(rel) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+}
+
 /// Task directories this worker has written, kept in its data dir so that a restarted
 /// worker removes those whose tasks left it while it was away.
 fn manifest_path(dir: &DataDir) -> PathBuf {
@@ -393,8 +418,8 @@ pub async fn run(data_dir: DataDir, shutdown: CancellationToken) -> anyhow::Resu
         current: current.clone(),
         leader: None,
         applied: BTreeMap::new(),
+        known: load_manifest(&data_dir),
     };
-    let mut stale = Some(load_manifest(&data_dir));
     println!("coffer: worker {} running, secrets in {}", identity.node_id, settings.secrets_dir.display());
 
     let heartbeat_every = Arc::new(std::sync::atomic::AtomicU64::new(2000));
@@ -425,11 +450,9 @@ pub async fn run(data_dir: DataDir, shutdown: CancellationToken) -> anyhow::Resu
                 backoff = Duration::from_millis(100);
                 agent.learn(&a);
                 heartbeat_every.store(a.heartbeat_ms.max(100), std::sync::atomic::Ordering::Relaxed);
-                if let Some(previous) = stale.take() {
-                    agent.remove_stale(&previous, &a);
-                }
+                agent.sweep(&a);
                 let result = agent.reconcile(&a).await;
-                save_manifest(&data_dir, &agent.dirs());
+                save_manifest(&data_dir, &agent.known);
                 match result {
                     Ok(()) => {
                         fingerprint = Some(a.fingerprint);

@@ -36,6 +36,25 @@ const LEADER_CHECK: Duration = Duration::from_secs(1);
 /// How long a woken long poll lets further placement changes land before it answers.
 const COALESCE: Duration = Duration::from_millis(10);
 
+/// Whether this manager is in touch with a working leader: a follower that knows one, or
+/// a leader that a quorum acknowledged recently. A leader cut off from the others must
+/// not keep workers (their heartbeats, their long polls) while the real leader moves
+/// their tasks away.
+fn in_touch(m: &Manager) -> bool {
+    let metrics = m.raft.metrics();
+    let x = metrics.borrow();
+    if x.current_leader.is_none() {
+        return false;
+    }
+    if x.current_leader != Some(m.id) {
+        return true;
+    }
+    x.millis_since_quorum_ack.is_some_and(|ms| ms <= QUORUM_FRESH_MS)
+}
+
+/// How old a leader's last quorum acknowledgement may be (a few heartbeats).
+const QUORUM_FRESH_MS: u64 = 1000;
+
 fn worker(caller: &NodeCaller) -> Result<NodeId, ApiError> {
     if caller.role != Role::Worker {
         return Err(ApiError::forbidden("this endpoint is for workers"));
@@ -91,14 +110,17 @@ pub async fn assignments(
 ) -> Result<Json<Assignment>, ApiError> {
     let node = worker(&caller)?;
     let deadline = Instant::now() + LONG_POLL;
+    // A manager that restarted or joined a moment ago may know the leader and still lag
+    // it: answer from a state at least as new as the leader's commit.
+    m.linearizable().await?;
     // Wake only when placement changes (tasks, services, secret versions, nodes), not on
     // every applied entry: a burst of unrelated writes costs long polls nothing.
     let mut placement = m.reader.watch_placement();
     loop {
         // A manager that has lost the leader has a state that may be stale: send the
         // worker elsewhere rather than keep it on assignments the leader has moved.
-        if m.leader().is_none() {
-            return Err(ApiError::unavailable("this manager knows no leader; try another manager"));
+        if !in_touch(&m) {
+            return Err(ApiError::unavailable("this manager is not in touch with a leader; try another manager"));
         }
         placement.borrow_and_update();
         let a = assignment_of(&m, node)?;
@@ -117,7 +139,7 @@ pub async fn assignments(
                     break;
                 }
                 Ok(Err(_)) => return Err(ApiError::unavailable("this manager is shutting down")),
-                Err(_) if m.leader().is_none() => {
+                Err(_) if !in_touch(&m) => {
                     return Err(ApiError::unavailable("this manager lost the leader; try another manager"))
                 }
                 Err(_) => {}
@@ -137,6 +159,9 @@ pub async fn heartbeat(State(m): S, caller: NodeCaller) -> Result<Json<Heartbeat
 /// worker is told so and moves to another manager.
 async fn record_heartbeat(m: &Manager, node: NodeId) -> Result<(), ApiError> {
     if m.is_leader() {
+        if !in_touch(m) {
+            return Err(ApiError::unavailable("this leader has lost its quorum; try another manager"));
+        }
         m.liveness.seen(node);
         return Ok(());
     }
@@ -154,9 +179,10 @@ pub async fn forwarded_heartbeat(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let node: NodeId = postcard::from_bytes(&body).map_err(|_| ApiError::invalid("malformed heartbeat"))?;
-    if m.is_leader() {
-        m.liveness.seen(node);
+    if !m.is_leader() || !in_touch(&m) {
+        return Err(ApiError::unavailable("not the leader"));
     }
+    m.liveness.seen(node);
     Ok(axum::response::IntoResponse::into_response((
         [("content-type", "application/octet-stream")],
         postcard::to_allocvec(&()).unwrap_or_default(),

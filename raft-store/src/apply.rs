@@ -189,8 +189,10 @@ impl<'a> Txn<'a> {
                     return Ok(not_found(ObjectKind::Service, &task.service_id));
                 }
                 if let Some(node_id) = task.node_id {
-                    if self.get::<NodeRecord>(&keys::node(node_id))?.is_none() {
-                        return Ok(not_found(ObjectKind::Node, &node_id));
+                    match self.get::<NodeRecord>(&keys::node(node_id))? {
+                        None => return Ok(not_found(ObjectKind::Node, &node_id)),
+                        Some(n) if n.removed => return Ok(Err(ApplyError::NodeRemoved(node_id))),
+                        Some(_) => {}
                     }
                 }
                 // The per-node index follows the task's placement.

@@ -26,11 +26,9 @@ impl std::fmt::Debug for ApiToken {
 
 impl ApiToken {
     pub fn generate() -> Self {
-        let mut id = [0u8; ID_LEN / 2];
-        rand::rngs::OsRng.fill_bytes(&mut id);
         let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
         rand::rngs::OsRng.fill_bytes(secret.as_mut());
-        Self { id: id.iter().map(|b| format!("{b:02x}")).collect(), secret }
+        Self { id: crate::ids::random_hex(ID_LEN / 2), secret }
     }
 
     pub fn id(&self) -> &str {

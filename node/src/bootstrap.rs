@@ -15,7 +15,7 @@ use coffer_raft_store::model::{
 };
 use coffer_raft_store::seal::{Aad, KeyBytes, KeyEncryptionKey, Sealer};
 use coffer_raft_store::ManagerNode;
-use rand::{Rng, RngCore};
+use rand::Rng;
 use zeroize::Zeroizing;
 
 use crate::api_error::ApiError;
@@ -154,9 +154,7 @@ pub fn init_data_dir(config: &ManagerConfig, bound: SocketAddr) -> anyhow::Resul
     let advertise = advertise_of(config, bound)?;
     let kek = key_file::create(&dir.key_file())?;
 
-    let mut id_bytes = [0u8; 8];
-    rand::rngs::OsRng.fill_bytes(&mut id_bytes);
-    let cluster_id: String = id_bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let cluster_id = crate::ids::random_hex(8);
     let node_id: u64 = rand::thread_rng().gen_range(1..u64::MAX);
     let ca = ClusterCa::generate(&cluster_id)?;
 

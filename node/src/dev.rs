@@ -206,12 +206,9 @@ async fn worker_token(m: &std::sync::Arc<Manager>) -> anyhow::Result<zeroize::Ze
 
 /// Where worker `i` keeps its secrets: tmpfs under /dev/shm when there is one.
 fn secrets_dir_for(root: &Path, i: usize) -> (PathBuf, bool) {
-    use rand::RngCore;
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {
-        let mut tag = [0u8; 4];
-        rand::thread_rng().fill_bytes(&mut tag);
-        let tag: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+        let tag = crate::ids::random_hex(4);
         let dir = shm.join(format!("coffer-dev-{tag}")).join(format!("worker-{i}"));
         if crate::worker::check_in_memory(&dir, false).is_ok() {
             return (dir, false);

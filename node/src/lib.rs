@@ -19,7 +19,7 @@
 //!   their redemption, the worker session on a manager.
 //! - [`worker`]: the worker agent: session, heartbeats, grants, files on tmpfs.
 //! - [`cli`], [`dev`]: the command line, `coffer dev`.
-//! - [`metrics`]: `/metrics` in the Prometheus text format.
+//! - [`metrics`]: `/metrics` in the Prometheus text format; [`ids`]: random identifiers.
 //! - [`config`], [`data_dir`], [`key_file`], [`store_check`]: configuration and on-disk layout.
 
 pub mod api_error;
@@ -35,6 +35,7 @@ pub mod data_dir;
 pub mod dev;
 pub mod extract;
 pub mod grants;
+pub mod ids;
 pub mod join_token;
 pub mod key_file;
 pub mod leader_ops;

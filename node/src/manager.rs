@@ -51,6 +51,9 @@ pub struct Manager {
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
     /// This manager's grant key for the term it leads (see `grants`).
     pub(crate) grant_key: tokio::sync::Mutex<Option<Arc<crate::grants::GrantKey>>>,
+    /// The cluster value key's sealer, opened once: the key never changes after init, and
+    /// creates, rotations and redemptions would otherwise open the cluster record each.
+    value_sealer: std::sync::OnceLock<Arc<crate::values::ValueSealer>>,
     /// Counters and gauges served at /metrics.
     pub(crate) metrics: crate::metrics::Metrics,
     /// Coalesces concurrent read-index requests.
@@ -135,6 +138,7 @@ impl Manager {
             grant_key: tokio::sync::Mutex::new(None),
             read_batch: ReadIndexBatch::default(),
             metrics: crate::metrics::Metrics::default(),
+            value_sealer: std::sync::OnceLock::new(),
             audit,
             liveness: crate::scheduler::Liveness::default(),
             shutdown: shutdown.clone(),
@@ -301,6 +305,15 @@ impl Manager {
                 resp.json().await.map_err(|e| ApiError::unavailable(format!("leader's reply: {e}")))?;
             Err(ApiError::from_body(body))
         }
+    }
+
+    /// The sealer of secret values under the cluster's value key.
+    pub fn value_sealer(&self) -> Result<Arc<crate::values::ValueSealer>, ApiError> {
+        if let Some(s) = self.value_sealer.get() {
+            return Ok(s.clone());
+        }
+        let sealer = Arc::new(crate::values::ValueSealer::for_cluster(&self.cluster()?)?);
+        Ok(self.value_sealer.get_or_init(|| sealer).clone())
     }
 
     /// The cluster record; every initialized cluster has one.

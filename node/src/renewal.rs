@@ -5,16 +5,20 @@
 //! The new key is made here; the old certificate stays valid until it expires, so
 //! connections opened with it keep working while new ones present the new certificate.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use coffer_raft_store::seal::KeyEncryptionKey;
 use rand::Rng;
+use tokio_util::sync::CancellationToken;
 
 use crate::bootstrap::{load_credentials, save_node_cert};
+use crate::data_dir::DataDir;
 use crate::leader_ops::{LeaderOp, OpResult};
 use crate::manager::Manager;
 use crate::pki::{self, NodeKey, Role};
-use crate::tls;
+use crate::tls::{self, NodeCert};
 
 /// When to renew a certificate valid from `not_before` to `not_after` (Unix seconds).
 pub fn renewal_due(not_before: i64, not_after: i64) -> i64 {
@@ -27,24 +31,42 @@ fn now_unix() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-async fn renew_once(m: &Arc<Manager>) -> anyhow::Result<()> {
+/// Makes a new key, has `request` turn its CSR into a certificate, then stores the pair
+/// and swaps it into `cert`.
+async fn renew_once<F, Fut>(
+    dir: &DataDir,
+    kek: &dyn KeyEncryptionKey,
+    cert: &NodeCert,
+    request: &mut F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = anyhow::Result<String>>,
+{
     let key = NodeKey::generate()?;
-    let csr_pem = key.csr_pem(&[])?;
-    let op = LeaderOp::Renew { node_id: m.id, role: Role::Manager, csr_pem };
-    let OpResult::Renewed(r) = m.leader_op(op).await.map_err(|e| anyhow::anyhow!("{}", e.message))? else {
-        anyhow::bail!("unexpected reply to a renewal");
-    };
+    let cert_pem = request(key.csr_pem(&[])?).await?;
     let key_pem = key.key_pem();
-    let certified = tls::certified_key(&r.cert_pem, key_pem.expose())?;
-    save_node_cert(&m.data_dir, m.kek.as_ref(), &r.cert_pem, &key_pem)?;
-    m.cert.replace(certified);
+    let certified = tls::certified_key(&cert_pem, key_pem.expose())?;
+    save_node_cert(dir, kek, &cert_pem, &key_pem)?;
+    cert.replace(certified);
     Ok(())
 }
 
-/// Runs until shutdown, renewing this manager's certificate when it is due.
-pub async fn renew_certificates(m: Arc<Manager>) {
+/// Runs until shutdown, renewing the node's certificate whenever it is due. `request`
+/// sends a CSR to the cluster and returns the signed certificate (a manager asks the
+/// leader; a worker posts `/v1/renew` to any manager). Managers and workers share this.
+pub async fn keep_renewed<F, Fut>(
+    dir: DataDir,
+    kek: Arc<dyn KeyEncryptionKey>,
+    cert: Arc<NodeCert>,
+    shutdown: CancellationToken,
+    mut request: F,
+) where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = anyhow::Result<String>>,
+{
     loop {
-        let due = match load_credentials(&m.data_dir, m.kek.as_ref()) {
+        let due = match load_credentials(&dir, kek.as_ref()) {
             Ok(creds) => match tls::certs_from_pem(&creds.cert_pem).ok().and_then(|c| pki::parse_peer(&c[0]).ok()) {
                 Some(id) => renewal_due(id.not_before_unix, id.not_after_unix),
                 None => {
@@ -59,20 +81,20 @@ pub async fn renew_certificates(m: Arc<Manager>) {
         };
         let wait = Duration::from_secs((due - now_unix()).max(0) as u64);
         tokio::select! {
-            _ = m.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
         let mut backoff = Duration::from_secs(1);
         loop {
-            match renew_once(&m).await {
+            match renew_once(&dir, kek.as_ref(), &cert, &mut request).await {
                 Ok(()) => {
-                    tracing::info!(node_id = m.id, "renewed this node's certificate");
+                    tracing::info!("renewed this node's certificate");
                     break;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "certificate renewal failed; retrying");
                     tokio::select! {
-                        _ = m.shutdown.cancelled() => return,
+                        _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(60));
@@ -80,6 +102,22 @@ pub async fn renew_certificates(m: Arc<Manager>) {
             }
         }
     }
+}
+
+/// A manager's renewal: through the leader.
+pub async fn renew_certificates(m: Arc<Manager>) {
+    let (dir, kek, cert, shutdown) = (m.data_dir.clone(), m.kek.clone(), m.cert.clone(), m.shutdown.clone());
+    keep_renewed(dir, kek, cert, shutdown, |csr_pem| {
+        let m = m.clone();
+        async move {
+            let op = LeaderOp::Renew { node_id: m.id, role: Role::Manager, csr_pem };
+            match m.leader_op(op).await.map_err(|e| anyhow::anyhow!("{}", e.message))? {
+                OpResult::Renewed(r) => Ok(r.cert_pem),
+                _ => anyhow::bail!("unexpected reply to a renewal"),
+            }
+        }
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -23,17 +23,10 @@ use crate::bootstrap::now_millis;
 use crate::extract::ApiJson;
 use crate::manager::Manager;
 use crate::validate;
-use crate::values::ValueSealer;
 
 type S = State<Arc<Manager>>;
 
-/// A fresh object id: 64 random bits in hex.
-pub fn new_id() -> String {
-    use rand::RngCore;
-    let mut b = [0u8; 8];
-    rand::rngs::OsRng.fill_bytes(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+pub use crate::ids::new_id;
 
 fn decode_value(data: &str) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     // Check the encoded length first: no allocation for a value that is too large.
@@ -101,7 +94,7 @@ pub async fn create(
     let value = decode_value(&req.data)?;
     let size = validate::secret_size(value.len())?;
     let id = new_id();
-    let sealed = ValueSealer::for_cluster(&m.cluster()?)?.seal(&id, &value)?;
+    let sealed = m.value_sealer()?.seal(&id, &value)?;
     drop(value);
     let cmd = Command::CreateSecret {
         id: id.clone(),
@@ -184,7 +177,7 @@ pub async fn rotate(
     let size = validate::secret_size(value.len())?;
     m.linearizable().await?;
     let s = find_secret(&m, &key)?;
-    let sealed = ValueSealer::for_cluster(&m.cluster()?)?.seal(&s.id, &value)?;
+    let sealed = m.value_sealer()?.seal(&s.id, &value)?;
     drop(value);
     match m.propose(Command::RotateSecret { id: s.id.clone(), value: sealed, size, at: now_millis() }).await? {
         Applied::SecretVersion { version, .. } => {

@@ -19,7 +19,6 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use base64::Engine;
 use coffer_api::worker::{AssignedTask, Assignment, GrantList, GrantRequest, RedeemRequest, Redeemed};
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
@@ -338,9 +337,7 @@ fn write_task(
         let path = dir.join(&s.target);
         let parent = path.parent().unwrap_or(dir);
         std::fs::create_dir_all(parent)?;
-        let mut rnd = [0u8; 6];
-        rand::thread_rng().fill_bytes(&mut rnd);
-        let tmp = parent.join(format!(".coffer-{}", rnd.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+        let tmp = parent.join(format!(".coffer-{}", crate::ids::random_hex(6)));
         let mut guard = TmpFile(Some(tmp.clone()));
         {
             use std::io::Write;
@@ -430,7 +427,16 @@ pub async fn run(data_dir: DataDir, shutdown: CancellationToken) -> anyhow::Resu
         heartbeat_every.clone(),
         shutdown.clone(),
     ));
-    tokio::spawn(renew(data_dir.clone(), http.clone(), managers.clone(), cert, shutdown.clone()));
+    {
+        let (http, managers) = (http.clone(), managers.clone());
+        tokio::spawn(crate::renewal::keep_renewed(
+            data_dir.clone(),
+            Arc::new(kek),
+            cert,
+            shutdown.clone(),
+            move |csr| request_renewal(http.clone(), managers.clone(), csr),
+        ));
+    }
 
     let mut fingerprint: Option<String> = None;
     let mut backoff = Duration::from_millis(100);
@@ -512,77 +518,19 @@ async fn heartbeats(
     }
 }
 
-/// Renews this worker's certificate between 50% and 80% of its validity, through any
-/// manager (`/v1/renew` with the current certificate), like managers do.
-async fn renew(
-    data_dir: DataDir,
+/// A worker's renewal: `/v1/renew` with its current certificate, at any manager it knows.
+async fn request_renewal(
     http: reqwest::Client,
     managers: Arc<RwLock<Vec<String>>>,
-    cert: Arc<NodeCert>,
-    shutdown: CancellationToken,
-) {
-    let kek = match key_file::load(&data_dir.key_file()) {
-        Ok(k) => k,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot load the key file; certificate renewal stops");
-            return;
-        }
-    };
-    loop {
-        let Some(due) = bootstrap::load_credentials(&data_dir, &kek)
-            .ok()
-            .and_then(|c| tls::certs_from_pem(&c.cert_pem).ok())
-            .and_then(|c| crate::pki::parse_peer(&c[0]).ok())
-            .map(|id| crate::renewal::renewal_due(id.not_before_unix, id.not_after_unix))
-        else {
-            tracing::error!("cannot read this worker's certificate; renewal stops");
-            return;
-        };
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs((due - now).max(0) as u64)) => {}
-        }
-        let mut backoff = Duration::from_secs(1);
-        loop {
-            match renew_once(&data_dir, &kek, &http, &managers, &cert).await {
-                Ok(()) => {
-                    tracing::info!("renewed this worker's certificate");
-                    break;
-                }
-                Err(e) => tracing::warn!(error = %e, "certificate renewal failed; retrying"),
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(60));
-        }
-    }
-}
-
-async fn renew_once(
-    data_dir: &DataDir,
-    kek: &coffer_raft_store::seal::LocalKek,
-    http: &reqwest::Client,
-    managers: &Arc<RwLock<Vec<String>>>,
-    cert: &Arc<NodeCert>,
-) -> anyhow::Result<()> {
-    let key = crate::pki::NodeKey::generate()?;
-    let req = coffer_api::cluster::RenewRequest { csr_pem: key.csr_pem(&[])? };
+    csr_pem: String,
+) -> anyhow::Result<String> {
+    let req = coffer_api::cluster::RenewRequest { csr_pem };
     let list = managers.read().unwrap_or_else(|p| p.into_inner()).clone();
     let mut last = String::new();
     for addr in list {
         match call::<coffer_api::cluster::RenewResponse>(http.post(format!("https://{addr}/v1/renew")).json(&req)).await
         {
-            Ok(r) => {
-                let key_pem = key.key_pem();
-                let certified = tls::certified_key(&r.cert_pem, key_pem.expose())?;
-                bootstrap::save_node_cert(data_dir, kek, &r.cert_pem, &key_pem)?;
-                cert.replace(certified);
-                return Ok(());
-            }
+            Ok(r) => return Ok(r.cert_pem),
             Err((_, msg)) => last = format!("{addr}: {msg}"),
         }
     }

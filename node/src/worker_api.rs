@@ -25,7 +25,6 @@ use crate::extract::ApiJson;
 use crate::grants;
 use crate::manager::Manager;
 use crate::pki::Role;
-use crate::values::ValueSealer;
 
 type S = State<Arc<Manager>>;
 
@@ -88,7 +87,7 @@ pub fn assignment_of(m: &Manager, node: NodeId) -> Result<Assignment, ApiError> 
     }
     tasks.sort_by(|a, b| a.task_id.cmp(&b.task_id));
     let digest = Sha256::digest(serde_json::to_vec(&tasks).map_err(|e| ApiError::internal("fingerprint", e))?);
-    let fingerprint = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    let fingerprint = data_encoding::HEXLOWER.encode(&digest[..12]);
     let managers =
         m.raft.metrics().borrow().membership_config.membership().nodes().map(|(_, n)| n.addr.clone()).collect();
     let heartbeat_ms = m.cluster()?.settings.worker_heartbeat_ms;
@@ -220,7 +219,7 @@ pub async fn redeem(
     let (body, _task) = grants::verify(&m, node, &req.grant).inspect_err(|_| {
         m.metrics.redemptions_refused.inc();
     })?;
-    let sealer = ValueSealer::for_cluster(&m.cluster()?)?;
+    let sealer = m.value_sealer()?;
     // Read everything first, audit, then answer: no value leaves without its record.
     let mut sealed = Vec::new();
     for (id, version) in &body.versions {

@@ -1,0 +1,27 @@
+//! Random identifiers: object ids, cluster ids, token ids and temporary names, all
+//! lowercase hex from the operating system's CSPRNG.
+
+use rand::RngCore;
+
+/// `n` random bytes, in lowercase hex (`2n` characters).
+pub fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    data_encoding::HEXLOWER.encode(&b)
+}
+
+/// A fresh object id (secrets, services, tasks): 64 random bits.
+pub fn new_id() -> String {
+    random_hex(8)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_are_hex_of_the_asked_length_and_differ() {
+        let (a, b) = (super::new_id(), super::new_id());
+        assert_eq!(a.len(), 16);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(a, b);
+    }
+}

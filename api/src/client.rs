@@ -1,5 +1,5 @@
-//! The typed async client of the Coffer API, used by the `coffer` CLI, the tests and the
-//! benchmarks. Authenticates with the admin client bundle (`ca.pem`, `client.pem`,
+//! The typed async client of the Coffer API, used by the `coffer` CLI, the worker agent, the
+//! tests and the benchmarks: the error envelope is decoded here and nowhere else. Authenticates with the admin client bundle (`ca.pem`, `client.pem`,
 //! `client.key`) or with an API token; trusts only the cluster CA.
 
 use std::path::Path;
@@ -9,12 +9,16 @@ use base64::Engine;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::cluster::{Availability, ClusterStatus, JoinTokenResponse, NodeInfo, NodeList, NodeRole, NodeUpdate};
+use crate::cluster::{
+    Availability, ClusterStatus, JoinTokenResponse, NodeInfo, NodeList, NodeRole, NodeUpdate, RenewRequest,
+    RenewResponse,
+};
 use crate::error::{ErrorBody, ErrorCode};
 use crate::secrets::{SecretCreate, SecretInfo, SecretLabels, SecretList, SecretRotate, SecretVersionCreated};
 use crate::services::{ServiceCreate, ServiceInfo, ServiceList, ServiceUpdate};
 use crate::tls::{self, StaticCert};
 use crate::tokens::{ApiTokenCreate, ApiTokenCreated, ApiTokenList, TokenScope};
+use crate::worker::{Assignment, Grant, GrantList, GrantRequest, HeartbeatReply, RedeemRequest, Redeemed};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -42,6 +46,8 @@ pub struct Client {
     http: reqwest::Client,
     addr: String,
     bearer: Option<zeroize::Zeroizing<String>>,
+    /// Per-request deadline; none by default (the CLI waits as long as the cluster takes).
+    timeout: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for Client {
@@ -81,7 +87,19 @@ impl Client {
     ) -> Result<Self, tls::TlsError> {
         tls::install_provider();
         let http = tls::http_client(tls::client_config(ca_pem, cert)?)?;
-        Ok(Self { http, addr: addr.to_string(), bearer: None })
+        Ok(Self { http, addr: addr.to_string(), bearer: None, timeout: None })
+    }
+
+    /// The same credentials and connection pool, pointed at the manager at `addr`: a worker
+    /// moves between managers without a new TLS configuration.
+    pub fn at(&self, addr: &str) -> Self {
+        Self { addr: addr.to_string(), ..self.clone() }
+    }
+
+    /// Every request fails after `timeout` without an answer.
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
     }
 
     /// A client that authenticates with an API token instead of a certificate.
@@ -103,7 +121,10 @@ impl Client {
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let r = self.http.request(method, self.url(path));
+        let mut r = self.http.request(method, self.url(path));
+        if let Some(t) = self.timeout {
+            r = r.timeout(t);
+        }
         match &self.bearer {
             Some(t) => r.bearer_auth(t.as_str()),
             None => r,
@@ -299,6 +320,38 @@ impl Client {
 
     pub async fn revoke_api_token(&self, id: &str) -> Result<(), ClientError> {
         self.delete(&format!("/v1/tokens/{id}")).await
+    }
+}
+
+impl Client {
+    // -- the worker session (worker certificates) ---------------------------------------
+
+    /// The tasks assigned to this worker; waits up to the manager's long-poll period for a
+    /// change when `since` is the fingerprint of what the worker has.
+    pub async fn assignments(&self, since: Option<&str>) -> Result<Assignment, ClientError> {
+        let mut req = self.request(reqwest::Method::GET, "/v1/worker/assignments");
+        if let Some(fp) = since {
+            req = req.query(&[("since", fp)]);
+        }
+        self.send(req).await
+    }
+
+    pub async fn heartbeat(&self) -> Result<HeartbeatReply, ClientError> {
+        self.post("/v1/worker/heartbeat", &()).await
+    }
+
+    /// Grants for `task_ids`, from the leader.
+    pub async fn grants(&self, task_ids: &[String]) -> Result<GrantList, ClientError> {
+        self.post("/v1/worker/grants", &GrantRequest { task_ids: task_ids.to_vec() }).await
+    }
+
+    pub async fn redeem(&self, grant: Grant) -> Result<Redeemed, ClientError> {
+        self.post("/v1/worker/redeem", &RedeemRequest { grant }).await
+    }
+
+    /// A new certificate for this node's CSR (managers and workers).
+    pub async fn renew(&self, csr_pem: String) -> Result<RenewResponse, ClientError> {
+        self.post("/v1/renew", &RenewRequest { csr_pem }).await
     }
 }
 

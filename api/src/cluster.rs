@@ -95,6 +95,9 @@ pub struct NodeInfo {
     pub cert_serial: String,
     pub removed: bool,
     pub joined_at_ms: u64,
+    /// The same instant in RFC 3339 (UTC).
+    #[serde(default)]
+    pub joined_at: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

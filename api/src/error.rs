@@ -72,6 +72,41 @@ impl ErrorBody {
     }
 }
 
+/// An error that carries a stable [`ErrorCode`] and a message for people: the server's
+/// operation and HTTP errors and the shared input rules' errors all build themselves through
+/// it, so every refusal, wherever it is decided, names one of the codes above.
+pub trait CodedError: Sized {
+    fn with_code(code: ErrorCode, message: String) -> Self;
+
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::with_code(ErrorCode::InvalidArgument, message.into())
+    }
+
+    fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::with_code(ErrorCode::Unauthenticated, message.into())
+    }
+
+    fn forbidden(message: impl Into<String>) -> Self {
+        Self::with_code(ErrorCode::PermissionDenied, message.into())
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::with_code(ErrorCode::NotFound, message.into())
+    }
+
+    fn precondition(message: impl Into<String>) -> Self {
+        Self::with_code(ErrorCode::FailedPrecondition, message.into())
+    }
+
+    fn unavailable(message: impl Into<String>) -> Self {
+        Self::with_code(ErrorCode::Unavailable, message.into())
+    }
+
+    fn conflict(message: impl Into<String>) -> Self {
+        Self::with_code(ErrorCode::Conflict, message.into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

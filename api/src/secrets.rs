@@ -51,6 +51,9 @@ pub struct SecretLabels {
 pub struct SecretVersionInfo {
     pub version: u32,
     pub created_at_ms: u64,
+    /// The same instant in RFC 3339 (UTC).
+    #[serde(default)]
+    pub created_at: String,
     /// Size of the value in bytes.
     pub size: u32,
 }
@@ -62,7 +65,13 @@ pub struct SecretInfo {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub created_at_ms: u64,
+    /// The same instant in RFC 3339 (UTC).
+    #[serde(default)]
+    pub created_at: String,
     pub updated_at_ms: u64,
+    /// The same instant in RFC 3339 (UTC).
+    #[serde(default)]
+    pub updated_at: String,
     pub latest_version: u32,
     pub versions: Vec<SecretVersionInfo>,
     /// Names of the services that reference the secret.

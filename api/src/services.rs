@@ -82,7 +82,13 @@ pub struct ServiceInfo {
     pub labels: BTreeMap<String, String>,
     pub spec_version: u64,
     pub created_at_ms: u64,
+    /// The same instant in RFC 3339 (UTC).
+    #[serde(default)]
+    pub created_at: String,
     pub updated_at_ms: u64,
+    /// The same instant in RFC 3339 (UTC).
+    #[serde(default)]
+    pub updated_at: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -45,6 +45,9 @@ pub struct ApiTokenInfo {
     pub name: String,
     pub scope: TokenScope,
     pub created_at_ms: u64,
+    /// The same instant in RFC 3339 (UTC).
+    #[serde(default)]
+    pub created_at: String,
     pub revoked: bool,
 }
 

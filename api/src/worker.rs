@@ -106,6 +106,9 @@ pub struct TaskInfo {
     pub node_hostname: Option<String>,
     pub secret_versions: Vec<(String, u32)>,
     pub updated_at_ms: u64,
+    /// The same instant in RFC 3339 (UTC).
+    #[serde(default)]
+    pub updated_at: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -7,20 +7,20 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use coffer_api::client::Client;
 use coffer_api::cluster::NodeRole;
 use tokio_util::sync::CancellationToken;
 
-use crate::bootstrap;
-use crate::config::ManagerConfig;
-use crate::data_dir::{DataDir, NodeIdentity};
-use crate::manager::{bind, Manager, RunningManager, Startup};
+use crate::local::config::ManagerConfig;
+use crate::local::data_dir::DataDir;
+use crate::start::{self, bind, RunningManager, RunningWorker};
+use crate::worker::WorkerSettings;
 
 /// A running local cluster.
 #[derive(Debug)]
 pub struct DevCluster {
     pub managers: Vec<RunningManager>,
-    /// Each worker's secrets dir, and the task running its agent.
-    pub workers: Vec<(PathBuf, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+    pub workers: Vec<RunningWorker>,
     /// The admin client bundle of the cluster.
     pub client_dir: PathBuf,
     shutdown: CancellationToken,
@@ -44,27 +44,21 @@ impl DevCluster {
         let mut managers = Vec::new();
         if first.join("node.json").exists() {
             for i in 1..=n {
-                let dir = DataDir::new(manager_dir(root, i));
-                let id = NodeIdentity::load(&dir)?;
-                let config = ManagerConfig::new(dir.root(), &id.listen);
-                let listener = bind(&id.listen).await?;
-                managers.push(Manager::start(config, Startup { listener, bootstrap: None }, shutdown.clone()).await?);
+                let config = start::restart_config(&manager_dir(root, i))?;
+                let listener = bind(&config.listen).await?;
+                managers.push(start::restart_manager(config, listener, shutdown.clone()).await?);
             }
         } else {
             let config = ManagerConfig::for_test(&first);
             let listener = bind(&config.listen).await?;
-            let (b, summary) = bootstrap::init_data_dir(&config, listener.local_addr()?)?;
-            let m1 = Manager::start(config, Startup { listener, bootstrap: Some(b) }, shutdown.clone()).await?;
+            let (summary, m1) = start::init_manager(config, listener, shutdown.clone()).await?;
             let join_addr = m1.manager.advertise.clone();
             managers.push(m1);
             for i in 2..=n {
                 let config = ManagerConfig::for_test(manager_dir(root, i));
                 let listener = bind(&config.listen).await?;
-                let bound = listener.local_addr()?;
-                let dir = DataDir::new(&config.data_dir);
-                bootstrap::join_data_dir(&dir, NodeRole::Manager, &summary.manager_token, &join_addr, bound, bound)
-                    .await?;
-                managers.push(Manager::start(config, Startup { listener, bootstrap: None }, shutdown.clone()).await?);
+                let token = &summary.manager_token;
+                managers.push(start::join_manager(config, listener, token, &join_addr, shutdown.clone()).await?);
             }
         }
         let mut cluster = Self { managers, workers: Vec::new(), client_dir: first.join("client"), shutdown };
@@ -81,23 +75,24 @@ impl DevCluster {
         let mut token = None;
         for i in 1..=count {
             let dir = DataDir::new(root.join(format!("worker-{i}")));
-            if !dir.node_file().exists() {
+            let worker = if dir.node_file().exists() {
+                start::restart_worker(dir, self.shutdown.clone()).await?
+            } else {
                 let token = match &token {
                     Some(t) => zeroize::Zeroizing::clone(t),
                     None => {
-                        // The init token was shown once; a dev cluster makes itself a fresh one.
-                        let t = worker_token(&self.managers[0].manager).await?;
+                        // The init token was shown once; a dev cluster makes itself a fresh
+                        // one, as an operator would, with the admin bundle.
+                        let t = worker_token(&self.client_dir, &join).await?;
                         token = Some(t.clone());
                         t
                     }
                 };
                 let (secrets_dir, insecure) = secrets_dir_for(root, i);
-                let settings = crate::worker::settings(secrets_dir, insecure, None, &join);
-                crate::worker::join(&dir, &token, &join, settings).await?;
-            }
-            let secrets = crate::worker::WorkerSettings::load(&dir)?.secrets_dir;
-            let task = tokio::spawn(crate::worker::run(dir, self.shutdown.clone()));
-            self.workers.push((secrets, task));
+                let settings = WorkerSettings::new(secrets_dir, insecure, None, &join);
+                start::join_worker(dir, &token, &join, settings, self.shutdown.clone()).await?
+            };
+            self.workers.push(worker);
         }
         Ok(())
     }
@@ -120,19 +115,27 @@ impl DevCluster {
         self.managers.iter().map(|m| m.manager.advertise.clone()).collect()
     }
 
+    /// Each worker's secrets dir.
+    pub fn secrets_dirs(&self) -> Vec<PathBuf> {
+        self.workers.iter().map(|w| w.settings.secrets_dir.clone()).collect()
+    }
+
     /// Stops every node and waits for them.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        for (_, w) in self.workers {
-            let _ = w.await;
+        for w in self.workers {
+            if let Err(e) = w.wait().await {
+                tracing::warn!(error = %e, "a dev worker stopped with an error");
+            }
         }
         for m in self.managers {
-            let _ = m.serving.await;
+            m.wait().await;
         }
     }
 }
 
-/// `coffer dev`.
+/// `coffer dev`: starts the cluster, says how to use it (as text, or with `json` as one
+/// `ready` event line for scripts), and stops it on `shutdown`.
 ///
 /// # Errors
 /// When the cluster cannot be started.
@@ -140,6 +143,7 @@ pub async fn run(
     managers: usize,
     workers: usize,
     dir: Option<PathBuf>,
+    json: bool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let tmp;
@@ -151,33 +155,26 @@ pub async fn run(
         }
     };
     let cluster = DevCluster::start(&root, managers, workers, shutdown.clone()).await?;
-    let addrs = cluster.addrs();
-    println!(
-        "Coffer dev cluster: {} managers and {} workers under {}",
-        addrs.len(),
-        cluster.workers.len(),
-        root.display()
-    );
-    for (i, a) in addrs.iter().enumerate() {
-        println!("  manager-{}  https://{a}", i + 1);
+    if json {
+        let workers: Vec<serde_json::Value> = cluster
+            .workers
+            .iter()
+            .map(|w| serde_json::json!({"node_id": w.identity.node_id, "secrets_dir": w.settings.secrets_dir}))
+            .collect();
+        let ready = serde_json::json!({
+            "event": "ready",
+            "dir": root,
+            "managers": cluster.addrs(),
+            "client_dir": cluster.client_dir,
+            "workers": workers,
+        });
+        println!("{ready}");
+    } else {
+        print_instructions(&cluster, &root);
     }
-    for (i, (secrets, _)) in cluster.workers.iter().enumerate() {
-        println!("  worker-{}   secrets in {}", i + 1, secrets.display());
-    }
-    println!();
-    println!("Point the CLI at it (any manager will do):");
-    println!("  export COFFER_ADDR={} COFFER_CLIENT_DIR={}", addrs[0], cluster.client_dir.display());
-    println!("  coffer cluster status");
-    println!("  coffer node ls");
-    println!();
-    println!("  printf hunter2 | coffer secret create db_password -");
-    println!("  coffer service create api --replicas 2 --secret source=db_password,mode=0400");
-    println!("  coffer service ps api");
-    println!();
-    println!("Ctrl-C stops the cluster.");
     shutdown.cancelled().await;
-    println!("stopping...");
-    let secrets: Vec<PathBuf> = cluster.workers.iter().map(|(s, _)| s.clone()).collect();
+    eprintln!("stopping...");
+    let secrets = cluster.secrets_dirs();
     let temporary = tmp_root_is_temporary(&root);
     cluster.stop().await;
     if temporary {
@@ -189,26 +186,53 @@ pub async fn run(
     Ok(())
 }
 
+fn print_instructions(cluster: &DevCluster, root: &Path) {
+    let addrs = cluster.addrs();
+    println!(
+        "Coffer dev cluster: {} managers and {} workers under {}",
+        addrs.len(),
+        cluster.workers.len(),
+        root.display()
+    );
+    for (i, a) in addrs.iter().enumerate() {
+        println!("  manager-{}  https://{a}", i + 1);
+    }
+    for (i, secrets) in cluster.secrets_dirs().iter().enumerate() {
+        println!("  worker-{}   secrets in {}", i + 1, secrets.display());
+    }
+    println!();
+    println!("Point the CLI at it (any manager will do):");
+    if let Ok(exe) = std::env::current_exe() {
+        println!("  alias coffer={}", exe.display());
+    }
+    println!("  export COFFER_ADDR={} COFFER_CLIENT_DIR={}", addrs[0], cluster.client_dir.display());
+    println!("  coffer cluster status");
+    println!("  coffer node ls");
+    println!();
+    println!("  printf hunter2 | coffer secret create db_password -");
+    println!("  coffer service create api --replicas 2 --secret source=db_password,mode=0400");
+    println!("  coffer service ps api");
+    println!();
+    println!("Ctrl-C stops the cluster.");
+}
+
 fn tmp_root_is_temporary(root: &Path) -> bool {
     root.file_name().is_some_and(|n| n.to_string_lossy().starts_with("coffer-dev-"))
 }
 
 /// A fresh worker join token (rotating it), for the dev cluster's own workers: the one
 /// `init` printed was shown once and not kept.
-async fn worker_token(m: &std::sync::Arc<Manager>) -> anyhow::Result<zeroize::Zeroizing<String>> {
-    use crate::leader_ops::{LeaderOp, OpResult};
-    match m.leader_op(LeaderOp::RotateToken(NodeRole::Worker)).await {
-        Ok(OpResult::Token(t)) => Ok(zeroize::Zeroizing::new(t.token)),
-        Ok(_) => anyhow::bail!("unexpected reply to a token rotation"),
-        Err(e) => anyhow::bail!("rotate the worker token: {}", e.message),
-    }
+async fn worker_token(client_dir: &Path, addr: &str) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    let admin = Client::from_dir(client_dir, addr)?;
+    let t = admin.rotate_token(NodeRole::Worker).await.context("rotate the worker join token")?;
+    Ok(zeroize::Zeroizing::new(t.token))
 }
 
 /// Where worker `i` keeps its secrets: tmpfs under /dev/shm when there is one.
 fn secrets_dir_for(root: &Path, i: usize) -> (PathBuf, bool) {
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {
-        let tag = crate::ids::random_hex(4);
+        let tag = crate::local::ids::random_hex(4);
         let dir = shm.join(format!("coffer-dev-{tag}")).join(format!("worker-{i}"));
         if crate::worker::check_in_memory(&dir, false).is_ok() {
             return (dir, false);

@@ -1,60 +1,31 @@
-//! The `coffer` daemon and CLI as a library: `main.rs` parses arguments and calls in here,
-//! and the integration tests call the same functions.
+//! The `coffer` daemon and CLI as a library: `main.rs` parses nothing and calls
+//! [`cli::main`]; `coffer dev`, the benchmarks and the test harness start nodes through the
+//! same [`start`] functions.
 //!
 //! # Layout
 //!
-//! - [`manager`]: the composition root ([`manager::Manager::start`]) and the operations
-//!   handlers share: propose with forwarding, linearizable reads, leader-only operations.
-//! - [`bootstrap`]: `manager init` / `manager join`: data dir, keys, certificates, tokens.
-//! - [`leader_ops`], [`membership`]: what only the leader does (admit, renew, change voters).
-//! - [`raft_net`]: openraft's network over HTTPS with mutual TLS; snapshot streaming.
-//! - [`server`], [`routes`], [`auth`], [`api_error`], [`extract`]: the listener, endpoints,
-//!   caller roles, errors in the API's envelope.
-//! - [`secrets_api`], [`services_api`], [`tokens_api`], [`openapi`]: the admin API for
-//!   secrets, services and API tokens, and its generated OpenAPI document; [`validate`],
-//!   [`constraints`], [`values`], [`api_token`]: input rules, placement constraints,
-//!   value sealing, API token format.
-//! - [`tls`], [`pki`], [`join_token`], [`renewal`]: certificates and trust.
-//! - [`scheduler`], [`grants`], [`worker_api`]: placing tasks, leader-only grants and
-//!   their redemption, the worker session on a manager.
-//! - [`worker`]: the worker agent: session, heartbeats, grants, files on tmpfs.
-//! - [`cli`], [`dev`]: the command line, `coffer dev`.
-//! - [`metrics`]: `/metrics` in the Prometheus text format; [`ids`]: random identifiers.
-//! - [`config`], [`data_dir`], [`key_file`], [`store_check`]: configuration and on-disk layout.
+//! Rooms, with imports running one way (down this list, never up):
+//!
+//! - [`cli`]: the command line: parser, exit codes, output, one file per command group.
+//! - [`dev`]: `coffer dev`, a whole cluster in one process.
+//! - [`start`]: the one entry for starting nodes (init, join, restart of managers and
+//!   workers), assembling a manager from [`manager`] and [`http`].
+//! - [`http`]: a manager's HTTPS surface: accept loop, router, caller roles, the error
+//!   envelope, one file per resource, Raft RPC, health, OpenAPI.
+//! - [`worker`]: the worker agent: session, heartbeats, grants, files on tmpfs, manifest.
+//! - [`manager`]: the [`manager::Manager`] and what it does: forwarding, linearizable
+//!   reads, leader operations, membership, grants, the scheduler, audit, Raft network.
+//! - [`trust`]: PKI, TLS, join and API tokens, credentials, the join flow, renewal.
+//! - [`local`]: configuration, data dir layout, key file, ids, `store check`.
+//!
+//! `worker` and `manager` sit side by side: neither imports the other. A test in
+//! `tests/it/layout.rs` fails on an import that climbs this list or crosses between them.
 
-pub mod api_error;
-pub mod api_token;
-pub mod audit;
-pub mod auth;
-pub mod bootstrap;
 pub mod cli;
-pub mod cli_resources;
-pub mod config;
-pub mod constraints;
-pub mod data_dir;
-pub mod dev;
-pub mod extract;
-pub mod grants;
-pub mod ids;
-pub mod join_token;
-pub mod key_file;
-pub mod leader_ops;
+pub(crate) mod dev;
+pub mod http;
+pub mod local;
 pub mod manager;
-pub mod membership;
-pub mod metrics;
-pub mod openapi;
-pub mod pki;
-pub mod raft_net;
-pub mod renewal;
-pub mod routes;
-pub mod scheduler;
-pub mod secrets_api;
-pub mod server;
-pub mod services_api;
-pub mod store_check;
-pub mod tls;
-pub mod tokens_api;
-pub mod validate;
-pub mod values;
-pub mod worker;
-pub mod worker_api;
+pub mod start;
+pub mod trust;
+pub(crate) mod worker;

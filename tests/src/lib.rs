@@ -67,10 +67,13 @@ pub struct ManagerProc {
 }
 
 impl ManagerProc {
-    fn spawn(bin: &Path, dir: &Path, args: &[&str]) -> anyhow::Result<(Self, Vec<String>)> {
+    /// Spawns `coffer ARGS --format=json` and waits for its `serving` event; returns the
+    /// events printed before it.
+    fn spawn(bin: &Path, dir: &Path, args: &[&str]) -> anyhow::Result<(Self, Vec<serde_json::Value>)> {
         let log = std::fs::File::create(dir.with_extension("log")).context("create log file")?;
         let mut child = Command::new(bin)
             .args(args)
+            .arg("--format=json")
             .env("COFFER_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -84,13 +87,14 @@ impl ManagerProc {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(rest) = line.strip_prefix("coffer: manager ") {
-                        let (id, addr) = rest.split_once(" serving on ").context("serving line")?;
-                        let p =
-                            Self { child, dir: dir.to_path_buf(), addr: addr.to_string(), id: id.parse()?, lines: rx };
+                    let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                    if event["event"] == "serving" {
+                        let addr = event["addr"].as_str().context("serving event without addr")?.to_string();
+                        let id = event["node_id"].as_u64().context("serving event without node_id")?;
+                        let p = Self { child, dir: dir.to_path_buf(), addr, id, lines: rx };
                         return Ok((p, seen));
                     }
-                    seen.push(line);
+                    seen.push(event);
                 }
                 Err(_) => {
                     let _ = child.kill();
@@ -106,11 +110,10 @@ impl ManagerProc {
         let d = dir.to_str().context("utf-8 path")?;
         let mut args = vec!["manager", "init", "--data-dir", d, "--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
-        let (p, lines) = Self::spawn(bin, dir, &args)?;
-        let find = |prefix: &str| {
-            lines.iter().find_map(|l| l.trim().strip_prefix(prefix).map(|t| t.trim().to_string())).context("token line")
-        };
-        let tokens = Tokens { worker: find("worker:")?, manager: find("manager:")? };
+        let (p, events) = Self::spawn(bin, dir, &args)?;
+        let init = events.iter().find(|e| e["event"] == "initialized").context("no initialized event")?;
+        let token = |key: &str| init[key].as_str().map(str::to_string).with_context(|| format!("no {key}"));
+        let tokens = Tokens { worker: token("worker_token")?, manager: token("manager_token")? };
         Ok((p, tokens))
     }
 
@@ -266,8 +269,9 @@ impl WorkerProc {
         loop {
             match rx.recv_timeout(DEADLINE) {
                 Ok(line) => {
-                    if let Some(rest) = line.strip_prefix("coffer: worker ") {
-                        let id = rest.split_whitespace().next().context("worker id")?.parse()?;
+                    let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                    if event["event"] == "running" {
+                        let id = event["node_id"].as_u64().context("running event without node_id")?;
                         // Keep draining stdout so the worker never blocks on a full pipe.
                         std::thread::spawn(move || while rx.recv().is_ok() {});
                         return Ok(Self { child, dir: dir.to_path_buf(), secrets: secrets.to_path_buf(), id });
@@ -285,7 +289,12 @@ impl WorkerProc {
     fn spawn(bin: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Child> {
         let log = std::fs::File::create(dir.with_extension("log")).context("create log file")?;
         let mut cmd = Command::new(bin);
-        cmd.args(args).env("COFFER_LOG", "info").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
+        cmd.args(args)
+            .arg("--format=json")
+            .env("COFFER_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -379,7 +388,7 @@ impl Drop for RawWorker {
 pub async fn raw_worker(c: &Cluster, token: &str) -> RawWorker {
     use coffer_api::cluster::{JoinRequest, JoinResponse, NodeRole};
     let ca = std::fs::read_to_string(c.client_dir().join("ca.pem")).expect("ca");
-    let key = coffer_node::pki::NodeKey::generate().expect("key");
+    let key = coffer_node::trust::pki::NodeKey::generate().expect("key");
     let req = JoinRequest {
         token: token.into(),
         role: NodeRole::Worker,

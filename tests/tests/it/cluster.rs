@@ -168,7 +168,7 @@ async fn coffer_dev_runs_a_cluster_and_stops_on_ctrl_c() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::TempDir::new().expect("tempdir");
     let mut child = std::process::Command::new(bin())
-        .args(["dev", "--dir"])
+        .args(["dev", "--format=json", "--dir"])
         .arg(dir.path())
         .env("COFFER_LOG", "warn")
         .stdout(std::process::Stdio::piped())
@@ -192,21 +192,20 @@ async fn coffer_dev_runs_a_cluster_and_stops_on_ctrl_c() {
             let _ = tx.send(l);
         }
     });
-    let mut addr = None;
-    let mut secrets_dirs: Vec<String> = Vec::new();
-    loop {
-        let line = rx.recv_timeout(DEADLINE).expect("coffer dev printed its instructions");
-        if let Some(rest) = line.trim().strip_prefix("export COFFER_ADDR=") {
-            addr = rest.split_whitespace().next().map(str::to_string);
+    let ready: serde_json::Value = loop {
+        let line = rx.recv_timeout(DEADLINE).expect("coffer dev printed its ready event");
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if event["event"] == "ready" {
+            break event;
         }
-        if let Some((_, dir)) = line.split_once("secrets in ") {
-            secrets_dirs.push(dir.trim().to_string());
-        }
-        if line.contains("Ctrl-C stops") {
-            break;
-        }
-    }
-    let addr = addr.expect("export line");
+    };
+    let addr = ready["managers"][0].as_str().expect("a manager address").to_string();
+    let mut secrets_dirs: Vec<String> = ready["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .filter_map(|w| w["secrets_dir"].as_str().map(str::to_string))
+        .collect();
     let admin = coffer_api::client::Client::from_dir(&dir.path().join("manager-1/client"), &addr).expect("bundle");
     let nodes = admin.nodes().await.expect("node ls against coffer dev");
     let managers = nodes.iter().filter(|n| n.role == coffer_api::cluster::NodeRole::Manager).count();

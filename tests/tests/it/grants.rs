@@ -98,10 +98,10 @@ async fn grants_are_useless_to_anyone_but_their_node_and_only_while_current() {
     let altered = Grant { body: b64.encode(&body), ..g.clone() };
     assert_eq!(redeem(&a.clients[fi], &altered).await.expect_err("altered").code(), Some(ErrorCode::PermissionDenied));
     let forged = {
-        let body: coffer_node::grants::GrantBody =
+        let body: coffer_node::manager::grants::GrantBody =
             postcard::from_bytes(&b64.decode(&g.body).expect("b64")).expect("body");
         let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
-        coffer_node::grants::sign(&key, &body).expect("sign")
+        coffer_node::manager::grants::sign(&key, &body).expect("sign")
     };
     refused(redeem(&a.clients[fi], &forged).await, "bad signature");
 

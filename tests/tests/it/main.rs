@@ -5,6 +5,7 @@ mod api;
 mod cli;
 mod cluster;
 mod grants;
+mod layout;
 mod security;
 mod workers;
 

@@ -3,9 +3,9 @@
 use coffer_api::client::{Client as AdminClient, ClientError};
 use coffer_api::cluster::{JoinRequest, JoinResponse, NodeRole};
 use coffer_api::error::ErrorCode;
-use coffer_node::data_dir::DataDir;
-use coffer_node::pki::NodeKey;
-use coffer_node::tls::{self, NodeCert};
+use coffer_node::local::data_dir::DataDir;
+use coffer_node::trust::pki::NodeKey;
+use coffer_node::trust::tls::{self, NodeCert};
 use coffer_tests::{Cluster, ManagerProc};
 
 use crate::bin;
@@ -106,8 +106,8 @@ async fn a_joiner_facing_a_ca_that_does_not_match_its_token_sends_nothing() {
 
     // A listener that serves the impostor's CA and counts every other request it gets.
     let impostor_dir = DataDir::new(&impostor.managers[0].dir);
-    let kek = coffer_node::key_file::load(&impostor_dir.key_file()).expect("kek");
-    let creds = coffer_node::bootstrap::load_credentials(&impostor_dir, &kek).expect("creds");
+    let kek = coffer_node::local::key_file::load(&impostor_dir.key_file()).expect("kek");
+    let creds = coffer_node::trust::credentials::load_credentials(&impostor_dir, &kek).expect("creds");
     let cert = NodeCert::new(tls::certified_key(&creds.cert_pem, creds.key_pem.expose()).expect("cert"));
     let server_tls = tls::server_config(&creds.ca_pem, cert).expect("server tls");
     let others = Arc::new(AtomicUsize::new(0));
@@ -122,7 +122,7 @@ async fn a_joiner_facing_a_ca_that_does_not_match_its_token_sends_nothing() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let stop = tokio_util_cancel();
-    let serving = tokio::spawn(coffer_node::server::serve(listener, server_tls, app, 16, stop.clone()));
+    let serving = tokio::spawn(coffer_node::http::server::serve(listener, server_tls, app, 16, stop.clone()));
 
     let dir = joiner_dir(c.root.path(), "fooled");
     let err = ManagerProc::join(bin(), &dir, &c.tokens.manager, &addr, &[]).expect_err("join must refuse");
@@ -144,7 +144,7 @@ async fn a_joiner_facing_a_ca_that_does_not_match_its_token_sends_nothing() {
     let cert = NodeCert::new(tls::certified_key(&creds.cert_pem, creds.key_pem.expose()).expect("cert"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr2 = listener.local_addr().expect("addr").to_string();
-    let serving2 = tokio::spawn(coffer_node::server::serve(
+    let serving2 = tokio::spawn(coffer_node::http::server::serve(
         listener,
         tls::server_config(&creds.ca_pem, cert).expect("tls"),
         app,
@@ -185,8 +185,8 @@ async fn each_endpoint_refuses_callers_without_its_role() {
 
     // A manager's own certificate is not an admin credential either.
     let m3 = DataDir::new(&c.managers[2].dir);
-    let kek = coffer_node::key_file::load(&m3.key_file()).expect("kek");
-    let creds = coffer_node::bootstrap::load_credentials(&m3, &kek).expect("creds");
+    let kek = coffer_node::local::key_file::load(&m3.key_file()).expect("kek");
+    let creds = coffer_node::trust::credentials::load_credentials(&m3, &kek).expect("creds");
     let m = client_with(&c, 0, &creds.cert_pem, creds.key_pem.expose());
     assert_eq!(code(m.get("/v1/nodes").await), ErrorCode::PermissionDenied);
     // ...while Raft RPC accepts it (the body is garbage, so it fails later, as bad input).

@@ -1,0 +1,339 @@
+//! Input rules that the client and the server share (DESIGN.md §7): names, labels, the
+//! size of a secret value, targets and modes of secret files, replicas, the `--secret`
+//! spec grammar and placement constraints. The manager checks them before anything is
+//! proposed (a request that breaks one gets `invalid_argument` or `payload_too_large` and
+//! changes nothing); the CLI checks them before it sends anything.
+
+use std::collections::BTreeMap;
+
+use crate::error::{CodedError, ErrorCode};
+use crate::services::SecretRefSpec;
+
+/// Why an input breaks a rule: a stable code and a message that says what is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RuleError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl CodedError for RuleError {
+    fn with_code(code: ErrorCode, message: String) -> Self {
+        Self { code, message }
+    }
+}
+
+pub const MAX_SECRET_BYTES: usize = 500 * 1024;
+pub const MAX_REPLICAS: u32 = 10_000;
+const MAX_LABELS: usize = 64;
+const MAX_LABEL_KEY: usize = 128;
+const MAX_LABEL_VALUE: usize = 1024;
+const MAX_TARGET: usize = 255;
+
+/// `[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}`.
+pub fn name(kind: &str, n: &str) -> Result<(), RuleError> {
+    let ok = !n.is_empty()
+        && n.len() <= 64
+        && n.as_bytes()[0].is_ascii_alphanumeric()
+        && n.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(RuleError::invalid(format!(
+            "{kind} name {:?} is invalid: use 1 to 64 of [a-zA-Z0-9_.-], starting with a letter or digit",
+            truncate(n)
+        )))
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+pub fn labels(l: &BTreeMap<String, String>) -> Result<(), RuleError> {
+    if l.len() > MAX_LABELS {
+        return Err(RuleError::invalid(format!("at most {MAX_LABELS} labels")));
+    }
+    for (k, v) in l {
+        let key_ok = !k.is_empty()
+            && k.len() <= MAX_LABEL_KEY
+            && k.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-' | b'/'));
+        if !key_ok {
+            return Err(RuleError::invalid(format!(
+                "label key {:?} is invalid: 1 to {MAX_LABEL_KEY} of [a-zA-Z0-9_.-/]",
+                truncate(k)
+            )));
+        }
+        if v.len() > MAX_LABEL_VALUE || v.chars().any(char::is_control) {
+            return Err(RuleError::invalid(format!(
+                "label {k:?}: value over {MAX_LABEL_VALUE} bytes or with control characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A secret value: 1 byte to 500 KiB.
+pub fn secret_size(len: usize) -> Result<u32, RuleError> {
+    if len == 0 {
+        return Err(RuleError::invalid("a secret value must not be empty"));
+    }
+    if len > MAX_SECRET_BYTES {
+        return Err(RuleError::with_code(
+            ErrorCode::PayloadTooLarge,
+            format!("a secret value is at most {MAX_SECRET_BYTES} bytes (500 KiB); this one is {len}"),
+        ));
+    }
+    Ok(len as u32)
+}
+
+/// A file name under a task's secrets directory: relative, no `..`, no empty parts.
+pub fn target(t: &str) -> Result<(), RuleError> {
+    let bad = |why: &str| Err(RuleError::invalid(format!("secret target {:?} {why}", truncate(t))));
+    if t.is_empty() {
+        return bad("is empty");
+    }
+    if t.len() > MAX_TARGET {
+        return bad("is too long");
+    }
+    if t.starts_with('/') {
+        return bad("is absolute: give a path relative to the task's secrets directory");
+    }
+    if t.contains('\0') || t.chars().any(char::is_control) {
+        return bad("contains control characters");
+    }
+    for part in t.split('/') {
+        if part.is_empty() || part == "." {
+            return bad("has an empty or '.' path component");
+        }
+        if part == ".." {
+            return bad("escapes its directory ('..')");
+        }
+    }
+    Ok(())
+}
+
+pub fn mode(m: u32) -> Result<(), RuleError> {
+    if m > 0o777 {
+        return Err(RuleError::invalid(format!("mode {m:o} is not a file permission (at most 0777)")));
+    }
+    Ok(())
+}
+
+pub fn replicas(r: u32) -> Result<(), RuleError> {
+    if r > MAX_REPLICAS {
+        return Err(RuleError::invalid(format!("at most {MAX_REPLICAS} replicas")));
+    }
+    Ok(())
+}
+
+/// Labels from `K=V` arguments into a map, refusing duplicates (the CLI's `--label`).
+pub fn parse_labels(args: &[String]) -> Result<BTreeMap<String, String>, RuleError> {
+    let mut out = BTreeMap::new();
+    for a in args {
+        let (k, v) = a.split_once('=').ok_or_else(|| RuleError::invalid(format!("label {a:?} is not K=V")))?;
+        if out.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(RuleError::invalid(format!("label {k:?} given twice")));
+        }
+    }
+    labels(&out)?;
+    Ok(out)
+}
+
+/// Parses `source=NAME[,target=T][,uid=U][,gid=G][,mode=0440][,version=N]`, or just `NAME`
+/// (Docker's `--secret` grammar, with `version` for pinning).
+pub fn parse_secret_spec(text: &str) -> Result<SecretRefSpec, RuleError> {
+    let bad = |why: String| RuleError::invalid(format!("secret spec {text:?}: {why}"));
+    let mut spec =
+        SecretRefSpec { source: String::new(), target: None, uid: None, gid: None, mode: None, version: None };
+    if !text.contains('=') {
+        spec.source = text.to_string();
+        name("secret", &spec.source)?;
+        return Ok(spec);
+    }
+    for part in text.split(',') {
+        let (k, v) = part.split_once('=').ok_or_else(|| bad(format!("{part:?} is not key=value")))?;
+        let num = |what: &str| v.parse::<u32>().map_err(|_| bad(format!("{what} {v:?} is not a number")));
+        match k {
+            "source" | "src" => spec.source = v.to_string(),
+            "target" => spec.target = Some(v.to_string()),
+            "uid" => spec.uid = Some(num("uid")?),
+            "gid" => spec.gid = Some(num("gid")?),
+            "mode" => {
+                let m = u32::from_str_radix(v.trim_start_matches("0o"), 8)
+                    .map_err(|_| bad(format!("mode {v:?} is not octal")))?;
+                mode(m)?;
+                spec.mode = Some(m);
+            }
+            "version" => spec.version = Some(num("version")?),
+            other => return Err(bad(format!("unknown key {other:?}"))),
+        }
+    }
+    if spec.source.is_empty() {
+        return Err(bad("it has no source=NAME".into()));
+    }
+    name("secret", &spec.source)?;
+    if let Some(t) = &spec.target {
+        target(t)?;
+    }
+    Ok(spec)
+}
+
+/// A node id as people write it: the 16 hex digits the CLI shows, or the decimal number
+/// the API carries.
+pub fn parse_node_id(text: &str) -> Option<u64> {
+    if text.len() == 16 && text.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return u64::from_str_radix(text, 16).ok();
+    }
+    text.parse().ok()
+}
+
+/// What a placement constraint compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConstraintField {
+    Id,
+    Hostname,
+    Role,
+    Label(String),
+}
+
+/// A placement constraint: `node.id==X`, `node.hostname==X`, `node.role==manager|worker`,
+/// `node.labels.K==V`, and the same with `!=`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Constraint {
+    pub field: ConstraintField,
+    pub equal: bool,
+    pub value: String,
+}
+
+impl Constraint {
+    /// # Errors
+    /// A message saying what is wrong and what is accepted.
+    pub fn parse(text: &str) -> Result<Self, RuleError> {
+        let bad = |why: &str| {
+            RuleError::invalid(format!(
+                "constraint {:?} {why}; use node.id, node.hostname, node.role or node.labels.KEY with == or !=",
+                truncate(text)
+            ))
+        };
+        let (lhs, rhs, equal) = if let Some((l, r)) = text.split_once("!=") {
+            (l, r, false)
+        } else if let Some((l, r)) = text.split_once("==") {
+            (l, r, true)
+        } else {
+            return Err(bad("has no == or !="));
+        };
+        let (lhs, value) = (lhs.trim(), rhs.trim());
+        if value.is_empty() || value.contains("==") || value.contains("!=") {
+            return Err(bad("has no single value"));
+        }
+        let field = match lhs {
+            "node.id" => {
+                parse_node_id(value).ok_or_else(|| bad("compares node.id with something that is not a node id"))?;
+                ConstraintField::Id
+            }
+            "node.hostname" => ConstraintField::Hostname,
+            "node.role" => {
+                if value != "manager" && value != "worker" {
+                    return Err(bad("compares node.role with something other than manager or worker"));
+                }
+                ConstraintField::Role
+            }
+            other => match other.strip_prefix("node.labels.") {
+                Some(k) if !k.is_empty() => ConstraintField::Label(k.to_string()),
+                _ => return Err(bad("names an unknown attribute")),
+            },
+        };
+        Ok(Self { field, equal, value: value.to_string() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_documented_pattern() {
+        for ok in ["a", "db_password", "A.b-c_9", &"x".repeat(64)] {
+            name("secret", ok).expect(ok);
+        }
+        for bad in ["", "_x", ".x", "-x", "a b", "a/b", "é", &"x".repeat(65)] {
+            assert!(name("secret", bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn targets_stay_in_their_directory() {
+        for ok in ["db", "conf/db.pem", "a.b"] {
+            target(ok).expect(ok);
+        }
+        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a//b", "./a", "a/.", "a\0b"] {
+            assert!(target(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn sizes_and_modes() {
+        assert!(secret_size(0).is_err());
+        assert_eq!(secret_size(1).expect("1 byte"), 1);
+        secret_size(MAX_SECRET_BYTES).expect("500 KiB");
+        let e = secret_size(MAX_SECRET_BYTES + 1).expect_err("too big");
+        assert_eq!(e.code, ErrorCode::PayloadTooLarge);
+        mode(0o440).expect("mode");
+        assert!(mode(0o1777).is_err());
+    }
+
+    #[test]
+    fn secret_specs_parse_like_docker() {
+        let s = parse_secret_spec("source=db_password,target=db,uid=10,gid=20,mode=0400").expect("spec");
+        assert_eq!(
+            (s.source.as_str(), s.target.as_deref(), s.uid, s.gid, s.mode),
+            ("db_password", Some("db"), Some(10), Some(20), Some(0o400))
+        );
+        assert_eq!(parse_secret_spec("db_password").expect("bare name").source, "db_password");
+        assert_eq!(parse_secret_spec("source=x,version=3").expect("pinned").version, Some(3));
+        for bad in [
+            "target=db",
+            "source=x,mode=999",
+            "source=x,mode=1777",
+            "source=x,uid=-1",
+            "source=x,colour=red",
+            "source=x,oops",
+            "source=x,target=../etc",
+            "bad name",
+        ] {
+            assert!(parse_secret_spec(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn labels_parse_once_each() {
+        let l = parse_labels(&["team=db".into(), "tier=".into()]).expect("labels");
+        assert_eq!(l.get("team").map(String::as_str), Some("db"));
+        assert!(parse_labels(&["a=1".into(), "a=2".into()]).is_err(), "duplicate");
+        assert!(parse_labels(&["novalue".into()]).is_err());
+    }
+
+    #[test]
+    fn constraints_parse_the_documented_forms_and_refuse_others() {
+        let c = Constraint::parse("node.labels.zone==eu-1").expect("label");
+        assert_eq!(c, Constraint { field: ConstraintField::Label("zone".into()), equal: true, value: "eu-1".into() });
+        assert!(!Constraint::parse("node.role!=manager").expect("role").equal);
+        Constraint::parse("node.id==42").expect("id");
+        Constraint::parse("node.id==00000000deadbeef").expect("hex id");
+        assert_eq!(parse_node_id("00000000deadbeef"), Some(0xdead_beef));
+        assert_eq!(parse_node_id("42"), Some(42));
+        Constraint::parse("node.hostname==web-1").expect("hostname");
+        for bad in [
+            "node.role==boss",
+            "node.id==abc",
+            "node.labels.==x",
+            "node.color==red",
+            "zone=eu",
+            "node.hostname==",
+            "a==b==c",
+        ] {
+            assert!(Constraint::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

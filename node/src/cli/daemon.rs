@@ -1,0 +1,260 @@
+//! `coffer manager init|join|run` and `coffer worker join|run`: commands that run a node in
+//! the foreground until Ctrl-C or SIGTERM, through [`crate::start`].
+//!
+//! What they print on stdout is for the operator (or, with `--format json`, one JSON
+//! object per line for scripts and the test harness): the init summary, shown once, and a
+//! line when the node serves.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
+
+use crate::cli::output::{node_hex, print_json_line, Format};
+use crate::local::config::ManagerConfig;
+use crate::local::data_dir::DataDir;
+use crate::start::{self, InitSummary, WorkerSettings};
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ManagerCmd {
+    /// Create a new cluster with this manager as its first member, and serve.
+    Init {
+        #[command(flatten)]
+        at: Placement,
+        #[command(flatten)]
+        tuning: Tuning,
+    },
+    /// Join an existing cluster with a manager join token, and serve.
+    Join {
+        #[command(flatten)]
+        at: Placement,
+        #[command(flatten)]
+        token: TokenArg,
+        /// Address of any manager of the cluster.
+        #[arg(long)]
+        join: String,
+        #[command(flatten)]
+        tuning: Tuning,
+    },
+    /// Restart a manager from its data dir.
+    Run {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        tuning: Tuning,
+    },
+}
+
+/// Where a new manager keeps its data and listens.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct Placement {
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "0.0.0.0:7370")]
+    listen: String,
+    /// The address other nodes dial (default: the bound listen address).
+    #[arg(long)]
+    advertise: Option<String>,
+}
+
+/// A join token: from COFFER_JOIN_TOKEN (preferred), or `--token`.
+#[derive(Args, Clone)]
+pub(crate) struct TokenArg {
+    #[arg(long, env = "COFFER_JOIN_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+impl std::fmt::Debug for TokenArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenArg([redacted])")
+    }
+}
+
+impl TokenArg {
+    fn take(self) -> Zeroizing<String> {
+        if std::env::var_os("COFFER_JOIN_TOKEN").is_none() {
+            eprintln!(
+                "warning: --token is visible to local users in the process list while this node runs; \
+                 prefer COFFER_JOIN_TOKEN"
+            );
+        }
+        Zeroizing::new(self.token)
+    }
+}
+
+/// Raft tuning, for tests and benchmarks; the defaults suit production.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct Tuning {
+    #[arg(long, hide = true)]
+    snapshot_every: Option<u64>,
+    #[arg(long, hide = true)]
+    keep_after_snapshot: Option<u64>,
+    /// Validity of node certificates in seconds (read at `init`; default 90 days).
+    #[arg(long)]
+    cert_validity_secs: Option<u64>,
+    /// Lifetime of grants in seconds (read at `init`; default 30).
+    #[arg(long)]
+    grant_ttl_secs: Option<u64>,
+    /// Worker heartbeat period in milliseconds (read at `init`; default 2000).
+    #[arg(long)]
+    worker_heartbeat_ms: Option<u64>,
+}
+
+impl Tuning {
+    fn apply(&self, c: &mut ManagerConfig) {
+        if let Some(n) = self.snapshot_every {
+            c.raft.snapshot_every = n;
+        }
+        if let Some(n) = self.keep_after_snapshot {
+            c.raft.keep_after_snapshot = n;
+        }
+        if let Some(n) = self.cert_validity_secs {
+            c.node_cert_validity_secs = n;
+        }
+        if let Some(n) = self.grant_ttl_secs {
+            c.grant_ttl_secs = n;
+        }
+        if let Some(n) = self.worker_heartbeat_ms {
+            c.worker_heartbeat_ms = n;
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum WorkerCmd {
+    /// Join a cluster with a worker join token, and run.
+    Join {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        token: TokenArg,
+        /// Address of any manager of the cluster.
+        #[arg(long)]
+        join: String,
+        /// Where tasks' secrets are written; must be tmpfs (or ramfs).
+        #[arg(long)]
+        secrets_dir: PathBuf,
+        /// Allow a secrets dir on persistent storage.
+        #[arg(long)]
+        insecure_disk: bool,
+        /// A shell command run after a task's files change (COFFER_TASK_DIR, COFFER_SERVICE).
+        #[arg(long)]
+        on_change: Option<String>,
+    },
+    /// Restart a worker from its data dir.
+    Run {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+/// Cancelled on Ctrl-C or SIGTERM.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                t.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        t.cancel();
+    });
+    token
+}
+
+fn config_for(at: &Placement, tuning: &Tuning) -> ManagerConfig {
+    let mut config = ManagerConfig::new(&at.data_dir, &at.listen);
+    config.advertise = at.advertise.clone();
+    tuning.apply(&mut config);
+    config
+}
+
+pub(crate) async fn manager(cmd: ManagerCmd, format: Format) -> anyhow::Result<()> {
+    let shutdown = shutdown_on_signal();
+    let running = match cmd {
+        ManagerCmd::Init { at, tuning } => {
+            let config = config_for(&at, &tuning);
+            config.validate()?;
+            let listener = start::bind(&at.listen).await?;
+            let (summary, running) = start::init_manager(config, listener, shutdown).await?;
+            print_init(&summary, format);
+            running
+        }
+        ManagerCmd::Join { at, token, join, tuning } => {
+            let token = token.take();
+            let config = config_for(&at, &tuning);
+            config.validate()?;
+            let listener = start::bind(&at.listen).await?;
+            start::join_manager(config, listener, &token, &join, shutdown).await?
+        }
+        ManagerCmd::Run { data_dir, tuning } => {
+            let mut config = start::restart_config(&data_dir)?;
+            tuning.apply(&mut config);
+            let listener = start::bind(&config.listen).await?;
+            start::restart_manager(config, listener, shutdown).await?
+        }
+    };
+    let (id, addr) = (running.manager.id, running.manager.advertise.clone());
+    match format {
+        Format::Json => {
+            print_json_line(&serde_json::json!({"event": "serving", "role": "manager", "node_id": id, "addr": addr}))
+        }
+        Format::Table => println!("coffer: manager {} serving on {addr}", node_hex(id)),
+    }
+    running.wait().await;
+    Ok(())
+}
+
+pub(crate) async fn worker(cmd: WorkerCmd, format: Format) -> anyhow::Result<()> {
+    let shutdown = shutdown_on_signal();
+    let running = match cmd {
+        WorkerCmd::Join { data_dir, token, join, secrets_dir, insecure_disk, on_change } => {
+            let token = token.take();
+            let settings = WorkerSettings::new(secrets_dir, insecure_disk, on_change, &join);
+            let w = start::join_worker(DataDir::new(&data_dir), &token, &join, settings, shutdown).await?;
+            eprintln!("joined as worker {}", node_hex(w.identity.node_id));
+            w
+        }
+        WorkerCmd::Run { data_dir } => start::restart_worker(DataDir::new(&data_dir), shutdown).await?,
+    };
+    let (id, secrets) = (running.identity.node_id, running.settings.secrets_dir.display().to_string());
+    match format {
+        Format::Json => print_json_line(
+            &serde_json::json!({"event": "running", "role": "worker", "node_id": id, "secrets_dir": secrets}),
+        ),
+        Format::Table => println!("coffer: worker {} running, secrets in {secrets}", node_hex(id)),
+    }
+    running.wait().await
+}
+
+fn print_init(s: &InitSummary, format: Format) {
+    if format == Format::Json {
+        print_json_line(&serde_json::json!({
+            "event": "initialized",
+            "cluster_id": s.cluster_id,
+            "node_id": s.node_id,
+            "addr": s.addr,
+            "worker_token": s.worker_token.as_str(),
+            "manager_token": s.manager_token.as_str(),
+            "client_dir": s.client_dir,
+        }));
+        return;
+    }
+    println!("Cluster {} created; this manager is node {} at {}.", s.cluster_id, node_hex(s.node_id), s.addr);
+    println!();
+    println!("Join tokens (shown once; `coffer join-token ROLE --rotate` makes new ones):");
+    println!("  worker:  {}", s.worker_token.as_str());
+    println!("  manager: {}", s.manager_token.as_str());
+    println!();
+    println!("Admin client bundle: {}", s.client_dir.display());
+    println!("  export COFFER_ADDR={} COFFER_CLIENT_DIR={}", s.addr, s.client_dir.display());
+}

@@ -1,0 +1,167 @@
+//! `coffer node ...`, `coffer join-token ...` and `coffer cluster status`.
+
+use clap::{Subcommand, ValueEnum};
+use coffer_api::cluster::{Availability, NodeInfo, NodeRole};
+
+use crate::cli::exit::CliError;
+use crate::cli::output::{lower, node_addr, node_opt, node_short, print_json, resolve_node, Format};
+use crate::cli::ClientOpts;
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum NodeCmd {
+    /// List nodes (ids are shortened; any unique prefix, the full id or a hostname names a node).
+    Ls,
+    Inspect {
+        node: String,
+    },
+    /// Make a manager that is a learner a voter.
+    Promote {
+        node: String,
+    },
+    /// Make a voting manager a learner (it keeps a copy of the state but no vote).
+    Demote {
+        node: String,
+    },
+    /// Remove a node: its certificate is refused everywhere from now on.
+    Rm {
+        node: String,
+    },
+    Update {
+        node: String,
+        #[arg(long, value_enum)]
+        availability: AvailabilityArg,
+    },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub(crate) enum AvailabilityArg {
+    Active,
+    Drain,
+    Pause,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub(crate) enum RoleArg {
+    Worker,
+    Manager,
+}
+
+impl From<RoleArg> for NodeRole {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Worker => NodeRole::Worker,
+            RoleArg::Manager => NodeRole::Manager,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ClusterCmd {
+    /// Members, leader, term, log indexes and health, as the manager asked sees them.
+    Status,
+}
+
+fn print_nodes(nodes: &[NodeInfo]) {
+    println!(
+        "{:<12}  {:<8} {:<20} {:<22} {:<7} {:<12} {:<8}",
+        "ID", "ROLE", "HOSTNAME", "ADDRESS", "STATUS", "AVAILABILITY", "RAFT"
+    );
+    for n in nodes {
+        println!(
+            "{:<12}  {:<8} {:<20} {:<22} {:<7} {:<12} {:<8}",
+            node_short(n.id),
+            lower(&n.role),
+            n.hostname,
+            node_addr(&n.addr),
+            lower(&n.status),
+            lower(&n.availability),
+            lower(&n.raft)
+        );
+    }
+}
+
+pub(crate) async fn node(cmd: NodeCmd, opts: &ClientOpts) -> Result<(), CliError> {
+    let c = opts.client()?;
+    let resolve = |name: String| {
+        let c = c.clone();
+        async move { resolve_node(&c.nodes().await?, &name) }
+    };
+    match cmd {
+        NodeCmd::Ls => {
+            let nodes = c.nodes().await?;
+            if opts.format == Format::Json {
+                return print_json(&nodes);
+            }
+            print_nodes(&nodes);
+        }
+        NodeCmd::Inspect { node } => {
+            let id = resolve(node).await?;
+            print_json(&c.node(id).await?)?;
+        }
+        NodeCmd::Promote { node } => {
+            let id = resolve(node).await?;
+            c.promote(id).await?;
+            println!("node {} is a voting manager", node_short(id));
+        }
+        NodeCmd::Demote { node } => {
+            let id = resolve(node).await?;
+            c.demote(id).await?;
+            println!("node {} no longer votes", node_short(id));
+        }
+        NodeCmd::Rm { node } => {
+            let id = resolve(node).await?;
+            c.remove(id).await?;
+            println!("node {} removed; its certificate is refused from now on", node_short(id));
+        }
+        NodeCmd::Update { node, availability } => {
+            let id = resolve(node).await?;
+            let a = match availability {
+                AvailabilityArg::Active => Availability::Active,
+                AvailabilityArg::Drain => Availability::Drain,
+                AvailabilityArg::Pause => Availability::Pause,
+            };
+            c.set_availability(id, a).await?;
+            println!("node {} is now {}", node_short(id), lower(&a));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn join_token(role: NodeRole, rotate: bool, quiet: bool, opts: &ClientOpts) -> Result<(), CliError> {
+    let c = opts.client()?;
+    let t = if rotate { c.rotate_token(role).await? } else { c.show_token(role).await? };
+    let token = zeroize::Zeroizing::new(t.token);
+    if quiet {
+        println!("{}", token.as_str());
+    } else {
+        let role = lower(&role);
+        println!("New {role} join token (shown once; the previous one no longer admits nodes):");
+        println!("  {}", token.as_str());
+        println!("Join with: COFFER_JOIN_TOKEN=<token> coffer {role} join --join {} ...", opts.addr);
+    }
+    Ok(())
+}
+
+pub(crate) async fn cluster_status(opts: &ClientOpts) -> Result<(), CliError> {
+    let s = opts.client()?.status().await?;
+    if opts.format == Format::Json {
+        return print_json(&s);
+    }
+    let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+    println!("cluster:   {}", s.cluster_id);
+    println!("answered by node {}", node_short(s.node_id));
+    println!("leader:    {}", node_opt(s.leader_id));
+    println!("term:      {}", s.term);
+    println!(
+        "log:       last {}, committed {}, applied {}",
+        opt(s.last_log_index),
+        opt(s.committed_index),
+        opt(s.applied_index)
+    );
+    println!("health:    {}", if s.healthy { "healthy" } else { "unhealthy" });
+    println!("{:<12}  {:<22} {:<6} {:<8}", "MEMBER", "ADDRESS", "VOTER", "MATCHED");
+    for m in &s.members {
+        println!("{:<12}  {:<22} {:<6} {:<8}", node_short(m.id), m.addr, m.voter, opt(m.matched_index));
+    }
+    Ok(())
+}

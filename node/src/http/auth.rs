@@ -1,0 +1,159 @@
+//! Who is calling: the identity in the caller's client certificate, checked against the
+//! cluster's applied state on every request.
+//!
+//! rustls has already verified the chain to the cluster CA (or the caller sent no
+//! certificate). Here each endpoint states the role it needs with an extractor:
+//! [`ManagerCaller`] (Raft RPC, forwarding), [`NodeCaller`] (renewal, worker sessions),
+//! [`AdminCaller`] (cluster administration, admin certificates only), [`Operator`] and
+//! [`Writer`] (secrets and services: admin certificates or API tokens). Every node
+//! extractor also refuses a certificate of
+//! another cluster and a node that was removed, even though its certificate is unexpired.
+
+use coffer_api::error::CodedError;
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+
+use crate::http::error::ApiError;
+use crate::manager::Manager;
+use crate::trust::pki::{PeerIdentity, Role};
+
+/// The identity of a connection's client certificate, attached by the accept loop.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Option<Arc<PeerIdentity>>);
+
+fn identity(parts: &Parts) -> Result<Arc<PeerIdentity>, ApiError> {
+    parts
+        .extensions
+        .get::<Caller>()
+        .and_then(|c| c.0.clone())
+        .ok_or_else(|| ApiError::unauthenticated("a client certificate of this cluster is required"))
+}
+
+/// Checks cluster and removal for a node (manager or worker) certificate.
+fn check_node(m: &Manager, id: &PeerIdentity) -> Result<u64, ApiError> {
+    if id.cluster_id != m.cluster_id {
+        return Err(ApiError::unauthenticated("certificate belongs to another cluster"));
+    }
+    let node_id = id.node_id.ok_or_else(|| ApiError::forbidden("not a node certificate"))?;
+    if let Some(rec) = m.reader.node(node_id)? {
+        if rec.removed {
+            return Err(ApiError::forbidden(format!("node {node_id} was removed from the cluster")));
+        }
+    }
+    Ok(node_id)
+}
+
+/// A manager of this cluster that has not been removed.
+#[derive(Debug)]
+pub struct ManagerCaller;
+
+impl FromRequestParts<Arc<Manager>> for ManagerCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, m: &Arc<Manager>) -> Result<Self, ApiError> {
+        let id = identity(parts)?;
+        if id.role != Role::Manager {
+            return Err(ApiError::forbidden("this endpoint is for managers only"));
+        }
+        check_node(m, &id).map(|_| ManagerCaller)
+    }
+}
+
+/// A manager or worker of this cluster that has not been removed.
+#[derive(Debug)]
+pub struct NodeCaller {
+    pub node_id: u64,
+    pub role: Role,
+}
+
+impl FromRequestParts<Arc<Manager>> for NodeCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, m: &Arc<Manager>) -> Result<Self, ApiError> {
+        let id = identity(parts)?;
+        if !matches!(id.role, Role::Manager | Role::Worker) {
+            return Err(ApiError::forbidden("this endpoint is for cluster nodes only"));
+        }
+        let node_id = check_node(m, &id)?;
+        Ok(NodeCaller { node_id, role: id.role })
+    }
+}
+
+/// An operator with an admin client certificate of this cluster.
+#[derive(Debug)]
+pub struct AdminCaller(pub String);
+
+impl FromRequestParts<Arc<Manager>> for AdminCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, m: &Arc<Manager>) -> Result<Self, ApiError> {
+        let id = identity(parts)?;
+        if id.cluster_id != m.cluster_id {
+            return Err(ApiError::unauthenticated("certificate belongs to another cluster"));
+        }
+        if id.role != Role::Admin {
+            return Err(ApiError::forbidden(
+                "node certificates are not admin credentials; use the admin client bundle",
+            ));
+        }
+        Ok(AdminCaller(id.name.clone()))
+    }
+}
+
+/// An operator or a tool: an admin client certificate (may write), or an API token (may
+/// write if its scope is read-write). Used by the secrets and services API.
+#[derive(Debug)]
+pub struct Operator {
+    pub can_write: bool,
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let v = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    v.strip_prefix("Bearer ").map(str::trim)
+}
+
+impl Operator {
+    /// The operator, also named in the request's span (an admin certificate's name or a
+    /// token's name; never the token).
+    fn named(name: String, can_write: bool) -> Self {
+        tracing::Span::current().record("operator", name.as_str());
+        Operator { can_write }
+    }
+}
+
+impl FromRequestParts<Arc<Manager>> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, m: &Arc<Manager>) -> Result<Self, ApiError> {
+        if let Some(text) = bearer(parts) {
+            let token: crate::trust::api_token::ApiToken =
+                text.parse().map_err(|_| ApiError::unauthenticated("malformed API token"))?;
+            let rec = m.reader.api_token(token.id())?;
+            // One answer for unknown, revoked and wrong tokens: nothing to probe with.
+            let Some(rec) = rec.filter(|r| !r.revoked && token.matches(&r.hash)) else {
+                return Err(ApiError::unauthenticated("invalid or revoked API token"));
+            };
+            let can_write = rec.scope == coffer_raft_store::model::TokenScope::ReadWrite;
+            return Ok(Operator::named(format!("token {}", rec.name), can_write));
+        }
+        AdminCaller::from_request_parts(parts, m).await.map(|a| Operator::named(a.0, true))
+    }
+}
+
+/// An [`Operator`] allowed to change things.
+#[derive(Debug)]
+pub struct Writer;
+
+impl FromRequestParts<Arc<Manager>> for Writer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, m: &Arc<Manager>) -> Result<Self, ApiError> {
+        let op = Operator::from_request_parts(parts, m).await?;
+        if !op.can_write {
+            return Err(ApiError::forbidden("this API token is read-only"));
+        }
+        Ok(Writer)
+    }
+}

@@ -1,0 +1,154 @@
+//! Cluster administration (admin certificates only): cluster status, nodes (list, inspect,
+//! availability, promote, demote, remove), join-token rotation.
+
+use coffer_api::time::rfc3339;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use coffer_api::cluster::{
+    ClusterStatus, JoinTokenResponse, NodeInfo, NodeList, NodeRole as WireRole, NodeUpdate, RaftRole,
+};
+use coffer_api::error::{CodedError, ErrorBody};
+use coffer_raft_store::model::{self, NodeRecord};
+
+use crate::http::auth::AdminCaller;
+use crate::http::error::ApiError;
+use crate::http::extract::ApiJson;
+use crate::manager::leader_ops::{LeaderOp, OpResult};
+use crate::manager::Manager;
+
+type S = State<Arc<Manager>>;
+
+#[utoipa::path(get, operation_id = "clusterStatus", path = "/v1/cluster/status", tag = "cluster", responses((status = 200, body = ClusterStatus), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn status(State(m): S, _a: AdminCaller) -> Result<Json<ClusterStatus>, ApiError> {
+    Ok(Json(m.status()?))
+}
+
+fn node_info(m: &Manager, rec: NodeRecord) -> NodeInfo {
+    let metrics = m.raft.metrics().borrow().clone();
+    let membership = metrics.membership_config.membership();
+    let raft = if rec.role != model::NodeRole::Manager {
+        RaftRole::None
+    } else if metrics.current_leader == Some(rec.id) {
+        RaftRole::Leader
+    } else if membership.voter_ids().any(|v| v == rec.id) {
+        RaftRole::Voter
+    } else if membership.get_node(&rec.id).is_some() {
+        RaftRole::Learner
+    } else {
+        RaftRole::None
+    };
+    NodeInfo {
+        id: rec.id,
+        role: match rec.role {
+            model::NodeRole::Manager => WireRole::Manager,
+            model::NodeRole::Worker => WireRole::Worker,
+        },
+        hostname: rec.hostname,
+        addr: rec.addr,
+        availability: match rec.availability {
+            model::Availability::Active => coffer_api::cluster::Availability::Active,
+            model::Availability::Drain => coffer_api::cluster::Availability::Drain,
+            model::Availability::Pause => coffer_api::cluster::Availability::Pause,
+        },
+        status: match rec.status {
+            model::NodeStatus::Ready => coffer_api::cluster::NodeStatus::Ready,
+            model::NodeStatus::Down => coffer_api::cluster::NodeStatus::Down,
+        },
+        raft,
+        labels: rec.labels,
+        cert_serial: rec.cert_serial,
+        removed: rec.removed,
+        joined_at_ms: rec.joined_at,
+        joined_at: rfc3339(rec.joined_at),
+    }
+}
+
+#[utoipa::path(get, operation_id = "listNodes", path = "/v1/nodes", tag = "cluster", responses((status = 200, body = NodeList)))]
+pub async fn list_nodes(State(m): S, _a: AdminCaller) -> Result<Json<NodeList>, ApiError> {
+    m.linearizable().await?;
+    let nodes = m.reader.nodes()?.into_iter().filter(|n| !n.removed).map(|n| node_info(&m, n)).collect();
+    Ok(Json(NodeList { nodes }))
+}
+
+fn parse_id(id: &str) -> Result<u64, ApiError> {
+    coffer_api::rules::parse_node_id(id)
+        .ok_or_else(|| ApiError::invalid(format!("node id {id:?} is neither 16 hex digits nor a number")))
+}
+
+#[utoipa::path(get, operation_id = "inspectNode", path = "/v1/nodes/{id}", tag = "cluster", params(("id" = u64, Path)), responses((status = 200, body = NodeInfo), (status = 404, body = ErrorBody)))]
+pub async fn inspect_node(State(m): S, _a: AdminCaller, Path(id): Path<String>) -> Result<Json<NodeInfo>, ApiError> {
+    let id = parse_id(&id)?;
+    m.linearizable().await?;
+    let rec = m.reader.node(id)?.ok_or_else(|| ApiError::not_found(format!("no node {id}")))?;
+    Ok(Json(node_info(&m, rec)))
+}
+
+async fn simple_op(m: &Arc<Manager>, op: LeaderOp) -> Result<StatusCode, ApiError> {
+    m.leader_op(op).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(patch, operation_id = "updateNode", path = "/v1/nodes/{id}", tag = "cluster", params(("id" = u64, Path)), request_body = NodeUpdate, responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn update_node(
+    State(m): S,
+    _a: AdminCaller,
+    Path(id): Path<String>,
+    ApiJson(u): ApiJson<NodeUpdate>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    let availability = u.availability.ok_or_else(|| ApiError::invalid("nothing to update: give availability"))?;
+    simple_op(&m, LeaderOp::SetAvailability { node_id: id, availability }).await
+}
+
+#[utoipa::path(delete, operation_id = "removeNode", path = "/v1/nodes/{id}", tag = "cluster", params(("id" = u64, Path)), responses((status = 204), (status = 409, description = "the last voting manager", body = ErrorBody)))]
+pub async fn remove_node(State(m): S, _a: AdminCaller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    simple_op(&m, LeaderOp::Remove(parse_id(&id)?)).await
+}
+
+#[utoipa::path(post, operation_id = "promoteNode", path = "/v1/nodes/{id}/promote", tag = "cluster", params(("id" = u64, Path)), responses((status = 204), (status = 409, body = ErrorBody)))]
+pub async fn promote(State(m): S, _a: AdminCaller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    simple_op(&m, LeaderOp::Promote(parse_id(&id)?)).await
+}
+
+#[utoipa::path(post, operation_id = "demoteNode", path = "/v1/nodes/{id}/demote", tag = "cluster", params(("id" = u64, Path)), responses((status = 204), (status = 409, description = "the last voting manager", body = ErrorBody)))]
+pub async fn demote(State(m): S, _a: AdminCaller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    simple_op(&m, LeaderOp::Demote(parse_id(&id)?)).await
+}
+
+fn parse_role(role: &str) -> Result<WireRole, ApiError> {
+    match role {
+        "worker" => Ok(WireRole::Worker),
+        "manager" => Ok(WireRole::Manager),
+        other => Err(ApiError::invalid(format!("role {other:?}: expected worker or manager"))),
+    }
+}
+
+/// Tokens are stored only as hashes, so the current one cannot be shown again.
+pub(crate) async fn show_token(
+    _s: S,
+    _a: AdminCaller,
+    Path(role): Path<String>,
+) -> Result<Json<JoinTokenResponse>, ApiError> {
+    let role = parse_role(&role)?;
+    Err(ApiError::precondition(format!(
+        "the {} join token was shown once and only its hash is kept; rotate it to get a new one \
+         (joined nodes are unaffected): coffer join-token {} --rotate",
+        if role == WireRole::Worker { "worker" } else { "manager" },
+        if role == WireRole::Worker { "worker" } else { "manager" }
+    )))
+}
+
+#[utoipa::path(post, operation_id = "rotateJoinToken", path = "/v1/join-tokens/{role}/rotate", tag = "cluster", params(("role" = String, Path, description = "worker or manager")), responses((status = 200, body = JoinTokenResponse)))]
+pub async fn rotate_token(
+    State(m): S,
+    _a: AdminCaller,
+    Path(role): Path<String>,
+) -> Result<Json<JoinTokenResponse>, ApiError> {
+    match m.leader_op(LeaderOp::RotateToken(parse_role(&role)?)).await? {
+        OpResult::Token(t) => Ok(Json(t)),
+        _ => Err(ApiError::internal("rotating the token", "unexpected reply")),
+    }
+}

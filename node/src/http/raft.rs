@@ -1,0 +1,88 @@
+//! Raft RPC and what followers forward to the leader: postcard bodies, manager
+//! certificates only (AppendEntries, Vote, snapshots, proposals, read indexes, applied
+//! indexes, forwarded heartbeats, leader operations).
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use coffer_api::error::CodedError;
+use coffer_raft_store::model::Command;
+use coffer_raft_store::NodeId;
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::http::auth::ManagerCaller;
+use crate::http::error::ApiError;
+use crate::manager::leader_ops::{self, LeaderOp, OpResult};
+use crate::manager::raft_net::receive_snapshot;
+use crate::manager::Manager;
+
+type S = State<Arc<Manager>>;
+
+pub(crate) fn postcard_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    postcard::from_bytes(body).map_err(|e| ApiError::invalid(format!("malformed rpc body: {e}")))
+}
+
+pub(crate) fn postcard_reply<T: Serialize>(value: &T) -> Response {
+    match postcard::to_allocvec(value) {
+        Ok(bytes) => ([("content-type", "application/octet-stream")], bytes).into_response(),
+        Err(e) => ApiError::internal("encoding an rpc reply", e).into_response(),
+    }
+}
+
+pub(crate) async fn append(State(m): S, _c: ManagerCaller, body: Bytes) -> Result<Response, ApiError> {
+    let req: AppendEntriesRequest<coffer_raft_store::TypeConfig> = postcard_body(&body)?;
+    Ok(postcard_reply(&m.raft.append_entries(req).await))
+}
+
+pub(crate) async fn vote(State(m): S, _c: ManagerCaller, body: Bytes) -> Result<Response, ApiError> {
+    let req: VoteRequest<NodeId> = postcard_body(&body)?;
+    Ok(postcard_reply(&m.raft.vote(req).await))
+}
+
+pub(crate) async fn snapshot(State(m): S, _c: ManagerCaller, body: Body) -> Result<Response, ApiError> {
+    let (vote, snap) = receive_snapshot(&m.inbox, body.into_data_stream()).await.map_err(ApiError::invalid)?;
+    let received = snap.snapshot.path().to_path_buf();
+    let reply = m.raft.install_full_snapshot(vote, snap).await;
+    // Installed (copied into the store's own snapshot dir) or refused as stale: either
+    // way the received file has served its purpose.
+    let _ = std::fs::remove_file(received);
+    Ok(postcard_reply(&reply))
+}
+
+/// A write forwarded by a follower; the follower authenticated and authorized the caller.
+pub(crate) async fn propose(State(m): S, _c: ManagerCaller, body: Bytes) -> Result<Response, ApiError> {
+    let cmd: Command = postcard_body(&body)?;
+    if !m.is_leader() {
+        return Err(ApiError::unavailable("not the leader"));
+    }
+    match m.raft.client_write(cmd).await {
+        Ok(r) => Ok(postcard_reply(&r.data)),
+        Err(e) => Err(ApiError::unavailable(format!("write not committed: {e}"))),
+    }
+}
+
+/// The leader's read index, for a follower's linearizable read.
+pub(crate) async fn read_index(State(m): S, _c: ManagerCaller) -> Response {
+    // Shared with this leader's own reads: concurrent followers' requests cost one quorum round.
+    let me = (m.id, m.advertise.clone());
+    let r: Result<Option<u64>, String> =
+        m.read_batch.read_index(|| m.fetch_read_index(me)).await.map_err(|e| e.message);
+    postcard_reply(&r)
+}
+
+/// The index this manager has applied (the leader waits on it after a removal).
+pub(crate) async fn applied(State(m): S, _c: ManagerCaller) -> Response {
+    postcard_reply(&m.raft.metrics().borrow().last_applied.map(|l| l.index))
+}
+
+pub(crate) async fn op(State(m): S, _c: ManagerCaller, Json(op): Json<LeaderOp>) -> Result<Json<OpResult>, ApiError> {
+    if !m.is_leader() {
+        return Err(ApiError::unavailable("not the leader"));
+    }
+    Ok(Json(leader_ops::execute(&m, op).await?))
+}

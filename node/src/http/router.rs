@@ -1,0 +1,148 @@
+//! The routes of a manager's one HTTPS port, and the layers every request passes: a tracing
+//! span per request (method, route, caller, request id; never a value or a token), body
+//! limits, and the error envelope for paths and methods the router does not know.
+//!
+//! Every handler names the caller role it needs in its signature ([`crate::http::auth`]).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::Router;
+use coffer_api::error::CodedError;
+use tracing::Instrument;
+
+use crate::http::auth::Caller;
+use crate::http::error::ApiError;
+use crate::http::{health, join, nodes, raft, secrets, services, tokens, worker};
+use crate::local::ids::NodeHex;
+use crate::manager::Manager;
+
+/// Raft batches and snapshots can exceed the API's body limit.
+const RAFT_BODY_LIMIT: usize = 64 << 20;
+
+pub fn router(m: Arc<Manager>) -> Router {
+    let limit = m.config.max_body_bytes;
+    let raft = Router::new()
+        .route("/raft/append", post(raft::append))
+        .route("/raft/vote", post(raft::vote))
+        .route("/raft/propose", post(raft::propose))
+        .route("/raft/read-index", post(raft::read_index))
+        .route("/raft/applied", post(raft::applied))
+        .route("/raft/heartbeat", post(worker::forwarded_heartbeat))
+        .route("/raft/op", post(raft::op))
+        .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT))
+        .route("/raft/snapshot", post(raft::snapshot));
+    let api = Router::new()
+        .route("/v1/ca", get(join::ca))
+        .route("/v1/join", post(join::join))
+        .route("/v1/renew", post(join::renew))
+        .route("/v1/cluster/status", get(nodes::status))
+        .route("/v1/nodes", get(nodes::list_nodes))
+        .route("/v1/nodes/{id}", get(nodes::inspect_node).patch(nodes::update_node).delete(nodes::remove_node))
+        .route("/v1/nodes/{id}/promote", post(nodes::promote))
+        .route("/v1/nodes/{id}/demote", post(nodes::demote))
+        .route("/v1/join-tokens/{role}", get(nodes::show_token))
+        .route("/v1/join-tokens/{role}/rotate", post(nodes::rotate_token))
+        .route("/v1/secrets", post(secrets::create).get(secrets::list))
+        .route("/v1/secrets/{secret}", get(secrets::inspect).delete(secrets::remove))
+        .route("/v1/secrets/{secret}/rotate", post(secrets::rotate))
+        .route("/v1/secrets/{secret}/labels", put(secrets::set_labels))
+        .route("/v1/services", post(services::create).get(services::list))
+        .route("/v1/services/{service}", get(services::inspect).patch(services::update).delete(services::remove))
+        .route("/v1/services/{service}/tasks", get(worker::service_tasks))
+        .route("/v1/worker/assignments", get(worker::assignments))
+        .route("/v1/worker/heartbeat", post(worker::heartbeat))
+        .route("/v1/worker/grants", post(worker::grants))
+        .route("/v1/worker/redeem", post(worker::redeem))
+        .route("/v1/tokens", post(tokens::create).get(tokens::list))
+        .route("/v1/tokens/{id}", delete(tokens::revoke))
+        .route(
+            "/v1/openapi.json",
+            get(|| async { ([("content-type", "application/json")], crate::http::openapi::document()) }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .layer(DefaultBodyLimit::max(limit));
+    raft.merge(api)
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::with_code(
+                coffer_api::error::ErrorCode::InvalidArgument,
+                "this endpoint does not take that method".into(),
+            )
+            .with_status(StatusCode::METHOD_NOT_ALLOWED)
+        })
+        .layer(axum::middleware::from_fn(trace_request))
+        .with_state(m)
+}
+
+/// A request id from the caller (`x-request-id`, if it is a short token of safe
+/// characters), else a new one; echoed in the response so a caller can quote it.
+fn request_id(req: &Request) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty() && v.len() <= 64 && v.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| crate::local::ids::random_hex(8))
+}
+
+/// Who is calling, for the log: the certificate's role and node id, `token` for a bearer
+/// token (never the token), `anonymous` otherwise.
+fn caller_of(req: &Request) -> (&'static str, Option<u64>) {
+    match req.extensions().get::<Caller>().and_then(|c| c.0.as_ref()) {
+        Some(id) => (id.role.word(), id.node_id),
+        None if req.headers().contains_key(axum::http::header::AUTHORIZATION) => ("token", None),
+        None => ("anonymous", None),
+    }
+}
+
+/// Runs a request inside its span, and logs its outcome at debug level (failures of the
+/// server at warn).
+async fn trace_request(req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let id = request_id(&req);
+    let (role, node_id) = caller_of(&req);
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        route = route.as_deref().unwrap_or("-"),
+        request_id = %id,
+        caller = role,
+        node_id = node_id.map(|n| tracing::field::display(NodeHex(n))),
+        operator = tracing::field::Empty,
+    );
+    let started = Instant::now();
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    let status = resp.status().as_u16();
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    span.in_scope(|| {
+        if resp.status().is_server_error() {
+            tracing::warn!(status, elapsed_ms, "answered");
+        } else {
+            tracing::debug!(status, elapsed_ms, "answered");
+        }
+    });
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+impl ApiError {
+    /// The envelope with a status other than the code's own (405 for a known path with an
+    /// unknown method).
+    fn with_status(self, status: StatusCode) -> Response {
+        let mut resp = self.into_response();
+        *resp.status_mut() = status;
+        resp
+    }
+}

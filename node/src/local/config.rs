@@ -1,0 +1,167 @@
+//! One configuration type for a manager: defaults from DESIGN.md §7, `validate()`, and
+//! `for_test()`. The CLI only overrides fields.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A configuration value out of range; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// Raft timing and log compaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftTuning {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Build a snapshot every this many applied entries.
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind a snapshot (for followers that are a little behind).
+    pub keep_after_snapshot: u64,
+    pub install_snapshot_timeout_ms: u64,
+    pub max_payload_entries: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 100,
+            election_min_ms: 250,
+            election_max_ms: 400,
+            snapshot_every: 10_000,
+            keep_after_snapshot: 1_000,
+            install_snapshot_timeout_ms: 120_000,
+            // Bounds an AppendEntries body: 64 entries of at most ~500 KiB stay under the
+            // 64 MiB limit of /raft/append.
+            max_payload_entries: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagerConfig {
+    pub data_dir: PathBuf,
+    /// `host:port` to bind; port 0 picks a free port (remembered for restarts).
+    pub listen: String,
+    /// `host:port` other nodes dial; defaults to the bound listen address.
+    pub advertise: Option<String>,
+    pub raft: RaftTuning,
+    /// Validity of node certificates issued by this cluster (set at init).
+    pub node_cert_validity_secs: u64,
+    /// Grant lifetime (set at init).
+    pub grant_ttl_secs: u64,
+    /// Worker heartbeat period (set at init); a worker is down after 3 missed.
+    pub worker_heartbeat_ms: u64,
+    /// Concurrent connections the listener serves; more wait.
+    pub max_connections: usize,
+    /// Request body limit in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl ManagerConfig {
+    pub fn new(data_dir: impl Into<PathBuf>, listen: impl Into<String>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen: listen.into(),
+            advertise: None,
+            raft: RaftTuning::default(),
+            node_cert_validity_secs: 90 * 24 * 3600,
+            grant_ttl_secs: 30,
+            worker_heartbeat_ms: 2000,
+            // Below the usual 1024 file descriptors, with room for RocksDB and peers.
+            max_connections: 512,
+            max_body_bytes: 1 << 20,
+        }
+    }
+
+    /// A config for tests: loopback, port 0.
+    pub fn for_test(data_dir: impl Into<PathBuf>) -> Self {
+        Self::new(data_dir, "127.0.0.1:0")
+    }
+
+    /// # Errors
+    /// A message naming the field that is out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check().map_err(ConfigError)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let r = &self.raft;
+        if r.heartbeat_ms == 0 || r.election_min_ms <= r.heartbeat_ms || r.election_max_ms <= r.election_min_ms {
+            return Err("raft timing: need 0 < heartbeat < election_min < election_max".into());
+        }
+        if r.snapshot_every == 0 {
+            return Err("raft.snapshot_every must be at least 1".into());
+        }
+        if self.node_cert_validity_secs < 10 {
+            return Err("node_cert_validity_secs must be at least 10".into());
+        }
+        if self.max_connections == 0 || self.max_body_bytes == 0 {
+            return Err("max_connections and max_body_bytes must be positive".into());
+        }
+        self.listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|_| format!("listen {:?} is not host:port", self.listen))?;
+        Ok(())
+    }
+
+    pub(crate) fn openraft_config(&self) -> Result<openraft::Config, ConfigError> {
+        let r = &self.raft;
+        let cfg = openraft::Config {
+            cluster_name: "coffer".into(),
+            heartbeat_interval: r.heartbeat_ms,
+            election_timeout_min: r.election_min_ms,
+            election_timeout_max: r.election_max_ms,
+            install_snapshot_timeout: r.install_snapshot_timeout_ms,
+            max_payload_entries: r.max_payload_entries,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_every),
+            max_in_snapshot_log_to_keep: r.keep_after_snapshot,
+            ..Default::default()
+        };
+        cfg.validate().map_err(|e| ConfigError(format!("raft: {e}")))
+    }
+
+    /// The address other nodes dial: `advertise`, or else the bound listen address, which
+    /// must then be a specific one.
+    ///
+    /// # Errors
+    /// An advertise address that is not ip:port, or an unspecified address (0.0.0.0).
+    pub fn advertise_addr(&self, bound: SocketAddr) -> Result<SocketAddr, ConfigError> {
+        let adv = match &self.advertise {
+            Some(a) => a.parse().map_err(|_| ConfigError(format!("advertise address {a:?} is not ip:port")))?,
+            None => bound,
+        };
+        if adv.ip().is_unspecified() {
+            return Err(ConfigError(format!(
+                "listening on {bound}: give --advertise with an address other nodes can dial"
+            )));
+        }
+        Ok(adv)
+    }
+
+    pub fn node_cert_validity(&self) -> Duration {
+        Duration::from_secs(self.node_cert_validity_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_values_are_named() {
+        let c = ManagerConfig::for_test("/tmp/x");
+        c.validate().expect("defaults are valid");
+        c.openraft_config().expect("openraft accepts the defaults");
+        let mut bad = c.clone();
+        bad.raft.election_min_ms = 50;
+        assert!(bad.validate().expect_err("invalid").0.contains("raft timing"));
+        let mut bad = c;
+        bad.listen = "nowhere".into();
+        assert!(bad.validate().expect_err("invalid").0.contains("listen"));
+    }
+}

@@ -1,0 +1,89 @@
+//! `/metrics`, in the Prometheus text format: Raft's view (term, indexes, leadership,
+//! voters), workers by status, and counters of the work that matters (writes, grants,
+//! redemptions by outcome). Never a value, a name of a secret, or a token.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::manager::error::OpError;
+use crate::manager::Manager;
+
+/// Counters updated where the work happens, and gauges filled in at scrape time.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub writes_local: Counter,
+    pub writes_forwarded: Counter,
+    pub grants_issued: Counter,
+    pub redemptions_ok: Counter,
+    pub redemptions_refused: Counter,
+    term: Gauge,
+    last_log_index: Gauge,
+    committed_index: Gauge,
+    applied_index: Gauge,
+    is_leader: Gauge,
+    voters: Gauge,
+    workers_ready: Gauge,
+    workers_down: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut r = Registry::with_prefix("coffer");
+        let m = Self {
+            registry: Registry::default(),
+            writes_local: Counter::default(),
+            writes_forwarded: Counter::default(),
+            grants_issued: Counter::default(),
+            redemptions_ok: Counter::default(),
+            redemptions_refused: Counter::default(),
+            term: Gauge::default(),
+            last_log_index: Gauge::default(),
+            committed_index: Gauge::default(),
+            applied_index: Gauge::default(),
+            is_leader: Gauge::default(),
+            voters: Gauge::default(),
+            workers_ready: Gauge::default(),
+            workers_down: Gauge::default(),
+        };
+        r.register("writes_local", "Commands this manager committed as leader", m.writes_local.clone());
+        r.register("writes_forwarded", "Commands this manager forwarded to the leader", m.writes_forwarded.clone());
+        r.register("grants_issued", "Grants this manager signed as leader", m.grants_issued.clone());
+        r.register("redemptions_ok", "Grants redeemed here (values returned, audited)", m.redemptions_ok.clone());
+        r.register("redemptions_refused", "Grants refused here", m.redemptions_refused.clone());
+        r.register("raft_term", "Current Raft term", m.term.clone());
+        r.register("raft_last_log_index", "Last log index", m.last_log_index.clone());
+        r.register("raft_committed_index", "Last committed index known here", m.committed_index.clone());
+        r.register("raft_applied_index", "Last applied index", m.applied_index.clone());
+        r.register("raft_is_leader", "1 if this manager leads", m.is_leader.clone());
+        r.register("raft_voters", "Voting managers in the membership", m.voters.clone());
+        r.register("workers_ready", "Workers marked ready", m.workers_ready.clone());
+        r.register("workers_down", "Workers marked down", m.workers_down.clone());
+        Self { registry: r, ..m }
+    }
+}
+
+fn gauge(v: Option<u64>) -> i64 {
+    v.map(|v| i64::try_from(v).unwrap_or(i64::MAX)).unwrap_or(0)
+}
+
+/// The text exposition of `m`'s metrics, gauges refreshed now.
+pub fn render(m: &Manager) -> Result<String, OpError> {
+    use coffer_raft_store::model::{NodeRole, NodeStatus};
+    let raft = m.raft.metrics().borrow().clone();
+    let x = &m.metrics;
+    x.term.set(gauge(Some(raft.current_term)));
+    x.last_log_index.set(gauge(raft.last_log_index));
+    x.applied_index.set(gauge(raft.last_applied.map(|l| l.index)));
+    x.committed_index.set(gauge(m.reader.committed()?.map(|l| l.index)));
+    x.is_leader.set(i64::from(m.is_leader()));
+    x.voters.set(gauge(Some(raft.membership_config.membership().voter_ids().count() as u64)));
+    let workers: Vec<_> = m.reader.nodes()?.into_iter().filter(|n| n.role == NodeRole::Worker && !n.removed).collect();
+    x.workers_ready.set(gauge(Some(workers.iter().filter(|n| n.status == NodeStatus::Ready).count() as u64)));
+    x.workers_down.set(gauge(Some(workers.iter().filter(|n| n.status == NodeStatus::Down).count() as u64)));
+    let mut out = String::new();
+    encode(&mut out, &x.registry).map_err(|e| OpError::internal("encoding metrics", e))?;
+    Ok(out)
+}

@@ -1,0 +1,271 @@
+//! The manager: the [`Manager`] every handler, the scheduler and the leader's operations
+//! share, and the operations they share through it: propose with forwarding to the leader,
+//! linearizable reads, leader-only operations.
+//!
+//! Owns: the `Raft` handle, the store reader, this node's certificate, the peer client.
+//! Must never: hold a secret value longer than a request, or answer a read that must be
+//! current from a follower's possibly stale state without a read index from the leader.
+//!
+//! Boundary: imports `trust` and `local`, never `http`, `worker` or the CLI. How a manager
+//! is built and served is [`crate::start`]'s business, above this room and `http`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coffer_api::error::CodedError;
+use coffer_raft_store::model::{Applied, ApplyError, ClusterRecord, Command};
+use coffer_raft_store::seal::KeyEncryptionKey;
+use coffer_raft_store::{ManagerNode, NodeId, SnapshotInbox, StateReader, TypeConfig};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::{Raft, ServerState};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::local::config::ManagerConfig;
+use crate::local::data_dir::DataDir;
+use crate::manager::error::OpError;
+use crate::manager::leader_ops::{LeaderOp, OpResult};
+use crate::manager::raft_net::{post_postcard, PeerError};
+use crate::manager::read_index::ReadIndexBatch;
+use crate::trust::tls::NodeCert;
+
+pub(crate) mod audit;
+pub(crate) mod constraints;
+pub(crate) mod error;
+pub mod grants;
+pub(crate) mod init;
+pub(crate) mod leader_ops;
+pub(crate) mod membership;
+pub(crate) mod metrics;
+pub(crate) mod open;
+pub(crate) mod raft_net;
+pub(crate) mod read_index;
+pub(crate) mod renew;
+pub(crate) mod scheduler;
+pub(crate) mod status;
+pub(crate) mod values;
+
+/// How long an operation waits for a leader to be known before it reports `unavailable`.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
+/// A running manager. Handlers get it as their state.
+pub struct Manager {
+    pub(crate) raft: Raft<TypeConfig>,
+    pub(crate) reader: StateReader,
+    pub(crate) inbox: SnapshotInbox,
+    pub id: NodeId,
+    pub cluster_id: String,
+    pub advertise: String,
+    pub(crate) cert: Arc<NodeCert>,
+    /// Pooled mutual-TLS client for calls to other managers (and to ourselves).
+    pub(crate) peers: reqwest::Client,
+    pub(crate) config: ManagerConfig,
+    pub(crate) data_dir: DataDir,
+    pub(crate) kek: Arc<dyn KeyEncryptionKey>,
+    /// Serialises membership changes made by this manager while it leads.
+    pub(crate) membership_lock: tokio::sync::Mutex<()>,
+    /// This manager's grant key for the term it leads (see `grants`).
+    pub(crate) grant_key: tokio::sync::Mutex<Option<Arc<grants::GrantKey>>>,
+    /// The cluster value key's sealer, opened once: the key never changes after init, and
+    /// creates, rotations and redemptions would otherwise open the cluster record each.
+    pub(crate) value_sealer: std::sync::OnceLock<Arc<values::ValueSealer>>,
+    /// Counters and gauges served at /metrics.
+    pub(crate) metrics: metrics::Metrics,
+    /// Coalesces concurrent read-index requests.
+    pub(crate) read_batch: ReadIndexBatch,
+    /// The audit log of redemptions (group-committed).
+    pub(crate) audit: audit::AuditLog,
+    /// Worker heartbeats seen while leading (see `scheduler`).
+    pub(crate) liveness: scheduler::Liveness,
+    pub(crate) shutdown: CancellationToken,
+    /// Every background task this manager spawns (scheduler, renewal, adding a joined
+    /// manager): closed and awaited on shutdown, so none outlives it.
+    pub(crate) tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("id", &self.id)
+            .field("cluster_id", &self.cluster_id)
+            .field("advertise", &self.advertise)
+            .finish()
+    }
+}
+
+impl Manager {
+    /// The leader as this manager sees it, with its address.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())?;
+        Some((id, addr))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    /// Waits until some leader is known.
+    pub async fn wait_for_leader(&self, within: Duration) -> Result<(NodeId, String), OpError> {
+        let deadline = Instant::now() + within;
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Some(l) = self.leader() {
+                return Ok(l);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, rx.changed()).await.is_err() {
+                return Err(OpError::unavailable("no leader is known; the cluster may have lost its quorum"));
+            }
+        }
+    }
+
+    /// Commits `cmd` (on the leader, forwarding if this manager does not lead) and returns
+    /// what the state machine said.
+    pub async fn write(&self, cmd: Command) -> Result<Result<Applied, ApplyError>, OpError> {
+        let mut leader = self.wait_for_leader(LEADER_WAIT).await?;
+        for _ in 0..3 {
+            if leader.0 == self.id {
+                match self.raft.client_write(cmd.clone()).await {
+                    Ok(resp) => {
+                        self.metrics.writes_local.inc();
+                        return Ok(resp.data.0);
+                    }
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                        leader = self.forward_target(f).await?;
+                        continue;
+                    }
+                    Err(e) => return Err(OpError::unavailable(format!("write not committed: {e}"))),
+                }
+            }
+            self.metrics.writes_forwarded.inc();
+            let url = format!("https://{}/raft/propose", leader.1);
+            return match post_postcard::<_, coffer_raft_store::Response>(
+                &self.peers,
+                &url,
+                Some(leader.0),
+                &cmd,
+                FORWARD_TIMEOUT,
+            )
+            .await
+            {
+                Ok(r) => Ok(r.0),
+                Err(e) => Err(forward_error(e)),
+            };
+        }
+        Err(OpError::unavailable("leadership kept changing; retry"))
+    }
+
+    /// [`Manager::write`], with refusals turned into API errors.
+    pub async fn propose(&self, cmd: Command) -> Result<Applied, OpError> {
+        Ok(self.write(cmd).await??)
+    }
+
+    async fn forward_target(&self, f: ForwardToLeader<NodeId, ManagerNode>) -> Result<(NodeId, String), OpError> {
+        match (f.leader_id, f.leader_node) {
+            (Some(id), Some(node)) => Ok((id, node.addr)),
+            _ => self.wait_for_leader(LEADER_WAIT).await,
+        }
+    }
+
+    /// Makes the next reads of this manager's state linearizable: on the leader, a
+    /// confirmed read index; on a follower, the leader's read index, applied here.
+    pub async fn linearizable(&self) -> Result<(), OpError> {
+        let leader = self.wait_for_leader(LEADER_WAIT).await?;
+        // Concurrent reads share one read index (see `ReadIndexBatch`): under load, one
+        // round trip to the leader's quorum serves every request that was waiting for it.
+        let read_index = self.read_batch.read_index(|| self.fetch_read_index(leader)).await?;
+        if let Some(index) = read_index {
+            self.raft
+                .wait(Some(LEADER_WAIT))
+                .applied_index_at_least(Some(index), "linearizable read")
+                .await
+                .map_err(|e| OpError::unavailable(format!("catching up to the leader: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// A read index confirmed by a quorum: our own if we lead, else the leader's.
+    pub(crate) async fn fetch_read_index(&self, leader: (NodeId, String)) -> Result<Option<u64>, OpError> {
+        if leader.0 != self.id {
+            return self.remote_read_index(&leader).await;
+        }
+        match self.raft.get_read_log_id().await {
+            Ok((read, _applied)) => Ok(read.map(|l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                let l = self.forward_target(f).await?;
+                self.remote_read_index(&l).await
+            }
+            Err(e) => Err(OpError::unavailable(format!("read index: {e}"))),
+        }
+    }
+
+    async fn remote_read_index(&self, leader: &(NodeId, String)) -> Result<Option<u64>, OpError> {
+        let url = format!("https://{}/raft/read-index", leader.1);
+        post_postcard::<_, Result<Option<u64>, String>>(&self.peers, &url, Some(leader.0), &(), FORWARD_TIMEOUT)
+            .await
+            .map_err(forward_error)?
+            .map_err(OpError::unavailable)
+    }
+
+    /// Runs an operation that only the leader may perform, here or on the leader.
+    pub async fn leader_op(self: &Arc<Self>, op: LeaderOp) -> Result<OpResult, OpError> {
+        let leader = self.wait_for_leader(LEADER_WAIT).await?;
+        if leader.0 == self.id {
+            return leader_ops::execute(self, op).await;
+        }
+        let url = format!("https://{}/raft/op", leader.1);
+        let resp = self
+            .peers
+            .post(&url)
+            .json(&op)
+            .timeout(FORWARD_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| OpError::unavailable(format!("forwarding to the leader: {e}")))?;
+        raft_net::check_peer(&resp, leader.0).map_err(forward_error)?;
+        if resp.status().is_success() {
+            resp.json().await.map_err(|e| OpError::unavailable(format!("leader's reply: {e}")))
+        } else {
+            let body: coffer_api::error::ErrorBody =
+                resp.json().await.map_err(|e| OpError::unavailable(format!("leader's reply: {e}")))?;
+            Err(OpError::from_body(body))
+        }
+    }
+
+    /// The sealer of secret values under the cluster's value key.
+    pub fn value_sealer(&self) -> Result<Arc<values::ValueSealer>, OpError> {
+        if let Some(s) = self.value_sealer.get() {
+            return Ok(s.clone());
+        }
+        let sealer = Arc::new(values::ValueSealer::for_cluster(&self.cluster()?)?);
+        Ok(self.value_sealer.get_or_init(|| sealer).clone())
+    }
+
+    /// A node of the cluster that has not been removed.
+    pub(crate) fn existing_node(&self, id: u64) -> Result<coffer_raft_store::model::NodeRecord, OpError> {
+        match self.reader.node(id)? {
+            Some(n) if !n.removed => Ok(n),
+            Some(_) => Err(OpError::not_found(format!("node {id} was removed"))),
+            None => Err(OpError::not_found(format!("no node {id}"))),
+        }
+    }
+
+    /// The cluster record; every initialized cluster has one.
+    pub fn cluster(&self) -> Result<ClusterRecord, OpError> {
+        self.reader.cluster()?.ok_or_else(|| OpError::unavailable("the cluster is not initialized yet"))
+    }
+}
+
+fn forward_error(e: PeerError) -> OpError {
+    match e {
+        PeerError::Status { status, body } => serde_json::from_str::<coffer_api::error::ErrorBody>(&body)
+            .map(OpError::from_body)
+            .unwrap_or_else(|_| OpError::unavailable(format!("leader answered HTTP {status}"))),
+        other => OpError::unavailable(format!("forwarding to the leader: {other}")),
+    }
+}

@@ -1,0 +1,46 @@
+//! Worker liveness: when each worker last sent a heartbeat, kept in the leader's memory only.
+//! A new leader gives every worker a full heartbeat window before it marks one down.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use coffer_raft_store::NodeId;
+
+/// Heartbeats seen by this manager while it leads.
+#[derive(Debug, Default)]
+pub(crate) struct Liveness {
+    inner: Mutex<LivenessState>,
+}
+
+#[derive(Debug, Default)]
+struct LivenessState {
+    seen: HashMap<NodeId, Instant>,
+    /// The term this manager leads and since when.
+    leading: Option<(u64, Instant)>,
+}
+
+impl Liveness {
+    pub(crate) fn seen(&self, node: NodeId) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).seen.insert(node, Instant::now());
+    }
+
+    /// Starts (or continues) leading `term`; a new term forgets what an older one saw.
+    pub(super) fn lead(&self, term: u64) {
+        let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if s.leading.map(|(t, _)| t) != Some(term) {
+            s.leading = Some((term, Instant::now()));
+            s.seen.clear();
+        }
+    }
+
+    pub(super) fn leading_term(&self) -> Option<u64> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).leading.map(|(t, _)| t)
+    }
+
+    pub(super) fn alive(&self, node: NodeId, window: Duration) -> bool {
+        let s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let since = s.seen.get(&node).copied().or(s.leading.map(|(_, at)| at));
+        since.is_some_and(|t| t.elapsed() <= window)
+    }
+}

@@ -1,0 +1,139 @@
+//! The leader's scheduler: a loop that runs a pass when the applied state moves (and at
+//! least every 250 ms, for heartbeat deadlines), each pass a pure [`plan::plan`] of the
+//! committed state whose commands this leader then commits. Every decision is a committed
+//! command; a new leader simply carries on from the committed state.
+//!
+//! Must never: forward a decision to another leader (a pass decided on a deposed leader's
+//! view must not be carried out by the new one), or decide before everything committed by
+//! earlier terms is applied here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coffer_api::time::now_millis;
+use coffer_raft_store::model::{ApplyError, Command};
+use coffer_raft_store::StoreError;
+use tracing::Instrument;
+
+use crate::local::ids::NodeHex;
+use crate::manager::error::OpError;
+use crate::manager::Manager;
+
+mod liveness;
+pub(crate) mod plan;
+
+pub(crate) use liveness::Liveness;
+
+/// Why a pass stopped; the next pass starts over from the committed state.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("no longer leading: {0}")]
+    NotLeading(String),
+    #[error("the state machine refused a decision: {0}")]
+    Refused(#[from] ApplyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Op(#[from] OpError),
+}
+
+/// Runs until shutdown; acts only while this manager leads. A pass runs when the applied
+/// state has moved (a rotation is scheduled within one pass of its commit) and at least
+/// every 250 ms (heartbeat deadlines), not on every metrics tick.
+pub(crate) async fn run(m: Arc<Manager>) {
+    let mut rx = m.raft.metrics();
+    let mut seen = None;
+    let mut last_pass = Instant::now();
+    loop {
+        tokio::select! {
+            _ = m.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(TICK) => {}
+            changed = rx.changed() => if changed.is_err() { return },
+        }
+        if !m.is_leader() {
+            continue;
+        }
+        let applied = rx.borrow().last_applied;
+        if applied == seen && last_pass.elapsed() < TICK {
+            continue;
+        }
+        // Under a burst of writes, passes are at least SPACING apart: one pass then covers
+        // many changes, and the write path keeps the CPU.
+        let since = last_pass.elapsed();
+        if since < SPACING {
+            tokio::select! {
+                _ = m.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(SPACING - since) => {}
+            }
+        }
+        seen = rx.borrow().last_applied;
+        last_pass = Instant::now();
+        let term = m.raft.metrics().borrow().current_term;
+        let pass = tracing::debug_span!("scheduling_pass", node_id = %NodeHex(m.id), term);
+        if let Err(e) = reconcile(&m).instrument(pass).await {
+            tracing::debug!(error = %e, "scheduling pass stopped; the next one retries");
+            tokio::select! {
+                _ = m.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(TICK) => {}
+            }
+        }
+    }
+}
+
+const TICK: Duration = Duration::from_millis(250);
+const SPACING: Duration = Duration::from_millis(50);
+
+/// Commits one decision on this manager, as leader. Never forwarded.
+async fn decide(m: &Manager, cmd: Command) -> Result<(), ScheduleError> {
+    match m.raft.client_write(cmd).await {
+        Ok(r) => Ok(r.data.0.map(|_| ())?),
+        Err(e) => Err(ScheduleError::NotLeading(e.to_string())),
+    }
+}
+
+/// One pass: read the state, plan, commit the plan in order.
+pub(crate) async fn reconcile(m: &Manager) -> Result<(), ScheduleError> {
+    let term = m.raft.metrics().borrow().current_term;
+    // Everything committed before this term, including the old leader's last decisions,
+    // must be applied here before we decide anything on top of it: once per term (within
+    // a term, this leader's own decisions are applied before `client_write` returns).
+    if m.liveness.leading_term() != Some(term) {
+        m.raft.ensure_linearizable().await.map_err(|e| ScheduleError::NotLeading(e.to_string()))?;
+    }
+    m.liveness.lead(term);
+    // Commit this term's grant authority now: it voids the old leader's grants at once.
+    crate::manager::grants::key_for_term(m).await?;
+    let Some(cluster) = m.reader.cluster()? else { return Ok(()) };
+    let window = Duration::from_millis(
+        cluster.settings.worker_heartbeat_ms.saturating_mul(u64::from(cluster.settings.worker_missed_heartbeats)),
+    );
+    let services = m.reader.services()?;
+    // The newest version of each secret a service references (not of every secret: a
+    // pass must not cost more with 10 000 secrets than with 10).
+    let mut latest: HashMap<String, u32> = HashMap::new();
+    for r in services.iter().flat_map(|s| &s.spec.secrets) {
+        if !latest.contains_key(&r.secret_id) {
+            if let Some(v) = m.reader.secret(&r.secret_id)?.and_then(|x| x.latest_version()) {
+                latest.insert(r.secret_id.clone(), v);
+            }
+        }
+    }
+    let state = plan::PlanState { nodes: m.reader.nodes()?, services, tasks: m.reader.tasks()?, latest };
+    let alive = |node| m.liveness.alive(node, window);
+    let commands = plan::plan(&state, &alive, now_millis(), &mut crate::local::ids::new_id);
+    for cmd in commands {
+        match &cmd {
+            Command::UpdateNode { id, status, .. } => {
+                tracing::info!(node_id = %NodeHex(*id), ?status, "worker status changed")
+            }
+            Command::PutTask(t) => {
+                tracing::debug!(task = %t.id, service = %t.service_id, slot = t.slot, node = ?t.node_id.map(NodeHex), "task placed")
+            }
+            Command::RemoveTask { id } => tracing::debug!(task = %id, "task removed"),
+            _ => {}
+        }
+        decide(m, cmd).await?;
+    }
+    Ok(())
+}

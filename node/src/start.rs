@@ -1,0 +1,185 @@
+//! Starting nodes: `init`, `join` and `restart` of a manager, `join` and `restart` of a
+//! worker, each given a configuration (or data dir), a bound listener where one serves, and
+//! a shutdown signal. The one library entry the CLI, `coffer dev` and the benchmarks call
+//! (and the test harness, through the CLI's processes).
+//!
+//! A manager is assembled here, above both `manager` and `http`: open it (storage, Raft,
+//! network), serve its router on the listener, commit the first records of a new cluster,
+//! then start its background work. Everything a started node spawns stops with the
+//! shutdown signal and is awaited by [`RunningManager::wait`] / [`RunningWorker::wait`].
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use coffer_api::cluster::NodeRole;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::http;
+use crate::local::config::ManagerConfig;
+use crate::local::data_dir::{DataDir, NodeIdentity};
+use crate::local::ids::NodeHex;
+use crate::manager::init::{self, Bootstrap};
+use crate::manager::open::Opened;
+use crate::manager::Manager;
+use crate::worker::Worker;
+
+pub use crate::manager::init::InitSummary;
+pub use crate::worker::WorkerSettings;
+
+/// Binds `addr` (port 0 picks one).
+///
+/// # Errors
+/// When the address cannot be bound.
+pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))
+}
+
+/// A started manager, serving until its shutdown signal.
+#[derive(Debug)]
+pub struct RunningManager {
+    pub manager: Arc<Manager>,
+    done: JoinHandle<()>,
+}
+
+impl RunningManager {
+    /// Waits until the manager has stopped: listener closed, background tasks ended, Raft
+    /// shut down.
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// `manager init`: a new cluster in `config.data_dir` (which must hold no node yet),
+/// served on `listener`. Returns what the operator is shown once.
+///
+/// # Errors
+/// An invalid configuration, a data dir in use, or a cluster that cannot be bootstrapped.
+pub async fn init_manager(
+    config: ManagerConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(InitSummary, RunningManager)> {
+    config.validate()?;
+    let (bootstrap, summary) = init::init_data_dir(&config, listener.local_addr()?)?;
+    let running = serve_manager(config, listener, Some(bootstrap), shutdown).await?;
+    Ok((summary, running))
+}
+
+/// `manager join`: joins the cluster of the manager at `join` with a manager join token,
+/// then serves on `listener`.
+///
+/// # Errors
+/// An invalid configuration, a data dir in use, or a refused join.
+pub async fn join_manager(
+    config: ManagerConfig,
+    listener: TcpListener,
+    token: &str,
+    join: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunningManager> {
+    config.validate()?;
+    let bound = listener.local_addr()?;
+    let advertise = config.advertise_addr(bound)?;
+    let dir = DataDir::new(&config.data_dir);
+    crate::trust::join::join_data_dir(&dir, NodeRole::Manager, token, join, bound, advertise).await?;
+    serve_manager(config, listener, None, shutdown).await
+}
+
+/// `manager run`: restarts the manager of `config.data_dir`.
+///
+/// # Errors
+/// A data dir that cannot be opened.
+pub async fn restart_manager(
+    config: ManagerConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunningManager> {
+    serve_manager(config, listener, None, shutdown).await
+}
+
+/// The configuration `manager run` starts from: the data dir's recorded addresses.
+///
+/// # Errors
+/// A data dir that holds no node.
+pub fn restart_config(data_dir: &std::path::Path) -> anyhow::Result<ManagerConfig> {
+    let identity = NodeIdentity::load(&DataDir::new(data_dir))?;
+    let mut config = ManagerConfig::new(data_dir, &identity.listen);
+    config.advertise = Some(identity.advertise);
+    Ok(config)
+}
+
+async fn serve_manager(
+    config: ManagerConfig,
+    listener: TcpListener,
+    bootstrap: Option<Bootstrap>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunningManager> {
+    let Opened { manager, server_tls } = Manager::open(config, shutdown.clone()).await?;
+    let app = http::router::router(manager.clone());
+    let max = manager.config.max_connections;
+    let serving = tokio::spawn(http::server::serve(listener, server_tls, app, max, shutdown.clone()));
+    let m = manager.clone();
+    let done = tokio::spawn(async move {
+        let _ = serving.await;
+        m.stopped().await;
+    });
+    if let Some(b) = bootstrap {
+        if let Err(e) = init::bootstrap_cluster(&manager, b).await {
+            shutdown.cancel();
+            let _ = done.await;
+            return Err(e);
+        }
+    }
+    manager.spawn_background();
+    tracing::info!(node_id = %NodeHex(manager.id), addr = %manager.advertise, "manager serving");
+    Ok(RunningManager { manager, done })
+}
+
+/// A started worker, running until its shutdown signal.
+#[derive(Debug)]
+pub struct RunningWorker {
+    pub identity: NodeIdentity,
+    pub settings: WorkerSettings,
+    done: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningWorker {
+    /// Waits until the worker has stopped, with the error that stopped it, if any.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.done.await.context("the worker task failed")?
+    }
+
+    /// Whether the worker has stopped (on its own, or on the shutdown signal).
+    pub fn is_finished(&self) -> bool {
+        self.done.is_finished()
+    }
+}
+
+/// `worker join`: joins the cluster of the manager at `join` with a worker join token, then
+/// runs.
+///
+/// # Errors
+/// A secrets dir that is not in memory, a data dir in use, or a refused join.
+pub async fn join_worker(
+    data_dir: DataDir,
+    token: &str,
+    join: &str,
+    settings: WorkerSettings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunningWorker> {
+    crate::worker::join(&data_dir, token, join, settings).await?;
+    restart_worker(data_dir, shutdown).await
+}
+
+/// `worker run`: restarts the worker of `data_dir`.
+///
+/// # Errors
+/// A data dir that is not a worker's, or whose credentials do not open.
+pub async fn restart_worker(data_dir: DataDir, shutdown: CancellationToken) -> anyhow::Result<RunningWorker> {
+    let worker = Worker::open(data_dir)?;
+    let (identity, settings) = (worker.identity.clone(), worker.settings.clone());
+    let done = tokio::spawn(worker.run(shutdown));
+    Ok(RunningWorker { identity, settings, done })
+}

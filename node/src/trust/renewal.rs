@@ -1,0 +1,116 @@
+//! Certificate renewal, the same for managers and workers: each node renews its certificate at a random point between 50%
+//! and 80% of its validity (so a cluster's nodes do not all renew at once), with its
+//! current certificate, through the leader.
+//!
+//! The new key is made here; the old certificate stays valid until it expires, so
+//! connections opened with it keep working while new ones present the new certificate.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coffer_raft_store::seal::KeyEncryptionKey;
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+use crate::local::data_dir::DataDir;
+use crate::trust::credentials::{load_credentials, save_node_cert};
+use crate::trust::pki::{self, NodeKey};
+use crate::trust::tls::{self, NodeCert};
+
+/// When to renew a certificate valid from `not_before` to `not_after` (Unix seconds).
+pub fn renewal_due(not_before: i64, not_after: i64) -> i64 {
+    let span = (not_after - not_before).max(1) as f64;
+    let at = rand::thread_rng().gen_range(0.5..0.8);
+    not_before + (span * at) as i64
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Makes a new key, has `request` turn its CSR into a certificate, then stores the pair
+/// and swaps it into `cert`.
+async fn renew_once<F, Fut>(
+    dir: &DataDir,
+    kek: &dyn KeyEncryptionKey,
+    cert: &NodeCert,
+    request: &mut F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = anyhow::Result<String>>,
+{
+    let key = NodeKey::generate()?;
+    let cert_pem = request(key.csr_pem(&[])?).await?;
+    let key_pem = key.key_pem();
+    let certified = tls::certified_key(&cert_pem, key_pem.expose())?;
+    save_node_cert(dir, kek, &cert_pem, &key_pem)?;
+    cert.replace(certified);
+    Ok(())
+}
+
+/// Runs until shutdown, renewing the node's certificate whenever it is due. `request`
+/// sends a CSR to the cluster and returns the signed certificate (a manager asks the
+/// leader; a worker posts `/v1/renew` to any manager). Managers and workers share this.
+pub async fn keep_renewed<F, Fut>(
+    dir: DataDir,
+    kek: Arc<dyn KeyEncryptionKey>,
+    cert: Arc<NodeCert>,
+    shutdown: CancellationToken,
+    mut request: F,
+) where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = anyhow::Result<String>>,
+{
+    loop {
+        let due = match load_credentials(&dir, kek.as_ref()) {
+            Ok(creds) => match tls::certs_from_pem(&creds.cert_pem).ok().and_then(|c| pki::parse_peer(&c[0]).ok()) {
+                Some(id) => renewal_due(id.not_before_unix, id.not_after_unix),
+                None => {
+                    tracing::error!("cannot read this node's certificate; renewal stops");
+                    return;
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load this node's certificate; renewal stops");
+                return;
+            }
+        };
+        let wait = Duration::from_secs((due - now_unix()).max(0) as u64);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match renew_once(&dir, kek.as_ref(), &cert, &mut request).await {
+                Ok(()) => {
+                    tracing::info!("renewed this node's certificate");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "certificate renewal failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_falls_between_half_and_four_fifths() {
+        for _ in 0..1000 {
+            let at = renewal_due(1000, 2000);
+            assert!((1500..1800).contains(&at), "{at}");
+        }
+    }
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what building Coffer needs and a fresh Debian machine of ours lacks, and points
+# cargo at one shared target dir. Sourced by scripts/dev and .ci/run; safe to run again.
+#
+# RocksDB's Rust bindings are generated with libclang at build time; its C++ library takes
+# most of the first build (20-30 minutes on two cores). Every checkout on the machine shares
+# one target dir so that it is built once.
+set -euo pipefail
+
+if ! dpkg -s libclang-dev >/dev/null 2>&1; then
+  echo "setup: installing libclang-dev (needed to build RocksDB's bindings)" >&2
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev >/dev/null
+  else
+    sudo apt-get update -qq
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev >/dev/null
+  fi
+fi
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/coffer/target}"
+mkdir -p "$CARGO_TARGET_DIR"

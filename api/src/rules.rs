@@ -179,15 +179,6 @@ pub fn parse_secret_spec(text: &str) -> Result<SecretRefSpec, RuleError> {
     Ok(spec)
 }
 
-/// A node id as people write it: the 16 hex digits the CLI shows, or the decimal number
-/// the API carries.
-pub fn parse_node_id(text: &str) -> Option<u64> {
-    if text.len() == 16 && text.bytes().all(|c| c.is_ascii_hexdigit()) {
-        return u64::from_str_radix(text, 16).ok();
-    }
-    text.parse().ok()
-}
-
 /// What a placement constraint compares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConstraintField {
@@ -229,7 +220,7 @@ impl Constraint {
         }
         let field = match lhs {
             "node.id" => {
-                parse_node_id(value).ok_or_else(|| bad("compares node.id with something that is not a node id"))?;
+                value.parse::<u64>().map_err(|_| bad("compares node.id with something that is not a node id"))?;
                 ConstraintField::Id
             }
             "node.hostname" => ConstraintField::Hostname,
@@ -320,9 +311,6 @@ mod tests {
         assert_eq!(c, Constraint { field: ConstraintField::Label("zone".into()), equal: true, value: "eu-1".into() });
         assert!(!Constraint::parse("node.role!=manager").expect("role").equal);
         Constraint::parse("node.id==42").expect("id");
-        Constraint::parse("node.id==00000000deadbeef").expect("hex id");
-        assert_eq!(parse_node_id("00000000deadbeef"), Some(0xdead_beef));
-        assert_eq!(parse_node_id("42"), Some(42));
         Constraint::parse("node.hostname==web-1").expect("hostname");
         for bad in [
             "node.role==boss",

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | 0 | done |
 //! | 1 | the cluster refused (bad input, not found, conflict, permission) |
-//! | 2 | usage error, or a local problem (files, keys, data dir) |
+//! | 2 | usage error (bad input caught before anything is sent), or a local problem (files, keys, data dir) |
 //! | 3 | the cluster could not be reached or has no leader; retry later |
 
 use std::process::ExitCode;

@@ -82,9 +82,16 @@ fn print_nodes(nodes: &[NodeInfo]) {
 
 pub(crate) async fn node(cmd: NodeCmd, opts: &ClientOpts) -> Result<(), CliError> {
     let c = opts.client()?;
+    // A decimal id goes to the cluster as it is (a removed node can still be inspected, and
+    // an unknown one is the cluster's `not_found`); other names are looked up.
     let resolve = |name: String| {
         let c = c.clone();
-        async move { resolve_node(&c.nodes().await?, &name) }
+        async move {
+            match name.parse::<u64>() {
+                Ok(id) if name.len() > 16 => Ok(id),
+                _ => resolve_node(&c.nodes().await?, &name),
+            }
+        }
     };
     match cmd {
         NodeCmd::Ls => {

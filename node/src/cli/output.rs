@@ -60,8 +60,8 @@ pub(crate) fn age(ms: u64) -> String {
     }
 }
 
-/// Which node `name` means: a decimal id, a full or unique prefix of the hex form, or a
-/// hostname only one node has.
+/// Which node `name` means: the API's decimal id, a full or unique prefix of the hex form
+/// the CLI shows, or a hostname only one node has.
 pub(crate) fn resolve_node(nodes: &[NodeInfo], name: &str) -> Result<u64, CliError> {
     if let Some(n) = nodes.iter().find(|n| n.id.to_string() == name) {
         return Ok(n.id);
@@ -85,8 +85,10 @@ pub(crate) fn resolve_node(nodes: &[NodeInfo], name: &str) -> Result<u64, CliErr
 }
 
 /// A node's address for a table: a worker dials out only, so it has none to dial.
+/// (Its address is where its join came from; `:0` stands for "no port".)
 pub(crate) fn node_addr(addr: &str) -> &str {
-    if addr.is_empty() || addr == "0.0.0.0:0" {
+    let addr = addr.strip_suffix(":0").unwrap_or(addr);
+    if addr.is_empty() || addr == "0.0.0.0" {
         "-"
     } else {
         addr

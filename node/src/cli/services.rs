@@ -6,7 +6,7 @@ use coffer_api::rules;
 use coffer_api::services::{ServiceCreate, ServiceInfo, ServiceUpdate};
 
 use crate::cli::exit::CliError;
-use crate::cli::output::{node_opt, print_json, Format};
+use crate::cli::output::{node_opt, print_json, resolve_node, Format};
 use crate::cli::ClientOpts;
 
 #[derive(Subcommand, Debug)]
@@ -58,6 +58,36 @@ fn print_service_table(services: &[ServiceInfo]) {
     }
 }
 
+/// `node.id==X` with X as people see it (a hex id or prefix, a hostname) becomes the API's
+/// decimal id. Needs the node list (admin bundle); without it the constraint goes as written
+/// and the cluster says what it accepts.
+async fn resolve_constraints(
+    c: &coffer_api::client::Client,
+    constraints: Vec<String>,
+) -> Result<Vec<String>, CliError> {
+    let mut nodes = None;
+    let mut out = Vec::new();
+    for text in constraints {
+        let split = text
+            .split_once("==")
+            .map(|(l, r)| (l, "==", r))
+            .or_else(|| text.split_once("!=").map(|(l, r)| (l, "!=", r)));
+        match split {
+            Some((lhs, op, value)) if lhs.trim() == "node.id" && value.trim().parse::<u64>().is_err() => {
+                if nodes.is_none() {
+                    nodes = c.nodes().await.ok();
+                }
+                match &nodes {
+                    Some(list) => out.push(format!("node.id{op}{}", resolve_node(list, value.trim())?)),
+                    None => out.push(text),
+                }
+            }
+            _ => out.push(text),
+        }
+    }
+    Ok(out)
+}
+
 pub(crate) async fn service(cmd: ServiceCmd, opts: &ClientOpts) -> Result<(), CliError> {
     let c = opts.client()?;
     let specs = |v: &[String]| v.iter().map(|s| rules::parse_secret_spec(s)).collect::<Result<Vec<_>, _>>();
@@ -66,7 +96,7 @@ pub(crate) async fn service(cmd: ServiceCmd, opts: &ClientOpts) -> Result<(), Cl
             let req = ServiceCreate {
                 name,
                 replicas,
-                constraints,
+                constraints: resolve_constraints(&c, constraints).await?,
                 secrets: specs(&secrets)?,
                 labels: rules::parse_labels(&labels)?,
             };
@@ -77,7 +107,11 @@ pub(crate) async fn service(cmd: ServiceCmd, opts: &ClientOpts) -> Result<(), Cl
             let update = ServiceUpdate {
                 expected_version: None,
                 replicas,
-                constraints: if constraints.is_empty() { None } else { Some(constraints) },
+                constraints: if constraints.is_empty() {
+                    None
+                } else {
+                    Some(resolve_constraints(&c, constraints).await?)
+                },
                 secret_add: specs(&secret_add)?,
                 secret_rm,
             };

@@ -27,8 +27,9 @@ pub(crate) async fn join(
 ) -> Result<Json<JoinResponse>, ApiError> {
     // A worker only dials out: the address it reports is nothing to dial, while the one
     // its join came from tells an operator where it runs.
+    // (As ip:0, which leaders of every version read as an address.)
     if req.role == NodeRole::Worker {
-        req.advertise_addr = peer.ip().to_string();
+        req.advertise_addr = std::net::SocketAddr::new(peer.ip().to_canonical(), 0).to_string();
     }
     // Refuse bad tokens here, before the leader spends a quorum read on them. (The
     // leader checks again, on current state: a token rotated a moment ago fails there.)

@@ -74,8 +74,7 @@ pub async fn list_nodes(State(m): S, _a: AdminCaller) -> Result<Json<NodeList>, 
 }
 
 fn parse_id(id: &str) -> Result<u64, ApiError> {
-    coffer_api::rules::parse_node_id(id)
-        .ok_or_else(|| ApiError::invalid(format!("node id {id:?} is neither 16 hex digits nor a number")))
+    id.parse().map_err(|_| ApiError::invalid(format!("node id {id:?} is not a number")))
 }
 
 #[utoipa::path(get, operation_id = "inspectNode", path = "/v1/nodes/{id}", tag = "cluster", params(("id" = u64, Path)), responses((status = 200, body = NodeInfo), (status = 404, body = ErrorBody)))]

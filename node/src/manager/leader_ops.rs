@@ -131,12 +131,15 @@ async fn join(m: &Arc<Manager>, req: JoinRequest) -> Result<JoinResponse, OpErro
             }
             vec![addr.ip().to_string()]
         }
-        WireRole::Worker => {
-            req.advertise_addr.parse::<std::net::IpAddr>().map_err(|_| {
-                OpError::invalid(format!("a worker's address {:?} is not an IP address", req.advertise_addr))
-            })?;
-            Vec::new()
-        }
+        WireRole::Worker => Vec::new(),
+    };
+    // A worker's address is for operators only: the IP its join came from (an older
+    // follower forwards what the worker sent, `0.0.0.0:0`).
+    let addr = match req.role {
+        WireRole::Manager => req.advertise_addr.clone(),
+        WireRole::Worker => worker_ip(&req.advertise_addr).ok_or_else(|| {
+            OpError::invalid(format!("a worker's address {:?} is not an IP address", req.advertise_addr))
+        })?,
     };
     if req.hostname.is_empty() || req.hostname.len() > 253 {
         return Err(OpError::invalid("hostname must be 1 to 253 characters"));
@@ -162,7 +165,7 @@ async fn join(m: &Arc<Manager>, req: JoinRequest) -> Result<JoinResponse, OpErro
         id: node_id,
         role: to_model_role(req.role),
         hostname: req.hostname.clone(),
-        addr: req.advertise_addr.clone(),
+        addr,
         availability: model::Availability::Active,
         status: NodeStatus::Ready,
         labels: Default::default(),
@@ -190,6 +193,14 @@ async fn join(m: &Arc<Manager>, req: JoinRequest) -> Result<JoinResponse, OpErro
         cert_pem: issued.cert_pem,
         ca_pem: cluster.ca_cert_pem.clone(),
     })
+}
+
+/// The IP of `text` (an IP, or an ip:port), in its canonical form (an IPv4 peer of an IPv6
+/// listener is an IPv4 address).
+fn worker_ip(text: &str) -> Option<String> {
+    let ip =
+        text.parse::<std::net::IpAddr>().ok().or_else(|| text.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))?;
+    Some(ip.to_canonical().to_string())
 }
 
 fn role_word(r: WireRole) -> &'static str {

@@ -85,13 +85,15 @@ impl Manager {
         self.tasks.spawn(scheduler::run(self.clone()));
     }
 
-    /// Stops Raft once the listener and every background task have stopped.
+    /// Once shutdown is signalled and the listener has stopped: stops Raft (which fails any
+    /// commit still waiting, e.g. for a quorum that is gone), then waits for every
+    /// background task to end.
     pub async fn stopped(&self) {
         self.shutdown.cancelled().await;
-        self.tasks.close();
-        self.tasks.wait().await;
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 }

@@ -127,7 +127,11 @@ impl Agent {
             let (turn, addr) = self.managers.current();
             match self.client.at(&addr).with_timeout(CALL_TIMEOUT).redeem(grant.clone()).await {
                 Ok(r) => return Ok(r),
-                Err(e @ ClientError::Api { .. }) => bail!("grant for task {task} refused at {addr}: {e}"),
+                // A refusal is the cluster's answer; a manager that failed (5xx: no leader,
+                // an internal error, a proxy in between) is not, and another may answer.
+                Err(e @ ClientError::Api { status, .. }) if status < 500 => {
+                    bail!("grant for task {task} refused at {addr}: {e}")
+                }
                 Err(e) => {
                     last = format!("{addr}: {e}");
                     self.managers.move_on(turn);

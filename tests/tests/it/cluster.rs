@@ -263,3 +263,32 @@ async fn coffer_dev_runs_a_cluster_and_stops_on_ctrl_c() {
         let _ = std::fs::remove_dir_all(d.parent().unwrap_or(d));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_that_lost_its_quorum_still_stops_on_sigterm() {
+    let mut c = Cluster::start(bin(), 3, &["--worker-heartbeat-ms", "100"]).await.expect("cluster");
+    let workers = c.start_workers(1, &[]).await.expect("worker");
+    let leader = c.leader_seen_by(0).await.expect("leader");
+    let li = c.index_of(leader).expect("leader index");
+    let admin = c.admin(li);
+    let wid = workers[0].id;
+    eventually("the worker to be ready", DEADLINE, || async {
+        (admin.node(wid).await.ok()?.status == coffer_api::cluster::NodeStatus::Ready).then_some(())
+    })
+    .await
+    .expect("worker ready");
+    // The leader loses both followers: its scheduler's next decision (the worker, which
+    // can no longer heartbeat, goes down) waits for a quorum that never comes.
+    for i in (0..3).filter(|&i| i != li) {
+        c.managers[i].kill();
+    }
+    drop(workers);
+    eventually("a proposal the lost quorum never commits", DEADLINE, || async {
+        let s = admin.status().await.ok()?;
+        (s.last_log_index > s.committed_index).then_some(())
+    })
+    .await
+    .expect("the leader proposed a decision");
+    let status = c.managers[li].terminate().expect("the leader stops within the deadline without a quorum");
+    assert!(status.success(), "{status:?}: {}", c.managers[li].log());
+}

@@ -307,3 +307,19 @@ async fn workers_keep_their_files_through_leader_loss_and_get_later_rotations() 
         assert!(changes.lines().all(|l| l == "app"), "{changes}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_joins_through_a_follower_and_is_listed_where_it_joined_from() {
+    let c = Cluster::start(bin(), 3, &[]).await.expect("cluster");
+    let leader = c.leader_seen_by(0).await.expect("leader");
+    let follower = (c.index_of(leader).expect("leader") + 1) % 3;
+    let admin = c.admin(follower);
+    let token = admin.rotate_token(coffer_api::cluster::NodeRole::Worker).await.expect("token").token;
+    let dir = c.root.path().join("w-through-follower");
+    let w = WorkerProc::join(bin(), &dir, &token, &c.managers[follower].addr, &[]).expect("join through a follower");
+    let node = admin.node(w.id).await.expect("the worker's record");
+    // A worker dials out only: its address is the one its join came from, not 0.0.0.0:0.
+    assert_eq!(node.addr, "127.0.0.1", "{node:?}");
+    assert_eq!(node.role, coffer_api::cluster::NodeRole::Worker);
+    assert!(node.joined_at.ends_with('Z') && node.joined_at.starts_with("20"), "RFC 3339: {}", node.joined_at);
+}

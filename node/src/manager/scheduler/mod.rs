@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use coffer_api::time::now_millis;
 use coffer_raft_store::model::{ApplyError, Command};
-use coffer_raft_store::StoreError;
+use coffer_raft_store::{NodeId, StoreError};
 use tracing::Instrument;
 
 use crate::local::ids::NodeHex;
@@ -71,8 +71,17 @@ pub(crate) async fn run(m: Arc<Manager>) {
         last_pass = Instant::now();
         let term = m.raft.metrics().borrow().current_term;
         let pass = tracing::debug_span!("scheduling_pass", node_id = %NodeHex(m.id), term);
-        if let Err(e) = reconcile(&m).instrument(pass).await {
-            tracing::debug!(error = %e, "scheduling pass stopped; the next one retries");
+        // A pass waits on commits, which never come without a quorum: shutdown must not
+        // wait for it.
+        let outcome = tokio::select! {
+            _ = m.shutdown.cancelled() => return,
+            r = reconcile(&m).instrument(pass) => r,
+        };
+        if let Err(e) = outcome {
+            match &e {
+                ScheduleError::Store(_) => tracing::error!(error = %e, "scheduling pass stopped; the next one retries"),
+                _ => tracing::debug!(error = %e, "scheduling pass stopped; the next one retries"),
+            }
             tokio::select! {
                 _ = m.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(TICK) => {}
@@ -122,15 +131,27 @@ pub(crate) async fn reconcile(m: &Manager) -> Result<(), ScheduleError> {
     let state = plan::PlanState { nodes: m.reader.nodes()?, services, tasks: m.reader.tasks()?, latest };
     let alive = |node| m.liveness.alive(node, window);
     let commands = plan::plan(&state, &alive, now_millis(), &mut crate::local::ids::new_id);
+    let placed_before: HashMap<&str, Option<NodeId>> = state.tasks.iter().map(|t| (t.id.as_str(), t.node_id)).collect();
     for cmd in commands {
         match &cmd {
             Command::UpdateNode { id, status, .. } => {
-                tracing::info!(node_id = %NodeHex(*id), ?status, "worker status changed")
+                let (id, status) = (*id, *status);
+                match decide(m, cmd).await {
+                    Ok(()) => tracing::info!(node_id = %NodeHex(id), ?status, "worker status changed"),
+                    // Removed meanwhile: nothing to mark. A task the plan put on it is
+                    // refused below and the next pass places it elsewhere.
+                    Err(ScheduleError::Refused(e)) => {
+                        tracing::debug!(node_id = %NodeHex(id), error = %e, "status not changed")
+                    }
+                    Err(e) => return Err(e),
+                }
+                continue;
             }
-            Command::PutTask(t) => {
-                tracing::debug!(task = %t.id, service = %t.service_id, slot = t.slot, node = ?t.node_id.map(NodeHex), "task placed")
+            Command::PutTask(t) if placed_before.get(t.id.as_str()) != Some(&t.node_id) => {
+                tracing::info!(task = %t.id, service = %t.service_id, slot = t.slot, node = ?t.node_id.map(NodeHex), "task placed")
             }
-            Command::RemoveTask { id } => tracing::debug!(task = %id, "task removed"),
+            Command::PutTask(t) => tracing::debug!(task = %t.id, slot = t.slot, "task updated"),
+            Command::RemoveTask { id } => tracing::info!(task = %id, "task removed"),
             _ => {}
         }
         decide(m, cmd).await?;

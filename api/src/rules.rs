@@ -29,6 +29,59 @@ const MAX_LABELS: usize = 64;
 const MAX_LABEL_KEY: usize = 128;
 const MAX_LABEL_VALUE: usize = 1024;
 const MAX_TARGET: usize = 255;
+/// Constraints one service may have.
+pub const MAX_CONSTRAINTS: usize = 64;
+const MAX_CONSTRAINT: usize = 1024;
+const MAX_HOSTNAME: usize = 253;
+
+/// Whether `c` is a control character or one that reorders text (bidi overrides and
+/// isolates, marks): either can make a listing print something other than what is stored.
+fn is_unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Refuses text with control or bidi characters.
+fn plain_text(what: &str, text: &str) -> Result<(), RuleError> {
+    match text.chars().find(|c| is_unsafe_char(*c)) {
+        Some(c) => Err(RuleError::invalid(format!(
+            "{what} contains the control or bidi character U+{:04X}, which is not allowed",
+            u32::from(c)
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A hostname as a node reports it: 1 to 253 of letters, digits, `-` and `.`.
+pub fn hostname(h: &str) -> Result<(), RuleError> {
+    let ok = !h.is_empty()
+        && h.len() <= MAX_HOSTNAME
+        && h.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(RuleError::invalid(format!(
+            "hostname {:?} is invalid: use 1 to {MAX_HOSTNAME} letters, digits, '-' and '.'",
+            h.chars().filter(|c| !is_unsafe_char(*c)).take(80).collect::<String>()
+        )))
+    }
+}
+
+/// A service's placement constraints: at most 64, each well-formed and plain text.
+pub fn constraints(list: &[String]) -> Result<Vec<Constraint>, RuleError> {
+    if list.len() > MAX_CONSTRAINTS {
+        return Err(RuleError::invalid(format!("at most {MAX_CONSTRAINTS} constraints")));
+    }
+    list.iter()
+        .map(|c| {
+            if c.len() > MAX_CONSTRAINT {
+                return Err(RuleError::invalid(format!("a constraint is at most {MAX_CONSTRAINT} bytes")));
+            }
+            plain_text("a constraint", c)?;
+            Constraint::parse(c)
+        })
+        .collect()
+}
 
 /// `[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}`.
 pub fn name(kind: &str, n: &str) -> Result<(), RuleError> {
@@ -64,11 +117,10 @@ pub fn labels(l: &BTreeMap<String, String>) -> Result<(), RuleError> {
                 truncate(k)
             )));
         }
-        if v.len() > MAX_LABEL_VALUE || v.chars().any(char::is_control) {
-            return Err(RuleError::invalid(format!(
-                "label {k:?}: value over {MAX_LABEL_VALUE} bytes or with control characters"
-            )));
+        if v.len() > MAX_LABEL_VALUE {
+            return Err(RuleError::invalid(format!("label {k:?}: value over {MAX_LABEL_VALUE} bytes")));
         }
+        plain_text(&format!("label {k:?}"), v)?;
     }
     Ok(())
 }
@@ -295,6 +347,23 @@ mod tests {
         ] {
             assert!(parse_secret_spec(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn control_and_bidi_characters_are_refused_everywhere_text_is_shown() {
+        for bad in ["a\u{1b}]8;;x", "\u{202e}gnp.exe", "a\u{2066}b", "tab\there", "nul\0"] {
+            let one = BTreeMap::from([("k".to_string(), bad.to_string())]);
+            assert!(labels(&one).is_err(), "label value {bad:?}");
+            assert!(constraints(&[format!("node.labels.k=={bad}")]).is_err(), "constraint {bad:?}");
+            assert!(hostname(bad).is_err(), "hostname {bad:?}");
+        }
+        let e = labels(&BTreeMap::from([("k".to_string(), "\u{202e}x".to_string())])).expect_err("bidi");
+        assert!(e.message.contains("U+202E") && !e.message.contains('\u{202e}'), "{}", e.message);
+        hostname("prod-db-01.example.com").expect("a hostname");
+        assert!(hostname("").is_err() && hostname("a b").is_err() && hostname(&"a".repeat(254)).is_err());
+        let many: Vec<String> = (0..=MAX_CONSTRAINTS).map(|i| format!("node.labels.k{i}==v")).collect();
+        assert!(constraints(&many).is_err(), "too many constraints");
+        assert_eq!(constraints(&many[..MAX_CONSTRAINTS]).expect("64 are fine").len(), MAX_CONSTRAINTS);
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub struct SecretRefSpec {
     pub uid: Option<u32>,
     #[serde(default)]
     pub gid: Option<u32>,
-    /// File mode; defaults to 0444.
+    /// File mode; defaults to 0400 (Swarm: 0444; ours sit on the host, see README).
     #[serde(default)]
     pub mode: Option<u32>,
     /// Pin a version; by default the service follows the newest.

@@ -118,8 +118,8 @@ async fn serve_manager(
 ) -> anyhow::Result<RunningManager> {
     let Opened { manager, server_tls } = Manager::open(config, shutdown.clone()).await?;
     let app = http::router::router(manager.clone());
-    let max = manager.config.max_connections;
-    let serving = tokio::spawn(http::server::serve(listener, server_tls, app, max, shutdown.clone()));
+    let limits = manager.config.limits.clone();
+    let serving = tokio::spawn(http::server::serve(listener, server_tls, app, limits, shutdown.clone()));
     let m = manager.clone();
     let done = tokio::spawn(async move {
         let _ = serving.await;

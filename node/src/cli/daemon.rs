@@ -58,28 +58,44 @@ pub(crate) struct Placement {
     advertise: Option<String>,
 }
 
-/// A join token: from COFFER_JOIN_TOKEN (preferred), or `--token`.
+/// A join token: from `--token-file F` or COFFER_JOIN_TOKEN (preferred: neither shows in the
+/// process list), or `--token` (warned about).
 #[derive(Args, Clone)]
 pub(crate) struct TokenArg {
-    #[arg(long, env = "COFFER_JOIN_TOKEN", hide_env_values = true)]
-    token: String,
+    /// The join token. Visible to every local user in the process list while the node
+    /// runs: prefer --token-file or COFFER_JOIN_TOKEN.
+    #[arg(long, env = "COFFER_JOIN_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    token: Option<String>,
+    /// A file holding the join token (read once, at join).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for TokenArg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TokenArg([redacted])")
+        f.debug_struct("TokenArg").field("token", &"[redacted]").field("token_file", &self.token_file).finish()
     }
 }
 
 impl TokenArg {
-    fn take(self) -> Zeroizing<String> {
+    fn take(self) -> anyhow::Result<Zeroizing<String>> {
+        if let Some(path) = &self.token_file {
+            let text = Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("read the join token from {}: {e}", path.display()))?,
+            );
+            return Ok(Zeroizing::new(text.trim().to_string()));
+        }
+        let Some(token) = self.token else {
+            anyhow::bail!("no join token: give --token-file F, or set COFFER_JOIN_TOKEN");
+        };
         if std::env::var_os("COFFER_JOIN_TOKEN").is_none() {
             eprintln!(
                 "warning: --token is visible to local users in the process list while this node runs; \
-                 prefer COFFER_JOIN_TOKEN"
+                 prefer --token-file or COFFER_JOIN_TOKEN"
             );
         }
-        Zeroizing::new(self.token)
+        Ok(Zeroizing::new(token))
     }
 }
 
@@ -190,7 +206,7 @@ pub(crate) async fn manager(cmd: ManagerCmd, format: Format) -> anyhow::Result<(
             running
         }
         ManagerCmd::Join { at, token, join, tuning } => {
-            let token = token.take();
+            let token = token.take()?;
             let config = config_for(&at, &tuning);
             config.validate()?;
             let listener = start::bind(&at.listen).await?;
@@ -218,7 +234,7 @@ pub(crate) async fn worker(cmd: WorkerCmd, format: Format) -> anyhow::Result<()>
     let shutdown = shutdown_on_signal();
     let running = match cmd {
         WorkerCmd::Join { data_dir, token, join, secrets_dir, insecure_disk, on_change } => {
-            let token = token.take();
+            let token = token.take()?;
             let settings = WorkerSettings::new(secrets_dir, insecure_disk, on_change, &join);
             let w = start::join_worker(DataDir::new(&data_dir), &token, &join, settings, shutdown).await?;
             eprintln!("joined as worker {}", node_hex(w.identity.node_id));

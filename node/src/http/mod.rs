@@ -6,6 +6,7 @@
 //! and `local`; nothing below imports it.
 
 pub(crate) mod auth;
+pub(crate) mod budget;
 pub(crate) mod error;
 pub(crate) mod extract;
 pub(crate) mod health;

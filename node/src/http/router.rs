@@ -5,9 +5,9 @@
 //! Every handler names the caller role it needs in its signature ([`crate::http::auth`]).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -21,6 +21,7 @@ use crate::http::error::ApiError;
 use crate::http::{health, join, nodes, raft, secrets, services, tokens, worker};
 use crate::local::ids::NodeHex;
 use crate::manager::Manager;
+use crate::trust::pki::Role;
 
 /// Raft batches and snapshots can exceed the API's body limit.
 const RAFT_BODY_LIMIT: usize = 64 << 20;
@@ -78,21 +79,26 @@ pub fn router(m: Arc<Manager>) -> Router {
             )
             .with_status(StatusCode::METHOD_NOT_ALLOWED)
         })
+        .layer(axum::middleware::from_fn_with_state(m.clone(), guard_body))
         .layer(axum::middleware::from_fn(trace_request))
         .with_state(m)
 }
 
 /// A request id from the caller (`x-request-id`, if it is a short token of safe
-/// characters), else a new one; echoed in the response so a caller can quote it.
+/// characters), else a new one: this process's random prefix and a counter, so that making
+/// one costs no system call.
 fn request_id(req: &Request) -> String {
-    req.headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty() && v.len() <= 64 && v.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-        })
-        .map(str::to_string)
-        .unwrap_or_else(|| crate::local::ids::random_hex(8))
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    if let Some(given) = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).filter(|v| {
+        !v.is_empty() && v.len() <= 64 && v.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    }) {
+        return given.to_string();
+    }
+    let prefix = PREFIX.get_or_init(|| crate::local::ids::random_hex(4));
+    format!("{prefix}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Who is calling, for the log: the certificate's role and node id, `token` for a bearer
@@ -106,20 +112,29 @@ fn caller_of(req: &Request) -> (&'static str, Option<u64>) {
 }
 
 /// Runs a request inside its span, and logs its outcome at debug level (failures of the
-/// server at warn).
+/// server at warn). Raft RPC between managers (thousands a second under load) gets a
+/// debug-level span, which costs nothing unless debug logging is on.
 async fn trace_request(req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let route = route.as_deref().unwrap_or("-");
+    let raft = route.starts_with("/raft/");
     let id = request_id(&req);
     let (role, node_id) = caller_of(&req);
-    let span = tracing::info_span!(
-        "request",
-        method = %req.method(),
-        route = route.as_deref().unwrap_or("-"),
-        request_id = %id,
-        caller = role,
-        node_id = node_id.map(|n| tracing::field::display(NodeHex(n))),
-        operator = tracing::field::Empty,
-    );
+    let node_id = node_id.map(|n| tracing::field::display(NodeHex(n)));
+    let method = req.method().clone();
+    let span = if raft {
+        tracing::debug_span!("raft_request", %method, route, request_id = %id, caller = role, node_id)
+    } else {
+        tracing::info_span!(
+            "request",
+            %method,
+            route,
+            request_id = %id,
+            caller = role,
+            node_id,
+            operator = tracing::field::Empty,
+        )
+    };
     let started = Instant::now();
     let mut resp = next.run(req).instrument(span.clone()).await;
     let status = resp.status().as_u16();
@@ -131,10 +146,90 @@ async fn trace_request(req: Request, next: Next) -> Response {
             tracing::debug!(status, elapsed_ms, "answered");
         }
     });
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert("x-request-id", v);
+    if !raft {
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            resp.headers_mut().insert("x-request-id", v);
+        }
     }
     resp
+}
+
+/// Bodies are bounded before they are read: a declared length over the route's limit is
+/// answered 413 at once, and a body from anyone but a manager must keep coming (no pause
+/// over `body_idle_timeout_ms`, at least `body_min_bytes_per_sec` after a first second), or
+/// reading it fails. A client cannot hold a connection open by promising a body it never
+/// sends.
+async fn guard_body(State(m): State<Arc<Manager>>, req: Request, next: Next) -> Response {
+    let raft = req.extensions().get::<MatchedPath>().is_some_and(|p| p.as_str().starts_with("/raft/"));
+    let limit = if raft { RAFT_BODY_LIMIT } else { m.config.max_body_bytes };
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        let mut resp = ApiError::with_code(
+            coffer_api::error::ErrorCode::PayloadTooLarge,
+            format!("request body is over this endpoint's limit of {limit} bytes"),
+        )
+        .into_response();
+        if req.version() == axum::http::Version::HTTP_11 {
+            // The body was not read: the connection cannot carry another request.
+            resp.headers_mut().insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return resp;
+    }
+    let manager = req.extensions().get::<Caller>().and_then(|c| c.0.as_ref()).is_some_and(|c| c.role == Role::Manager);
+    if manager {
+        return next.run(req).await;
+    }
+    let l = &m.config.limits;
+    let pace = Pace { idle: Duration::from_millis(l.body_idle_timeout_ms), min_rate: l.body_min_bytes_per_sec.max(1) };
+    let (parts, body) = req.into_parts();
+    let guarded = axum::body::Body::from_stream(pace.guard(body.into_data_stream()));
+    next.run(Request::from_parts(parts, guarded)).await
+}
+
+/// How a request body must arrive.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    idle: Duration,
+    min_rate: u64,
+}
+
+/// Grace before the rate counts: a body's first bytes may take a round trip or two.
+const BODY_GRACE: Duration = Duration::from_secs(1);
+
+impl Pace {
+    /// `body`, failing once it pauses too long or falls behind the rate.
+    fn guard<S>(self, body: S) -> impl futures_util::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Send
+    where
+        S: futures_util::Stream<Item = Result<axum::body::Bytes, axum::Error>> + Send + Unpin + 'static,
+    {
+        let started = tokio::time::Instant::now();
+        futures_util::stream::unfold((body, 0u64, false), move |(mut body, received, done)| async move {
+            if done {
+                return None;
+            }
+            let behind = started + BODY_GRACE + Duration::from_secs_f64(received as f64 / self.min_rate as f64);
+            let deadline = (tokio::time::Instant::now() + self.idle).min(behind.max(started + BODY_GRACE) + self.idle);
+            match tokio::time::timeout_at(deadline, futures_util::StreamExt::next(&mut body)).await {
+                Ok(Some(Ok(bytes))) => {
+                    let n = received + bytes.len() as u64;
+                    Some((Ok(bytes), (body, n, false)))
+                }
+                Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), (body, received, true))),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the request body stopped coming or came too slowly",
+                    )),
+                    (body, received, true),
+                )),
+            }
+        })
+    }
 }
 
 impl ApiError {

@@ -1,10 +1,11 @@
 //! The accept loop: TCP, then TLS, then HTTP/1.1 or HTTP/2 into an axum router, with the
-//! caller's certificate identity attached to every request of the connection.
+//! caller's certificate identity and address attached to every request of the connection.
 //!
-//! Owns: the connection limit (a semaphore: one client cannot starve the rest of
-//! connections), the TLS handshake and header deadlines (an idle connection does not hold
-//! a slot forever), and backing off when accept fails. Stops accepting when `shutdown` fires and
-//! drops live connections.
+//! Owns: the connection budgets ([`Budgets`]: anonymous connections can never take the
+//! slots of managers, workers and admins, and a full anonymous budget closes its oldest
+//! connection rather than refusing the newest), the TLS handshake and header deadlines, and
+//! backing off when accept fails. Body deadlines are the router's (`router::guard_body`).
+//! Stops accepting when `shutdown` fires and drops live connections.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,41 +16,38 @@ use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::http::auth::Caller;
-use crate::trust::pki;
+use crate::http::budget::Budgets;
+use crate::local::config::ConnectionLimits;
+use crate::trust::pki::{self, Role};
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A connection that sends no complete request headers for this long is closed.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Streams one HTTP/2 connection may carry at once.
+const MAX_STREAMS: u32 = 128;
 
 /// The address a connection came from, attached to each of its requests.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub std::net::SocketAddr);
 
-/// Serves `app` on `listener` until `shutdown` is cancelled.
+/// Serves `app` on `listener` until `shutdown` is cancelled, within `limits`.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: Router,
-    max_connections: usize,
+    limits: ConnectionLimits,
     shutdown: CancellationToken,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let slots = Arc::new(Semaphore::new(max_connections));
+    let budgets = Arc::new(Budgets::new(&limits));
+    let limits = Arc::new(limits);
     let mut conns = JoinSet::new();
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = listener.accept() => match r {
@@ -63,45 +61,91 @@ pub async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, app, shutdown) = (acceptor.clone(), app.clone(), shutdown.clone());
-        conns.spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        let conn = Connection {
+            acceptor: acceptor.clone(),
+            app: app.clone(),
+            budgets: budgets.clone(),
+            limits: limits.clone(),
+            shutdown: shutdown.clone(),
+        };
+        conns.spawn(conn.serve(tcp, peer));
+        while conns.try_join_next().is_some() {}
+    }
+    conns.shutdown().await;
+}
+
+/// What one connection's task needs.
+struct Connection {
+    acceptor: TlsAcceptor,
+    app: Router,
+    budgets: Arc<Budgets>,
+    limits: Arc<ConnectionLimits>,
+    shutdown: CancellationToken,
+}
+
+impl Connection {
+    async fn serve(self, tcp: TcpStream, peer: std::net::SocketAddr) {
+        // Anonymous until it shows a certificate of this cluster.
+        let anonymous = self.budgets.admit(peer.ip());
+        let evicted = anonymous.evicted.clone();
+        let handshake =
+            tokio::time::timeout(Duration::from_millis(self.limits.handshake_timeout_ms), self.acceptor.accept(tcp));
+        let tls = tokio::select! {
+            _ = evicted.cancelled() => return,
+            r = handshake => match r {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "tls handshake failed");
                     return;
                 }
                 Err(_) => return,
-            };
-            let caller = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|der| {
-                match pki::parse_peer(der) {
-                    Ok(id) => Some(Arc::new(id)),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "client certificate has no coffer identity");
-                        None
-                    }
+            },
+        };
+        let caller =
+            tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|der| match pki::parse_peer(der) {
+                Ok(id) => Some(Arc::new(id)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "client certificate has no coffer identity");
+                    None
                 }
             });
-            let svc = app.map_request(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(Caller(caller.clone()));
-                req.extensions_mut().insert(PeerAddr(peer));
-                req
-            });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .keep_alive_interval(Some(HEADER_TIMEOUT))
-                .keep_alive_timeout(HEADER_TIMEOUT);
-            let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
-            tokio::select! {
-                r = conn => if let Err(e) = r { tracing::debug!(error = %e, "connection ended with an error") },
-                _ = shutdown.cancelled() => {}
-            }
+        // A certificate moves the connection to its own budget, out of the anonymous one.
+        let (_slot, _anonymous) = match caller.as_ref().map(|c| c.role) {
+            Some(Role::Manager) => match self.budgets.manager() {
+                Some(p) => (Some(p), None),
+                None => {
+                    tracing::warn!("manager connection budget full; closing a new manager connection");
+                    return;
+                }
+            },
+            Some(Role::Worker | Role::Admin) => match self.budgets.node() {
+                Some(p) => (Some(p), None),
+                None => {
+                    tracing::warn!("node connection budget full; closing a new connection");
+                    return;
+                }
+            },
+            None => (None, Some(anonymous)),
+        };
+        let svc = self.app.map_request(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(Caller(caller.clone()));
+            req.extensions_mut().insert(PeerAddr(peer));
+            req
         });
-        while conns.try_join_next().is_some() {}
+        let idle = Duration::from_millis(self.limits.header_timeout_ms);
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(idle);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_STREAMS)
+            .keep_alive_interval(Some(idle))
+            .keep_alive_timeout(idle);
+        let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
+        tokio::select! {
+            r = conn => if let Err(e) = r { tracing::debug!(error = %e, "connection ended with an error") },
+            _ = evicted.cancelled() => {}
+            _ = self.shutdown.cancelled() => {}
+        }
     }
-    conns.shutdown().await;
 }

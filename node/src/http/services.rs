@@ -15,7 +15,7 @@ use coffer_raft_store::model::{Applied, ApplyError, Command, SecretRef, ServiceR
 
 use crate::http::error::ApiError;
 use coffer_api::error::CodedError;
-use coffer_api::rules::{self as validate, Constraint};
+use coffer_api::rules as validate;
 use coffer_api::time::now_millis;
 
 use crate::http::auth::{Operator, Writer};
@@ -26,7 +26,10 @@ use crate::manager::Manager;
 
 type S = State<Arc<Manager>>;
 
-const DEFAULT_MODE: u32 = 0o444;
+/// Files are readable by their owner only unless the service says otherwise. Swarm's default
+/// is 0444, in a mount private to the container; ours sit on the worker's host, where any
+/// local user could read a world-readable file.
+const DEFAULT_MODE: u32 = 0o400;
 
 fn resolve(m: &Manager, spec: &SecretRefSpec) -> Result<SecretRef, ApiError> {
     validate::name("secret", &spec.source)?;
@@ -72,9 +75,7 @@ fn check_targets(refs: &[SecretRef]) -> Result<(), ApiError> {
 }
 
 fn check_constraints(c: &[String]) -> Result<(), ApiError> {
-    for text in c {
-        Constraint::parse(text)?;
-    }
+    validate::constraints(c)?;
     Ok(())
 }
 

@@ -220,9 +220,14 @@ pub async fn redeem(
     // even here on a follower that has not applied it yet. A deposed leader cannot get a
     // read index from a quorum, so it cannot honour its own old grants either.
     m.linearizable().await?;
-    let body = grants::verify(&m, node, &req.grant).inspect_err(|_| {
-        m.metrics.redemptions_refused.inc();
-    })?;
+    let body = match grants::verify(&m, node, &req.grant) {
+        Ok(body) => body,
+        Err(e) => {
+            m.metrics.redemptions_refused.inc();
+            grants::audit_refusal(&m, node, &req.grant, &e).await;
+            return Err(e.into());
+        }
+    };
     let sealer = m.value_sealer()?;
     // Read everything first, audit, then answer: no value leaves without its record.
     let mut sealed = Vec::new();

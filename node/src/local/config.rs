@@ -42,6 +42,46 @@ impl Default for RaftTuning {
     }
 }
 
+/// What a manager's listener allows each kind of connection (see `http::budget`), and how
+/// long a client may take to say what it wants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConnectionLimits {
+    /// Connections without a certificate of this cluster (handshakes in progress, joins,
+    /// API tokens, health checks). When full, the oldest is closed.
+    pub anonymous: usize,
+    /// Of those, at most this many from one source address.
+    pub anonymous_per_source: usize,
+    /// Connections with a manager certificate (Raft, forwarding): a budget of their own.
+    pub managers: usize,
+    /// Connections with a worker or admin certificate.
+    pub nodes: usize,
+    /// A TLS handshake must be done within this.
+    pub handshake_timeout_ms: u64,
+    /// A request's headers (HTTP/1) must arrive within this; also the idle time allowed
+    /// between requests.
+    pub header_timeout_ms: u64,
+    /// A request body may pause this long between two pieces at most.
+    pub body_idle_timeout_ms: u64,
+    /// And must arrive at this rate at least, after a first second.
+    pub body_min_bytes_per_sec: u64,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            anonymous: 256,
+            anonymous_per_source: 64,
+            managers: 64,
+            nodes: 1024,
+            handshake_timeout_ms: 5_000,
+            header_timeout_ms: 10_000,
+            body_idle_timeout_ms: 5_000,
+            body_min_bytes_per_sec: 8 * 1024,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManagerConfig {
     pub data_dir: PathBuf,
@@ -56,8 +96,8 @@ pub struct ManagerConfig {
     pub grant_ttl_secs: u64,
     /// Worker heartbeat period (set at init); a worker is down after 3 missed.
     pub worker_heartbeat_ms: u64,
-    /// Concurrent connections the listener serves; more wait.
-    pub max_connections: usize,
+    /// Connection budgets and client deadlines.
+    pub limits: ConnectionLimits,
     /// Request body limit in bytes.
     pub max_body_bytes: usize,
 }
@@ -72,8 +112,7 @@ impl ManagerConfig {
             node_cert_validity_secs: 90 * 24 * 3600,
             grant_ttl_secs: 30,
             worker_heartbeat_ms: 2000,
-            // Below the usual 1024 file descriptors, with room for RocksDB and peers.
-            max_connections: 512,
+            limits: ConnectionLimits::default(),
             max_body_bytes: 1 << 20,
         }
     }
@@ -100,8 +139,15 @@ impl ManagerConfig {
         if self.node_cert_validity_secs < 10 {
             return Err("node_cert_validity_secs must be at least 10".into());
         }
-        if self.max_connections == 0 || self.max_body_bytes == 0 {
-            return Err("max_connections and max_body_bytes must be positive".into());
+        let l = &self.limits;
+        if l.anonymous == 0 || l.anonymous_per_source == 0 || l.managers == 0 || l.nodes == 0 {
+            return Err("limits: every connection budget must be at least 1".into());
+        }
+        if l.handshake_timeout_ms == 0 || l.header_timeout_ms == 0 || l.body_idle_timeout_ms == 0 {
+            return Err("limits: timeouts must be positive".into());
+        }
+        if self.max_body_bytes == 0 {
+            return Err("max_body_bytes must be positive".into());
         }
         self.listen
             .parse::<std::net::SocketAddr>()

@@ -267,15 +267,25 @@ pub(crate) fn verify(m: &Manager, caller: NodeId, grant: &Grant) -> Result<Grant
     Ok(presented.body)
 }
 
-/// One redemption, as the audit log records it. Never a value.
+/// One redemption, or one refused, as the audit log records it. Never a value.
 #[derive(Debug, Serialize)]
 struct AuditRecord<'a> {
     at_ms: u64,
     manager: NodeId,
+    /// The node that presented the grant (for a refusal: the caller, whatever the grant says).
     node: NodeId,
     task: &'a str,
-    term: u64,
+    term: Option<u64>,
     secrets: &'a [(String, u32)],
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+async fn append(m: &Manager, rec: &AuditRecord<'_>) -> Result<(), OpError> {
+    let mut line = serde_json::to_vec(rec).map_err(|e| OpError::internal("encoding an audit record", e))?;
+    line.push(b'\n');
+    m.audit.append(line).await.map_err(|e| OpError::internal("writing the audit log", e))
 }
 
 /// Appends an audit record and syncs it, before any value is returned.
@@ -285,12 +295,30 @@ pub(crate) async fn audit(m: &Manager, body: &GrantBody) -> Result<(), OpError> 
         manager: m.id,
         node: body.node_id,
         task: &body.task_id,
-        term: body.term,
+        term: Some(body.term),
         secrets: &body.versions,
+        outcome: "redeemed",
+        reason: None,
     };
-    let mut line = serde_json::to_vec(&rec).map_err(|e| OpError::internal("encoding an audit record", e))?;
-    line.push(b'\n');
-    m.audit.append(line).await.map_err(|e| OpError::internal("writing the audit log", e))
+    append(m, &rec).await
+}
+
+/// Records a refused redemption: who asked, for which task, and why (a forged grant's
+/// claims are not believed: only the caller and the task id it named are recorded).
+pub(crate) async fn audit_refusal(m: &Manager, caller: NodeId, grant: &Grant, why: &OpError) {
+    let rec = AuditRecord {
+        at_ms: now_millis(),
+        manager: m.id,
+        node: caller,
+        task: grant.task_id.get(..128).unwrap_or(&grant.task_id),
+        term: None,
+        secrets: &[],
+        outcome: "refused",
+        reason: Some(why.message.clone()),
+    };
+    if let Err(e) = append(m, &rec).await {
+        tracing::warn!(error = %e.message, "a refused redemption could not be audited");
+    }
 }
 
 #[cfg(test)]

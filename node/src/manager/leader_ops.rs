@@ -141,9 +141,7 @@ async fn join(m: &Arc<Manager>, req: JoinRequest) -> Result<JoinResponse, OpErro
             OpError::invalid(format!("a worker's address {:?} is not an IP address", req.advertise_addr))
         })?,
     };
-    if req.hostname.is_empty() || req.hostname.len() > 253 {
-        return Err(OpError::invalid("hostname must be 1 to 253 characters"));
-    }
+    coffer_api::rules::hostname(&req.hostname)?;
     let taken: BTreeSet<u64> = m.reader.nodes()?.into_iter().map(|n| n.id).collect();
     let node_id = loop {
         let id = rand::thread_rng().gen_range(1..u64::MAX);

@@ -16,7 +16,12 @@ use base64::Engine;
 use coffer_api::worker::{AssignedTask, Redeemed};
 use zeroize::Zeroizing;
 
-/// Refuses a secrets dir that is not in memory (tmpfs or ramfs), unless told otherwise.
+/// The secrets dir: anyone may pass through it to their own task's directory; nobody but
+/// the worker may list it.
+const SECRETS_ROOT_MODE: u32 = 0o711;
+
+/// Refuses a secrets dir that is not in memory (tmpfs or ramfs), unless told otherwise, and
+/// makes it mode 0711.
 pub fn check_in_memory(dir: &Path, insecure_disk: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let canonical = dir.canonicalize()?;
@@ -31,6 +36,9 @@ pub fn check_in_memory(dir: &Path, insecure_disk: bool) -> anyhow::Result<()> {
             best = Some((mount.len(), fstype.to_string()));
         }
     }
+    // Others may pass through to the task directory that is theirs, never list what is here.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(SECRETS_ROOT_MODE))
+        .with_context(|| format!("make {} mode {SECRETS_ROOT_MODE:o}", dir.display()))?;
     let fstype = best.map(|(_, t)| t).unwrap_or_default();
     if fstype == "tmpfs" || fstype == "ramfs" {
         return Ok(());
@@ -40,7 +48,7 @@ pub fn check_in_memory(dir: &Path, insecure_disk: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     bail!(
-        "{} is on {fstype}, not in memory: mount a tmpfs there (mount -t tmpfs -o mode=0755 tmpfs {}) \
+        "{} is on {fstype}, not in memory: mount a tmpfs there (mount -t tmpfs -o mode=0711 tmpfs {}) \
          or pass --insecure-disk",
         dir.display(),
         dir.display()
@@ -83,6 +91,8 @@ pub(crate) fn write_task(
     // worker was away, a temporary file of a crash) goes too.
     remove_unlisted(dir, dir, &now);
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let access = DirAccess::of(task);
+    access.apply(dir)?;
     let b64 = base64::engine::general_purpose::STANDARD;
     for s in &task.secrets {
         let value = redeemed
@@ -98,6 +108,11 @@ pub(crate) fn write_task(
         let path = dir.join(&s.target);
         let parent = path.parent().unwrap_or(dir);
         std::fs::create_dir_all(parent)?;
+        let mut sub = parent;
+        while sub != dir && sub.starts_with(dir) {
+            access.apply(sub)?;
+            sub = sub.parent().unwrap_or(dir);
+        }
         let tmp = parent.join(format!(".coffer-{}", crate::local::ids::random_hex(6)));
         let mut guard = TmpFile(Some(tmp.clone()));
         {
@@ -119,6 +134,41 @@ pub(crate) fn write_task(
         guard.0 = None;
     }
     Ok(())
+}
+
+/// Who may enter a task's directory (and its subdirectories). It stays the worker's own: a
+/// service's user must never own a directory the worker writes into, or it could plant a
+/// symbolic link there and have the worker write through it. Mode 0711: each user reaches
+/// the file that is theirs by name, nobody but the worker lists; or 0750 with the files'
+/// group when they all have one and grant it read, so that group may list too.
+#[derive(Debug, Clone, Copy)]
+struct DirAccess {
+    group: Option<u32>,
+}
+
+impl DirAccess {
+    fn of(task: &AssignedTask) -> Self {
+        let groups: BTreeSet<u32> = task.secrets.iter().map(|s| s.gid).collect();
+        let group_reads = task.secrets.iter().all(|s| s.mode & 0o040 != 0);
+        match (groups.len(), groups.iter().next()) {
+            (1, Some(&gid)) if group_reads => Self { group: Some(gid) },
+            _ => Self { group: None },
+        }
+    }
+
+    fn apply(self, dir: &Path) -> anyhow::Result<()> {
+        let mode = match self.group {
+            Some(gid) => {
+                std::os::unix::fs::chown(dir, None, Some(gid)).with_context(|| {
+                    format!("set group {gid} on {} (run the worker as root to give files to others)", dir.display())
+                })?;
+                0o750
+            }
+            None => 0o711,
+        };
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("make {} mode {mode:o}", dir.display()))
+    }
 }
 
 /// Removes the files under `dir` whose path relative to `root` is not in `keep`.

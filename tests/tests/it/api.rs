@@ -151,7 +151,7 @@ async fn exercise(c: &Client, tag: &str, seen: &Seen) {
         .expect("service with defaults");
     assert_eq!(
         (defaults.replicas, defaults.secrets[0].target.as_str(), defaults.secrets[0].mode),
-        (2, name.as_str(), 0o444)
+        (2, name.as_str(), 0o400)
     );
     assert_eq!(code(c.create_service(&mk(vec![], vec![])).await), ErrorCode::AlreadyExists);
 

@@ -119,6 +119,20 @@ async fn grants_are_useless_to_anyone_but_their_node_and_only_while_current() {
     let moved = task_of(&admin, "svc", b.id).await;
     assert_eq!(moved, task, "the same task, now on B");
     refused(redeem(&a.clients[fi], &before_move).await, "moved");
+    // Refusals are audited where they happened, with the caller, the task and the reason.
+    let log = std::fs::read_to_string(c.managers[fi].dir.join("audit.log")).unwrap_or_default();
+    let refusals: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["outcome"] == "refused")
+        .collect();
+    assert!(
+        refusals.iter().any(|r| r["node"].as_u64() == Some(a.id)
+            && r["task"] == task.as_str()
+            && r["reason"].as_str().is_some_and(|why| why.contains("moved"))),
+        "the refused redemption is not in the audit log: {refusals:?}"
+    );
+    assert!(!log.contains("grant-value"), "a value in the audit log");
 
     // A deposed leader's grant, once the new leader's authority is committed.
     let old = grant(&b.clients[li], &task).await.expect("grant from the old leader");

@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod cluster;
+mod flood;
 mod grants;
 mod layout;
 mod security;

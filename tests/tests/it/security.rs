@@ -122,7 +122,8 @@ async fn a_joiner_facing_a_ca_that_does_not_match_its_token_sends_nothing() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let stop = tokio_util_cancel();
-    let serving = tokio::spawn(coffer_node::http::server::serve(listener, server_tls, app, 16, stop.clone()));
+    let serving =
+        tokio::spawn(coffer_node::http::server::serve(listener, server_tls, app, Default::default(), stop.clone()));
 
     let dir = joiner_dir(c.root.path(), "fooled");
     let err = ManagerProc::join(bin(), &dir, &c.tokens.manager, &addr, &[]).expect_err("join must refuse");
@@ -148,7 +149,7 @@ async fn a_joiner_facing_a_ca_that_does_not_match_its_token_sends_nothing() {
         listener,
         tls::server_config(&creds.ca_pem, cert).expect("tls"),
         app,
-        16,
+        Default::default(),
         stop.clone(),
     ));
     let dir = joiner_dir(c.root.path(), "fooled-twice");
@@ -253,4 +254,119 @@ async fn a_manager_that_never_comes_up_does_not_stall_the_cluster() {
     let s = admin.status().await.expect("status");
     assert_eq!(s.members.len(), 1);
     assert!(s.healthy);
+}
+
+/// Every refusal, including the router's own and the body's, is the envelope with a stable
+/// code; a declared body over the limit is refused before it is read; control and bidi
+/// characters are refused wherever text is shown back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_is_the_envelope_and_bad_text_changes_nothing() {
+    let c = Cluster::start(bin(), 1, &[]).await.expect("cluster");
+    let ca = ca_pem(&c);
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(coffer_api::tls::client_config(&ca, None).expect("tls"))
+        .build()
+        .expect("client");
+    let base = format!("https://{}", c.managers[0].addr);
+    let envelope = |status: u16, body: &str| -> String {
+        let v: serde_json::Value =
+            serde_json::from_str(body).unwrap_or_else(|_| panic!("HTTP {status}: not JSON: {body}"));
+        v["error"]["code"].as_str().unwrap_or_else(|| panic!("HTTP {status}: no error code: {body}")).to_string()
+    };
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (http.get(format!("{base}/v1/no-such-thing")), 404, "not_found"),
+        (http.delete(format!("{base}/v1/ca")), 405, "invalid_argument"),
+        (
+            http.post(format!("{base}/v1/join")).header("content-type", "application/json").body("{not json"),
+            400,
+            "invalid_argument",
+        ),
+        (
+            http.post(format!("{base}/v1/join")).header("content-type", "application/json").body("{}"),
+            400,
+            "invalid_argument",
+        ),
+    ];
+    for (req, status, code) in cases {
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => panic!("{status} {code}: {e}"),
+        };
+        assert_eq!(resp.status().as_u16(), status);
+        let body = resp.text().await.expect("body");
+        assert_eq!(envelope(status, &body), code, "{body}");
+    }
+
+    // A declared body over the limit is answered 413 before a byte of it is sent.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tls = std::sync::Arc::new(coffer_api::tls::client_config(&ca, None).expect("tls"));
+        let tcp = tokio::net::TcpStream::connect(&c.managers[0].addr).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let mut s = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.expect("handshake");
+        let head =
+            "POST /v1/join HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 5000000\r\n\r\n";
+        s.write_all(head.as_bytes()).await.expect("send headers");
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), s.read_to_end(&mut reply)).await;
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+        let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+        assert_eq!(envelope(413, body), "payload_too_large", "{reply}");
+    }
+
+    // A body that stops coming is given up on (after the 5 s idle default), not waited for.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tls = std::sync::Arc::new(coffer_api::tls::client_config(&ca, None).expect("tls"));
+        let tcp = tokio::net::TcpStream::connect(&c.managers[0].addr).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let mut s = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.expect("handshake");
+        let head =
+            "POST /v1/join HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{";
+        s.write_all(head.as_bytes()).await.expect("send headers");
+        let started = std::time::Instant::now();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(30), s.read(&mut buf))
+            .await
+            .expect("the manager answers a stalled body within its deadline")
+            .unwrap_or(0);
+        let reply = String::from_utf8_lossy(&buf[..n]);
+        assert!(n == 0 || reply.starts_with("HTTP/1.1 4"), "{reply}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "took {:?}", started.elapsed());
+    }
+
+    let admin = c.admin(0);
+    let bidi = std::collections::BTreeMap::from([("team".to_string(), "\u{202e}gpj.exe".to_string())]);
+    let e = admin.create_secret("s", b"v", bidi).await.expect_err("a bidi override in a label");
+    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument));
+    let svc = coffer_api::services::ServiceCreate {
+        name: "svc".into(),
+        replicas: Some(1),
+        constraints: vec!["node.labels.zone==\u{1b}]8;;evil".into()],
+        secrets: vec![],
+        labels: Default::default(),
+    };
+    let e = admin.create_service(&svc).await.expect_err("an escape in a constraint");
+    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument));
+    let many = coffer_api::services::ServiceCreate {
+        constraints: (0..65).map(|i| format!("node.labels.k{i}==v")).collect(),
+        ..svc
+    };
+    assert_eq!(admin.create_service(&many).await.expect_err("65 constraints").code(), Some(ErrorCode::InvalidArgument));
+    assert!(admin.secrets().await.expect("list").is_empty() && admin.services().await.expect("list").is_empty());
+    // A join whose hostname carries an escape sequence is refused.
+    let key = NodeKey::generate().expect("key");
+    let token = admin.rotate_token(NodeRole::Worker).await.expect("token").token;
+    let req = JoinRequest {
+        token,
+        role: NodeRole::Worker,
+        csr_pem: key.csr_pem(&[]).expect("csr"),
+        advertise_addr: "0.0.0.0:0".into(),
+        hostname: "prod\u{1b}[2Jdb".into(),
+    };
+    let anon = AdminClient::with_tls(&ca, None, &c.managers[0].addr).expect("client");
+    let e = anon.post::<_, JoinResponse>("/v1/join", &req).await.expect_err("an escape in a hostname");
+    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument));
+    assert_eq!(admin.nodes().await.expect("nodes").len(), 1, "nothing joined");
 }

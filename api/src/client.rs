@@ -215,7 +215,12 @@ impl Client {
     }
 
     pub async fn set_availability(&self, id: u64, availability: Availability) -> Result<(), ClientError> {
-        self.patch(&format!("/v1/nodes/{id}"), &NodeUpdate { availability: Some(availability) }).await
+        self.update_node(id, &NodeUpdate { availability: Some(availability), ..Default::default() }).await
+    }
+
+    /// Changes a node's availability and labels.
+    pub async fn update_node(&self, id: u64, update: &NodeUpdate) -> Result<(), ClientError> {
+        self.patch(&format!("/v1/nodes/{id}"), update).await
     }
 
     pub async fn rotate_token(&self, role: NodeRole) -> Result<JoinTokenResponse, ClientError> {

@@ -106,9 +106,17 @@ pub struct NodeList {
 }
 
 /// `PATCH /v1/nodes/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct NodeUpdate {
+    #[serde(default)]
     pub availability: Option<Availability>,
+    /// Labels to set (admin only): what `node.labels.K==V` constraints place on. A node
+    /// cannot set its own labels, which is what makes them safe to place secrets by.
+    #[serde(default)]
+    pub label_add: BTreeMap<String, String>,
+    /// Label keys to remove.
+    #[serde(default)]
+    pub label_rm: Vec<String>,
 }
 
 /// `POST /v1/join-tokens/{role}/rotate`: the new token, shown this once.

@@ -49,13 +49,16 @@ impl DevCluster {
                 managers.push(start::restart_manager(config, listener, shutdown.clone()).await?);
             }
         } else {
-            let config = ManagerConfig::for_test(&first);
+            let config = ManagerConfig { hostname: Some("manager-1".into()), ..ManagerConfig::for_test(&first) };
             let listener = bind(&config.listen).await?;
             let (summary, m1) = start::init_manager(config, listener, shutdown.clone()).await?;
             let join_addr = m1.manager.advertise.clone();
             managers.push(m1);
             for i in 2..=n {
-                let config = ManagerConfig::for_test(manager_dir(root, i));
+                let config = ManagerConfig {
+                    hostname: Some(format!("manager-{i}")),
+                    ..ManagerConfig::for_test(manager_dir(root, i))
+                };
                 let listener = bind(&config.listen).await?;
                 let token = &summary.manager_token;
                 managers.push(start::join_manager(config, listener, token, &join_addr, shutdown.clone()).await?);
@@ -89,7 +92,10 @@ impl DevCluster {
                     }
                 };
                 let (secrets_dir, insecure) = secrets_dir_for(root, i);
-                let settings = WorkerSettings::new(secrets_dir, insecure, None, &join);
+                let settings = WorkerSettings {
+                    hostname: Some(format!("worker-{i}")),
+                    ..WorkerSettings::new(secrets_dir, insecure, None, &join)
+                };
                 start::join_worker(dir, &token, &join, settings, self.shutdown.clone()).await?
             };
             self.workers.push(worker);

@@ -83,7 +83,8 @@ pub async fn join_manager(
     let bound = listener.local_addr()?;
     let advertise = config.advertise_addr(bound)?;
     let dir = DataDir::new(&config.data_dir);
-    crate::trust::join::join_data_dir(&dir, NodeRole::Manager, token, join, bound, advertise).await?;
+    let host = config.hostname.as_deref();
+    crate::trust::join::join_data_dir(&dir, NodeRole::Manager, token, join, bound, advertise, host).await?;
     serve_manager(config, listener, None, shutdown).await
 }
 

@@ -235,6 +235,21 @@ impl<'a> Txn<'a> {
                 self.put(keys::node(*id), &node)?;
                 done
             }
+            Command::SetNodeLabels { id, add, remove, at } => {
+                let Some(mut node) = self.get::<NodeRecord>(&keys::node(*id))? else {
+                    return Ok(not_found(ObjectKind::Node, id));
+                };
+                if node.removed {
+                    return Ok(Err(ApplyError::NodeRemoved(*id)));
+                }
+                for k in remove {
+                    node.labels.remove(k);
+                }
+                node.labels.extend(add.iter().map(|(k, v)| (k.clone(), v.clone())));
+                node.updated_at = *at;
+                self.put(keys::node(*id), &node)?;
+                done
+            }
             Command::CreateApiToken(rec) => {
                 if self.get::<ApiTokenRecord>(&keys::api_token(&rec.id))?.is_some() {
                     return Ok(Err(ApplyError::IdTaken { kind: ObjectKind::ApiToken, id: rec.id.clone() }));

@@ -296,6 +296,15 @@ pub enum Command {
         cert_serial: Option<String>,
         at: Millis,
     },
+    /// Adds and removes labels of a node, set by an operator (never by the node itself):
+    /// what placement can trust. Refused for a removed node. Appended last, so that entries
+    /// of older logs keep their encoding.
+    SetNodeLabels {
+        id: NodeId,
+        add: BTreeMap<String, String>,
+        remove: Vec<String>,
+        at: Millis,
+    },
 }
 
 impl Command {
@@ -306,6 +315,7 @@ impl Command {
             Command::PutNode(_)
                 | Command::RemoveNode { .. }
                 | Command::UpdateNode { .. }
+                | Command::SetNodeLabels { .. }
                 | Command::RotateSecret { .. }
                 | Command::RemoveSecret { .. }
                 | Command::CreateService { .. }
@@ -337,6 +347,7 @@ impl Command {
             Command::CreateApiToken(_) => "create_api_token",
             Command::RevokeApiToken { .. } => "revoke_api_token",
             Command::UpdateNode { .. } => "update_node",
+            Command::SetNodeLabels { .. } => "set_node_labels",
         }
     }
 }

@@ -108,7 +108,8 @@ impl ManagerProc {
     /// `coffer manager init` on 127.0.0.1:0.
     pub fn init(bin: &Path, dir: &Path, extra: &[&str]) -> anyhow::Result<(Self, Tokens)> {
         let d = dir.to_str().context("utf-8 path")?;
-        let mut args = vec!["manager", "init", "--data-dir", d, "--listen", "127.0.0.1:0"];
+        let host = host_of(dir)?;
+        let mut args = vec!["manager", "init", "--data-dir", d, "--listen", "127.0.0.1:0", "--hostname", &host];
         args.extend_from_slice(extra);
         let (p, events) = Self::spawn(bin, dir, &args)?;
         let init = events.iter().find(|e| e["event"] == "initialized").context("no initialized event")?;
@@ -120,8 +121,21 @@ impl ManagerProc {
     /// `coffer manager join` on 127.0.0.1:0.
     pub fn join(bin: &Path, dir: &Path, token: &str, join: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let d = dir.to_str().context("utf-8 path")?;
-        let mut args =
-            vec!["manager", "join", "--data-dir", d, "--listen", "127.0.0.1:0", "--token", token, "--join", join];
+        let host = host_of(dir)?;
+        let mut args = vec![
+            "manager",
+            "join",
+            "--data-dir",
+            d,
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            token,
+            "--join",
+            join,
+            "--hostname",
+            &host,
+        ];
         args.extend_from_slice(extra);
         Self::spawn(bin, dir, &args).map(|(p, _)| p)
     }
@@ -168,6 +182,13 @@ impl ManagerProc {
     pub fn drain_stdout(&self) -> Vec<String> {
         self.lines.try_iter().collect()
     }
+}
+
+/// A hostname for the node in `dir`: hostnames are unique among live nodes, and every
+/// node of a test runs on this one machine.
+fn host_of(dir: &Path) -> anyhow::Result<String> {
+    let name = dir.file_name().and_then(|n| n.to_str()).context("data dir name")?;
+    Ok(name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect())
 }
 
 /// Sends `sig` to `pid` with kill(1): the workspace forbids `unsafe`, so no libc::kill.
@@ -306,7 +327,8 @@ impl WorkerProc {
         let secrets = tmpfs_dir("secrets");
         let d = dir.to_str().context("utf-8 path")?;
         let s = secrets.to_str().context("utf-8 path")?;
-        let mut args = vec!["worker", "join", "--data-dir", d, "--join", join, "--secrets-dir", s];
+        let host = host_of(dir)?;
+        let mut args = vec!["worker", "join", "--data-dir", d, "--join", join, "--secrets-dir", s, "--hostname", &host];
         args.extend_from_slice(extra);
         let child = Self::spawn(bin, dir, &args, &[("COFFER_JOIN_TOKEN", token)])?;
         Self::wait_running(child, dir, &secrets)
@@ -394,7 +416,7 @@ pub async fn raw_worker(c: &Cluster, token: &str) -> RawWorker {
         role: NodeRole::Worker,
         csr_pem: key.csr_pem(&[]).expect("csr"),
         advertise_addr: "0.0.0.0:0".into(),
-        hostname: "raw".into(),
+        hostname: format!("raw-{}", rand_suffix()),
     };
     let anon = AdminClient::with_tls(&ca, None, &c.managers[0].addr).expect("client");
     let joined: JoinResponse = anon.post("/v1/join", &req).await.expect("join");

@@ -56,6 +56,9 @@ pub(crate) struct Placement {
     /// The address other nodes dial (default: the bound listen address).
     #[arg(long)]
     advertise: Option<String>,
+    /// The hostname to report (default: this machine's); unique among live nodes.
+    #[arg(long)]
+    hostname: Option<String>,
 }
 
 /// A join token: from `--token-file F` or COFFER_JOIN_TOKEN (preferred: neither shows in the
@@ -157,6 +160,9 @@ pub(crate) enum WorkerCmd {
         /// A shell command run after a task's files change (COFFER_TASK_DIR, COFFER_SERVICE).
         #[arg(long)]
         on_change: Option<String>,
+        /// The hostname to report (default: this machine's); unique among live nodes.
+        #[arg(long)]
+        hostname: Option<String>,
     },
     /// Restart a worker from its data dir.
     Run {
@@ -190,6 +196,7 @@ pub fn shutdown_on_signal() -> CancellationToken {
 fn config_for(at: &Placement, tuning: &Tuning) -> ManagerConfig {
     let mut config = ManagerConfig::new(&at.data_dir, &at.listen);
     config.advertise = at.advertise.clone();
+    config.hostname = at.hostname.clone();
     tuning.apply(&mut config);
     config
 }
@@ -233,9 +240,10 @@ pub(crate) async fn manager(cmd: ManagerCmd, format: Format) -> anyhow::Result<(
 pub(crate) async fn worker(cmd: WorkerCmd, format: Format) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signal();
     let running = match cmd {
-        WorkerCmd::Join { data_dir, token, join, secrets_dir, insecure_disk, on_change } => {
+        WorkerCmd::Join { data_dir, token, join, secrets_dir, insecure_disk, on_change, hostname } => {
             let token = token.take()?;
-            let settings = WorkerSettings::new(secrets_dir, insecure_disk, on_change, &join);
+            let settings =
+                WorkerSettings { hostname, ..WorkerSettings::new(secrets_dir, insecure_disk, on_change, &join) };
             let w = start::join_worker(DataDir::new(&data_dir), &token, &join, settings, shutdown).await?;
             eprintln!("joined as worker {}", node_hex(w.identity.node_id));
             w

@@ -1,7 +1,8 @@
 //! `coffer node ...`, `coffer join-token ...` and `coffer cluster status`.
 
 use clap::{Subcommand, ValueEnum};
-use coffer_api::cluster::{Availability, NodeInfo, NodeRole};
+use coffer_api::cluster::{Availability, NodeInfo, NodeRole, NodeUpdate};
+use coffer_api::rules;
 
 use crate::cli::exit::CliError;
 use crate::cli::output::{lower, node_addr, node_opt, node_short, print_json, resolve_node, Format};
@@ -26,10 +27,17 @@ pub(crate) enum NodeCmd {
     Rm {
         node: String,
     },
+    /// Change a node's availability and labels. Labels are set by operators only (a node
+    /// cannot set its own): place security-relevant services with `node.labels.K==V`
+    /// rather than `node.hostname`, which is what the node itself reports.
     Update {
         node: String,
         #[arg(long, value_enum)]
-        availability: AvailabilityArg,
+        availability: Option<AvailabilityArg>,
+        #[arg(long = "label-add", value_name = "K=V")]
+        label_add: Vec<String>,
+        #[arg(long = "label-rm", value_name = "K")]
+        label_rm: Vec<String>,
     },
 }
 
@@ -120,15 +128,21 @@ pub(crate) async fn node(cmd: NodeCmd, opts: &ClientOpts) -> Result<(), CliError
             c.remove(id).await?;
             println!("node {} removed; its certificate is refused from now on", node_short(id));
         }
-        NodeCmd::Update { node, availability } => {
-            let id = resolve(node).await?;
-            let a = match availability {
+        NodeCmd::Update { node, availability, label_add, label_rm } => {
+            let availability = availability.map(|a| match a {
                 AvailabilityArg::Active => Availability::Active,
                 AvailabilityArg::Drain => Availability::Drain,
                 AvailabilityArg::Pause => Availability::Pause,
-            };
-            c.set_availability(id, a).await?;
-            println!("node {} is now {}", node_short(id), lower(&a));
+            });
+            let update = NodeUpdate { availability, label_add: rules::parse_labels(&label_add)?, label_rm };
+            if update == NodeUpdate::default() {
+                return Err(CliError::Local(
+                    "nothing to update: give --availability, --label-add or --label-rm".into(),
+                ));
+            }
+            let id = resolve(node).await?;
+            c.update_node(id, &update).await?;
+            println!("node {} updated", node_short(id));
         }
     }
     Ok(())

@@ -11,7 +11,11 @@ use coffer_api::cluster::{
     ClusterStatus, JoinTokenResponse, NodeInfo, NodeList, NodeRole as WireRole, NodeUpdate, RaftRole,
 };
 use coffer_api::error::{CodedError, ErrorBody};
-use coffer_raft_store::model::{self, NodeRecord};
+use std::collections::BTreeMap;
+
+use coffer_api::rules as validate;
+use coffer_api::time::now_millis;
+use coffer_raft_store::model::{self, Command, NodeRecord};
 
 use crate::http::auth::AdminCaller;
 use crate::http::error::ApiError;
@@ -98,8 +102,23 @@ pub async fn update_node(
     ApiJson(u): ApiJson<NodeUpdate>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id)?;
-    let availability = u.availability.ok_or_else(|| ApiError::invalid("nothing to update: give availability"))?;
-    simple_op(&m, LeaderOp::SetAvailability { node_id: id, availability }).await
+    if u.availability.is_none() && u.label_add.is_empty() && u.label_rm.is_empty() {
+        return Err(ApiError::invalid("nothing to update: give availability, label_add or label_rm"));
+    }
+    validate::labels(&u.label_add)?;
+    for k in &u.label_rm {
+        validate::labels(&BTreeMap::from([(k.clone(), String::new())]))?;
+    }
+    if !u.label_add.is_empty() || !u.label_rm.is_empty() {
+        m.linearizable().await?;
+        m.existing_node(id)?;
+        let cmd = Command::SetNodeLabels { id, add: u.label_add, remove: u.label_rm, at: now_millis() };
+        m.propose(cmd).await?;
+    }
+    if let Some(availability) = u.availability {
+        m.leader_op(LeaderOp::SetAvailability { node_id: id, availability }).await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(delete, operation_id = "removeNode", path = "/v1/nodes/{id}", tag = "cluster", params(("id" = u64, Path)), responses((status = 204), (status = 409, description = "the last voting manager", body = ErrorBody)))]

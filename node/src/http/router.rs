@@ -37,7 +37,8 @@ pub fn router(m: Arc<Manager>) -> Router {
         .route("/raft/heartbeat", post(worker::forwarded_heartbeat))
         .route("/raft/op", post(raft::op))
         .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT))
-        .route("/raft/snapshot", post(raft::snapshot));
+        .route("/raft/snapshot", post(raft::snapshot))
+        .layer(axum::middleware::from_fn(trace_raft));
     let api = Router::new()
         .route("/v1/ca", get(join::ca))
         .route("/v1/join", post(join::join))
@@ -69,7 +70,9 @@ pub fn router(m: Arc<Manager>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .layer(DefaultBodyLimit::max(limit));
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(m.clone(), guard_body))
+        .layer(axum::middleware::from_fn(trace_request));
     raft.merge(api)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
@@ -79,8 +82,6 @@ pub fn router(m: Arc<Manager>) -> Router {
             )
             .with_status(StatusCode::METHOD_NOT_ALLOWED)
         })
-        .layer(axum::middleware::from_fn_with_state(m.clone(), guard_body))
-        .layer(axum::middleware::from_fn(trace_request))
         .with_state(m)
 }
 
@@ -112,29 +113,20 @@ fn caller_of(req: &Request) -> (&'static str, Option<u64>) {
 }
 
 /// Runs a request inside its span, and logs its outcome at debug level (failures of the
-/// server at warn). Raft RPC between managers (thousands a second under load) gets a
-/// debug-level span, which costs nothing unless debug logging is on.
+/// server at warn).
 async fn trace_request(req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
-    let route = route.as_deref().unwrap_or("-");
-    let raft = route.starts_with("/raft/");
     let id = request_id(&req);
     let (role, node_id) = caller_of(&req);
-    let node_id = node_id.map(|n| tracing::field::display(NodeHex(n)));
-    let method = req.method().clone();
-    let span = if raft {
-        tracing::debug_span!("raft_request", %method, route, request_id = %id, caller = role, node_id)
-    } else {
-        tracing::info_span!(
-            "request",
-            %method,
-            route,
-            request_id = %id,
-            caller = role,
-            node_id,
-            operator = tracing::field::Empty,
-        )
-    };
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        route = route.as_deref().unwrap_or("-"),
+        request_id = %id,
+        caller = role,
+        node_id = node_id.map(|n| tracing::field::display(NodeHex(n))),
+        operator = tracing::field::Empty,
+    );
     let started = Instant::now();
     let mut resp = next.run(req).instrument(span.clone()).await;
     let status = resp.status().as_u16();
@@ -146,22 +138,35 @@ async fn trace_request(req: Request, next: Next) -> Response {
             tracing::debug!(status, elapsed_ms, "answered");
         }
     });
-    if !raft {
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            resp.headers_mut().insert("x-request-id", v);
-        }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
     }
     resp
 }
 
-/// Bodies are bounded before they are read: a declared length over the route's limit is
+/// Raft RPC between managers (thousands a second under load) runs in a debug-level span,
+/// and costs nothing at all unless debug logging is on.
+async fn trace_raft(req: Request, next: Next) -> Response {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return next.run(req).await;
+    }
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let (_, node_id) = caller_of(&req);
+    let span = tracing::debug_span!(
+        "raft_request",
+        route = route.as_deref().unwrap_or("-"),
+        node_id = node_id.map(|n| tracing::field::display(NodeHex(n))),
+    );
+    next.run(req).instrument(span).await
+}
+
+/// API bodies are bounded before they are read: a declared length over the limit is
 /// answered 413 at once, and a body from anyone but a manager must keep coming (no pause
 /// over `body_idle_timeout_ms`, at least `body_min_bytes_per_sec` after a first second), or
 /// reading it fails. A client cannot hold a connection open by promising a body it never
 /// sends.
 async fn guard_body(State(m): State<Arc<Manager>>, req: Request, next: Next) -> Response {
-    let raft = req.extensions().get::<MatchedPath>().is_some_and(|p| p.as_str().starts_with("/raft/"));
-    let limit = if raft { RAFT_BODY_LIMIT } else { m.config.max_body_bytes };
+    let limit = m.config.max_body_bytes;
     let declared = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)

@@ -89,6 +89,9 @@ pub struct ManagerConfig {
     pub listen: String,
     /// `host:port` other nodes dial; defaults to the bound listen address.
     pub advertise: Option<String>,
+    /// The hostname this node reports at init or join (default: the machine's). Unique
+    /// among live nodes.
+    pub hostname: Option<String>,
     pub raft: RaftTuning,
     /// Validity of node certificates issued by this cluster (set at init).
     pub node_cert_validity_secs: u64,
@@ -108,6 +111,7 @@ impl ManagerConfig {
             data_dir: data_dir.into(),
             listen: listen.into(),
             advertise: None,
+            hostname: None,
             raft: RaftTuning::default(),
             node_cert_validity_secs: 90 * 24 * 3600,
             grant_ttl_secs: 30,

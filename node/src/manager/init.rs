@@ -128,7 +128,7 @@ pub fn init_data_dir(config: &ManagerConfig, bound: SocketAddr) -> anyhow::Resul
     let node = NodeRecord {
         id: node_id,
         role: NodeRole::Manager,
-        hostname: hostname(),
+        hostname: config.hostname.clone().unwrap_or_else(hostname),
         addr: advertise.to_string(),
         availability: Availability::Active,
         status: NodeStatus::Ready,

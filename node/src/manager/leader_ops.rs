@@ -142,6 +142,23 @@ async fn join(m: &Arc<Manager>, req: JoinRequest) -> Result<JoinResponse, OpErro
         })?,
     };
     coffer_api::rules::hostname(&req.hostname)?;
+    // Hostnames are what the node says it is: unique among live nodes, so that a joiner
+    // cannot pass for a running one (placement that matters uses operator-set labels).
+    if let Some(live) = m
+        .reader
+        .nodes()?
+        .into_iter()
+        .find(|n| !n.removed && n.status == NodeStatus::Ready && n.hostname == req.hostname)
+    {
+        return Err(OpError::with_code(
+            coffer_api::error::ErrorCode::AlreadyExists,
+            format!(
+                "hostname {:?} is taken by live node {}: join with another (--hostname), or remove that node first",
+                req.hostname,
+                NodeHex(live.id)
+            ),
+        ));
+    }
     let taken: BTreeSet<u64> = m.reader.nodes()?.into_iter().map(|n| n.id).collect();
     let node_id = loop {
         let id = rand::thread_rng().gen_range(1..u64::MAX);

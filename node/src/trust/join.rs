@@ -65,6 +65,7 @@ pub async fn fetch_trusted_ca(join: &str, token: &JoinToken) -> anyhow::Result<S
 /// # Errors
 /// A data dir that already holds a node, a malformed or refused token, a CA that does not
 /// match the token, or an unreachable manager.
+#[allow(clippy::too_many_arguments)]
 pub async fn join_data_dir(
     data_dir: &DataDir,
     role: NodeRole,
@@ -72,6 +73,7 @@ pub async fn join_data_dir(
     join: &str,
     listen: SocketAddr,
     advertise: SocketAddr,
+    hostname_override: Option<&str>,
 ) -> anyhow::Result<NodeIdentity> {
     data_dir.refuse_existing()?;
     let token: JoinToken = token_text.parse().map_err(|e| anyhow::anyhow!("join token: {e}"))?;
@@ -84,7 +86,7 @@ pub async fn join_data_dir(
         role,
         csr_pem: key.csr_pem(&sans)?,
         advertise_addr: advertise.to_string(),
-        hostname: hostname(),
+        hostname: hostname_override.map(str::to_string).unwrap_or_else(hostname),
     };
     let client = Client::with_tls(&ca_pem, None, join)?.with_timeout(JOIN_TIMEOUT);
     let joined: JoinResponse = client.post("/v1/join", &req).await.map_err(|e| match e.code() {

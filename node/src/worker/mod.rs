@@ -48,7 +48,8 @@ pub async fn join(
     check_in_memory(&settings.secrets_dir, settings.insecure_disk)?;
     let unspecified: std::net::SocketAddr = "0.0.0.0:0".parse()?;
     let role = coffer_api::cluster::NodeRole::Worker;
-    let id = crate::trust::join::join_data_dir(data_dir, role, token, join, unspecified, unspecified).await?;
+    let host = settings.hostname.as_deref();
+    let id = crate::trust::join::join_data_dir(data_dir, role, token, join, unspecified, unspecified, host).await?;
     settings.save(data_dir)?;
     Ok(id)
 }

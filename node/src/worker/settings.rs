@@ -16,6 +16,9 @@ pub struct WorkerSettings {
     pub on_change: Option<String>,
     /// Managers to try, learned from assignments; the join address first.
     pub managers: Vec<String>,
+    /// The hostname reported at join, if not the machine's.
+    #[serde(default)]
+    pub hostname: Option<String>,
 }
 
 fn settings_path(dir: &DataDir) -> PathBuf {
@@ -25,7 +28,7 @@ fn settings_path(dir: &DataDir) -> PathBuf {
 impl WorkerSettings {
     /// The settings of a worker joining with `join` as its first manager.
     pub fn new(secrets_dir: PathBuf, insecure_disk: bool, on_change: Option<String>, join: &str) -> Self {
-        Self { secrets_dir, insecure_disk, on_change, managers: vec![join.to_string()] }
+        Self { secrets_dir, insecure_disk, on_change, managers: vec![join.to_string()], hostname: None }
     }
 
     pub fn load(dir: &DataDir) -> anyhow::Result<Self> {

@@ -14,6 +14,13 @@ fn ca_pem(c: &Cluster) -> String {
     std::fs::read_to_string(c.client_dir().join("ca.pem")).expect("ca.pem")
 }
 
+/// A number for names that must differ (hostnames are unique among live nodes).
+fn key_serial() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Joins through the HTTP API directly (as a joiner would after checking the CA).
 async fn join_raw(c: &Cluster, token: &str, role: NodeRole) -> Result<(JoinResponse, NodeKey), ClientError> {
     let key = NodeKey::generate().expect("key");
@@ -22,7 +29,7 @@ async fn join_raw(c: &Cluster, token: &str, role: NodeRole) -> Result<(JoinRespo
         role,
         csr_pem: key.csr_pem(&["127.0.0.1".into()]).expect("csr"),
         advertise_addr: "127.0.0.1:1".into(),
-        hostname: "intruder".into(),
+        hostname: format!("intruder-{}", key_serial()),
     };
     let anon = AdminClient::with_tls(&ca_pem(c), None, &c.managers[0].addr).expect("client");
     anon.post::<_, JoinResponse>("/v1/join", &req).await.map(|r| (r, key))

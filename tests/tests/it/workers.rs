@@ -377,3 +377,57 @@ async fn another_local_user_can_neither_read_a_secret_nor_list_a_task_directory(
         "the service's user wrote into its task directory"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_trusts_operator_labels_and_a_live_hostname_cannot_be_claimed() {
+    use coffer_api::cluster::{JoinRequest, JoinResponse, NodeRole, NodeUpdate};
+    let c = Cluster::start(bin(), 1, &[]).await.expect("cluster");
+    let workers = c.start_workers(2, &[]).await.expect("workers");
+    let admin = c.admin(0);
+    let token = admin.rotate_token(NodeRole::Worker).await.expect("token").token;
+
+    // A joiner claiming a live worker's hostname is refused, and nothing joins.
+    let taken = admin.node(workers[0].id).await.expect("node").hostname;
+    let key = coffer_node::trust::pki::NodeKey::generate().expect("key");
+    let ca = std::fs::read_to_string(c.client_dir().join("ca.pem")).expect("ca");
+    let anon = coffer_api::client::Client::with_tls(&ca, None, &c.managers[0].addr).expect("client");
+    let req = JoinRequest {
+        token: token.clone(),
+        role: NodeRole::Worker,
+        csr_pem: key.csr_pem(&[]).expect("csr"),
+        advertise_addr: "0.0.0.0:0".into(),
+        hostname: taken.clone(),
+    };
+    let e = anon.post::<_, JoinResponse>("/v1/join", &req).await.expect_err("a live node's hostname");
+    assert_eq!(e.code(), Some(coffer_api::error::ErrorCode::AlreadyExists), "{e}");
+    assert_eq!(admin.nodes().await.expect("nodes").len(), 3, "nothing joined");
+
+    // Labels are the operator's: a worker's certificate cannot set them, not even its own.
+    let raw = coffer_tests::raw_worker(&c, &token).await;
+    let own = NodeUpdate { label_add: BTreeMap::from([("tier".into(), "db".into())]), ..Default::default() };
+    let e = raw.clients[0].patch::<_, serde_json::Value>(&format!("/v1/nodes/{}", raw.id), &own).await;
+    assert_eq!(e.expect_err("a worker labels itself").code(), Some(coffer_api::error::ErrorCode::PermissionDenied));
+    drop(raw);
+    admin.update_node(workers[1].id, &own).await.expect("the operator labels a worker");
+    assert_eq!(admin.node(workers[1].id).await.expect("node").labels.get("tier").map(String::as_str), Some("db"));
+
+    // A service placed on the label lands on that worker only.
+    admin.create_secret("db_password", b"label-placed", Default::default()).await.expect("secret");
+    let svc =
+        ServiceCreate { constraints: vec!["node.labels.tier==db".into()], ..service("db", 2, "db_password", "pw") };
+    admin.create_service(&svc).await.expect("service");
+    eventually("both replicas on the labelled worker", DEADLINE, || async {
+        let tasks = admin.service_tasks("db").await.ok()?;
+        (tasks.len() == 2 && tasks.iter().all(|t| t.node_id == Some(workers[1].id))).then_some(())
+    })
+    .await
+    .expect("placed by label");
+    // Removing the label takes the service off it: no worker qualifies any more.
+    let rm = NodeUpdate { label_rm: vec!["tier".into()], ..Default::default() };
+    admin.update_node(workers[1].id, &rm).await.expect("label removed");
+    eventually("the replicas to leave", DEADLINE, || async {
+        admin.service_tasks("db").await.ok()?.iter().all(|t| t.node_id.is_none()).then_some(())
+    })
+    .await
+    .expect("unplaced");
+}

@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::cluster::{
-    Availability, ClusterStatus, JoinTokenResponse, NodeInfo, NodeList, NodeRole, NodeUpdate, RenewRequest,
-    RenewResponse,
+    AdminInfo, AdminIssue, AdminIssued, AdminList, Availability, ClusterStatus, JoinTokenResponse, NodeInfo, NodeList,
+    NodeRole, NodeUpdate, RenewRequest, RenewResponse,
 };
 use crate::error::{ErrorBody, ErrorCode};
 use crate::secrets::{SecretCreate, SecretInfo, SecretLabels, SecretList, SecretRotate, SecretVersionCreated};
@@ -357,6 +357,23 @@ impl Client {
     /// A new certificate for this node's CSR (managers and workers).
     pub async fn renew(&self, csr_pem: String) -> Result<RenewResponse, ClientError> {
         self.post("/v1/renew", &RenewRequest { csr_pem }).await
+    }
+}
+
+impl Client {
+    // -- admin credentials ----------------------------------------------------------------
+
+    pub async fn issue_admin(&self, req: &AdminIssue) -> Result<AdminIssued, ClientError> {
+        self.post("/v1/admins", req).await
+    }
+
+    pub async fn admins(&self) -> Result<Vec<AdminInfo>, ClientError> {
+        self.get::<AdminList>("/v1/admins").await.map(|l| l.admins)
+    }
+
+    /// Revokes an admin credential: refused by every reachable manager once this returns.
+    pub async fn revoke_admin(&self, name: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/v1/admins/{name}")).await
     }
 }
 

@@ -157,3 +157,49 @@ pub struct ClusterStatus {
     /// (within 100 entries: applying trails committing by a few under load).
     pub healthy: bool,
 }
+
+/// `POST /v1/admins`: issue (or re-issue) an admin credential for an operator's key. The
+/// key stays with the operator: only its CSR is sent. Re-issuing a name replaces the
+/// certificate the cluster accepts for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AdminIssue {
+    pub name: String,
+    pub csr_pem: String,
+    /// Validity in seconds; defaults to 30 days.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// The issued admin certificate, with the CA that checks the managers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AdminIssued {
+    pub name: String,
+    pub cert_pem: String,
+    pub ca_pem: String,
+    pub serial: String,
+    pub expires_at_ms: u64,
+    /// The same instant in RFC 3339 (UTC).
+    #[serde(default)]
+    pub expires_at: String,
+}
+
+/// An admin credential as `coffer admin ls` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AdminInfo {
+    pub name: String,
+    pub serial: String,
+    pub created_at_ms: u64,
+    /// The same instant in RFC 3339 (UTC).
+    #[serde(default)]
+    pub created_at: String,
+    pub expires_at_ms: u64,
+    /// The same instant in RFC 3339 (UTC).
+    #[serde(default)]
+    pub expires_at: String,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AdminList {
+    pub admins: Vec<AdminInfo>,
+}

@@ -250,6 +250,26 @@ impl<'a> Txn<'a> {
                 self.put(keys::node(*id), &node)?;
                 done
             }
+            Command::PutAdminCredential(rec) => {
+                self.put(keys::admin(&rec.name), rec)?;
+                done
+            }
+            Command::RevokeAdminCredential { name } => {
+                let Some(mut rec) = self.get::<AdminCredentialRecord>(&keys::admin(name))? else {
+                    return Ok(not_found(ObjectKind::AdminCredential, name));
+                };
+                let others = self
+                    .scan::<AdminCredentialRecord>(keys::ADMIN)?
+                    .into_iter()
+                    .filter(|(_, r)| r.name != *name && !r.revoked)
+                    .count();
+                if !rec.revoked && others == 0 {
+                    return Ok(Err(ApplyError::LastAdminCredential(name.clone())));
+                }
+                rec.revoked = true;
+                self.put(keys::admin(name), &rec)?;
+                done
+            }
             Command::CreateApiToken(rec) => {
                 if self.get::<ApiTokenRecord>(&keys::api_token(&rec.id))?.is_some() {
                     return Ok(Err(ApplyError::IdTaken { kind: ObjectKind::ApiToken, id: rec.id.clone() }));

@@ -224,6 +224,19 @@ pub struct ApiTokenRecord {
     pub revoked: bool,
 }
 
+/// An admin client credential: a named certificate the cluster accepts for administration
+/// while it is the current one of its name and not revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminCredentialRecord {
+    /// The certificate's CN.
+    pub name: String,
+    /// The serial of the one certificate of this name that is accepted (hex).
+    pub serial_hex: String,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    pub revoked: bool,
+}
+
 /// A replicated command. Variants are only ever appended (postcard encodes the index).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -305,6 +318,12 @@ pub enum Command {
         remove: Vec<String>,
         at: Millis,
     },
+    /// Issues (or re-issues, replacing the accepted serial) an admin credential.
+    PutAdminCredential(AdminCredentialRecord),
+    /// Revokes an admin credential; refused for the last one that is not revoked.
+    RevokeAdminCredential {
+        name: String,
+    },
 }
 
 impl Command {
@@ -348,6 +367,8 @@ impl Command {
             Command::RevokeApiToken { .. } => "revoke_api_token",
             Command::UpdateNode { .. } => "update_node",
             Command::SetNodeLabels { .. } => "set_node_labels",
+            Command::PutAdminCredential(_) => "put_admin_credential",
+            Command::RevokeAdminCredential { .. } => "revoke_admin_credential",
         }
     }
 }
@@ -363,6 +384,7 @@ pub enum ObjectKind {
     Task,
     GrantAuthority,
     ApiToken,
+    AdminCredential,
 }
 
 impl fmt::Display for ObjectKind {
@@ -376,6 +398,7 @@ impl fmt::Display for ObjectKind {
             ObjectKind::Task => "task",
             ObjectKind::GrantAuthority => "grant authority",
             ObjectKind::ApiToken => "api token",
+            ObjectKind::AdminCredential => "admin credential",
         })
     }
 }
@@ -402,6 +425,8 @@ pub enum ApplyError {
     StaleAuthority { term: u64, newer: u64 },
     #[error("node {0} was removed")]
     NodeRemoved(NodeId),
+    #[error("{0:?} is the last admin credential that is not revoked; issue another first")]
+    LastAdminCredential(String),
 }
 
 /// What applying a command produced.

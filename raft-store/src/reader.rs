@@ -128,6 +128,14 @@ impl StateReader {
         self.scan(keys::API_TOKEN)
     }
 
+    pub fn admin_credential(&self, name: &str) -> Result<Option<AdminCredentialRecord>, StoreError> {
+        self.get(&keys::admin(name))
+    }
+
+    pub fn admin_credentials(&self) -> Result<Vec<AdminCredentialRecord>, StoreError> {
+        self.scan(keys::ADMIN)
+    }
+
     /// The tasks placed on `node`, through the per-node index (not a scan of all tasks).
     pub fn tasks_of_node(&self, node: NodeId) -> Result<Vec<TaskRecord>, StoreError> {
         let prefix = keys::node_tasks(node);

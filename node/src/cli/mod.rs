@@ -2,7 +2,8 @@
 //! outcomes to exit codes scripts can rely on ([`exit`]).
 //!
 //! Boundary: the CLI starts nodes only through [`crate::start`] (and `coffer dev`), and
-//! talks to a cluster only through `coffer_api::client`; it imports no server module.
+//! talks to a cluster only through `coffer_api::client`; it imports no server module
+//! (`trust` for an operator's own key, `local` for files).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use crate::cli::output::Format;
 use crate::local::data_dir::DataDir;
 use crate::local::store_check;
 
+mod admins;
 mod daemon;
 mod exit;
 mod nodes;
@@ -132,6 +134,11 @@ enum Top {
         #[command(subcommand)]
         cmd: tokens::TokenCmd,
     },
+    /// Admin credentials: issue (or re-issue), list, revoke.
+    Admin {
+        #[command(subcommand)]
+        cmd: admins::AdminCmd,
+    },
     /// Cluster-wide views.
     Cluster {
         #[command(subcommand)]
@@ -216,5 +223,6 @@ async fn run(cli: Cli) -> ExitCode {
         Top::Secret { cmd } => client_outcome(secrets::secret(cmd, opts).await),
         Top::Service { cmd } => client_outcome(services::service(cmd, opts).await),
         Top::Token { cmd } => client_outcome(tokens::token(cmd, opts).await),
+        Top::Admin { cmd } => client_outcome(admins::admin(cmd, opts).await),
     }
 }

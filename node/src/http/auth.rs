@@ -45,6 +45,19 @@ fn check_node(m: &Manager, id: &PeerIdentity) -> Result<u64, ApiError> {
     Ok(node_id)
 }
 
+/// An admin certificate is accepted while it is the current certificate of its name's
+/// credential and that credential is not revoked. (A cluster made before credentials were
+/// recorded has none: its admin certificates are accepted until the first is recorded.)
+fn check_admin_credential(m: &Manager, id: &PeerIdentity) -> Result<(), ApiError> {
+    let refused = || ApiError::unauthenticated("this admin credential was revoked or replaced");
+    match m.reader.admin_credential(&id.name)? {
+        Some(rec) if !rec.revoked && rec.serial_hex == id.serial_hex => Ok(()),
+        Some(_) => Err(refused()),
+        None if m.reader.admin_credentials()?.is_empty() => Ok(()),
+        None => Err(refused()),
+    }
+}
+
 /// A manager of this cluster that has not been removed.
 #[derive(Debug)]
 pub struct ManagerCaller;
@@ -98,6 +111,7 @@ impl FromRequestParts<Arc<Manager>> for AdminCaller {
                 "node certificates are not admin credentials; use the admin client bundle",
             ));
         }
+        check_admin_credential(m, &id)?;
         Ok(AdminCaller(id.name.clone()))
     }
 }

@@ -5,6 +5,7 @@
 //! Boundary: the only room that knows HTTP on the server side. Imports `manager`, `trust`
 //! and `local`; nothing below imports it.
 
+pub(crate) mod admins;
 pub(crate) mod auth;
 pub(crate) mod budget;
 pub(crate) mod error;

@@ -4,7 +4,7 @@
 
 use utoipa::OpenApi;
 
-use crate::http::{nodes, secrets, services, tokens, worker};
+use crate::http::{admins, nodes, secrets, services, tokens, worker};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -17,6 +17,7 @@ use crate::http::{nodes, secrets, services, tokens, worker};
         worker::service_tasks, worker::assignments, worker::heartbeat, worker::grants, worker::redeem,
         nodes::status, nodes::list_nodes, nodes::inspect_node, nodes::update_node, nodes::remove_node,
         nodes::promote, nodes::demote, nodes::rotate_token,
+        admins::issue, admins::list, admins::revoke,
     ),
     tags(
         (name = "secrets", description = "Secrets; values never come back out of this API"),

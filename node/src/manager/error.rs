@@ -57,7 +57,9 @@ impl From<ApplyError> for OpError {
                 ErrorCode::AlreadyExists
             }
             ApplyError::NotFound { kind, .. } if *kind != ObjectKind::Cluster => ErrorCode::NotFound,
-            ApplyError::NotFound { .. } | ApplyError::NotInitialized => ErrorCode::FailedPrecondition,
+            ApplyError::NotFound { .. } | ApplyError::NotInitialized | ApplyError::LastAdminCredential(_) => {
+                ErrorCode::FailedPrecondition
+            }
             ApplyError::SecretInUse { services } => {
                 return Self::new(
                     ErrorCode::SecretInUse,

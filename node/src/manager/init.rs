@@ -13,7 +13,8 @@ use anyhow::Context;
 use coffer_api::cluster::NodeRole as WireRole;
 use coffer_api::time::now_millis;
 use coffer_raft_store::model::{
-    Availability, ClusterRecord, ClusterSettings, Command, NodeRecord, NodeRole, NodeStatus, SealedBytes, SecretBytes,
+    AdminCredentialRecord, Availability, ClusterRecord, ClusterSettings, Command, NodeRecord, NodeRole, NodeStatus,
+    SealedBytes, SecretBytes,
 };
 use coffer_raft_store::seal::{Aad, KeyBytes, Sealer};
 use coffer_raft_store::ManagerNode;
@@ -29,6 +30,8 @@ use crate::trust::credentials::save_node_tls;
 use crate::trust::join::hostname;
 use crate::trust::join_token::JoinToken;
 use crate::trust::pki::{self, ClusterCa, NodeKey, Role};
+/// The name of the admin credential `manager init` writes to `client/`.
+const FIRST_ADMIN: &str = "admin";
 const ADMIN_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The commands that create the cluster, proposed once Raft runs.
@@ -36,6 +39,8 @@ const ADMIN_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 pub struct Bootstrap {
     cluster: ClusterRecord,
     node: NodeRecord,
+    /// The admin bundle written to `client/`: the first admin credential.
+    admin: AdminCredentialRecord,
 }
 
 /// What `manager init` shows the operator once.
@@ -98,7 +103,7 @@ pub fn init_data_dir(config: &ManagerConfig, bound: SocketAddr) -> anyhow::Resul
     let client_dir = dir.client_dir();
     std::fs::create_dir_all(&client_dir)?;
     std::fs::set_permissions(&client_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-    let (admin_cert, admin_key) = ca.issue_admin("admin", &cluster_id, ADMIN_CERT_VALIDITY)?;
+    let (admin_cert, admin_key) = ca.issue_admin(FIRST_ADMIN, &cluster_id, ADMIN_CERT_VALIDITY)?;
     write_atomic(&client_dir.join("ca.pem"), ca.cert_pem().as_bytes(), 0o644)?;
     write_atomic(&client_dir.join("client.pem"), admin_cert.cert_pem.as_bytes(), 0o644)?;
     write_atomic(&client_dir.join("client.key"), admin_key.expose().as_bytes(), 0o600)?;
@@ -155,7 +160,14 @@ pub fn init_data_dir(config: &ManagerConfig, bound: SocketAddr) -> anyhow::Resul
         manager_token: manager_token.reveal(),
         client_dir,
     };
-    Ok((Bootstrap { cluster, node }, summary))
+    let admin = AdminCredentialRecord {
+        name: FIRST_ADMIN.into(),
+        serial_hex: admin_cert.serial_hex.clone(),
+        created_at: now,
+        expires_at: u64::try_from(admin_cert.not_after_unix).unwrap_or(0).saturating_mul(1000),
+        revoked: false,
+    };
+    Ok((Bootstrap { cluster, node, admin }, summary))
 }
 
 /// Initializes the one-member Raft and commits the cluster's first records.
@@ -166,5 +178,8 @@ pub(crate) async fn bootstrap_cluster(m: &Manager, b: Bootstrap) -> anyhow::Resu
         .await
         .map_err(|e| anyhow::anyhow!("commit the cluster record: {}", e.message))?;
     m.propose(Command::PutNode(b.node)).await.map_err(|e| anyhow::anyhow!("commit this node: {}", e.message))?;
+    m.propose(Command::PutAdminCredential(b.admin))
+        .await
+        .map_err(|e| anyhow::anyhow!("commit the first admin credential: {}", e.message))?;
     Ok(())
 }

@@ -377,3 +377,64 @@ async fn every_refusal_is_the_envelope_and_bad_text_changes_nothing() {
     assert_eq!(e.code(), Some(ErrorCode::InvalidArgument));
     assert_eq!(admin.nodes().await.expect("nodes").len(), 1, "nothing joined");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_credentials_are_issued_replaced_and_revoked_on_every_manager() {
+    let c = Cluster::start(bin(), 3, &[]).await.expect("cluster");
+    let cli = |args: &[&str], client_dir: &std::path::Path| {
+        std::process::Command::new(bin())
+            .args(args)
+            .env("COFFER_ADDR", &c.managers[1].addr)
+            .env("COFFER_CLIENT_DIR", client_dir)
+            .env("COFFER_LOG", "error")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run coffer")
+    };
+    let bundle = |dir: &std::path::Path, i: usize| AdminClient::from_dir(dir, &c.managers[i].addr).expect("bundle");
+    let init_dir = c.client_dir();
+    let first = c.admin(0);
+    let listed = first.admins().await.expect("admin ls");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert!(listed[0].name == "admin" && !listed[0].revoked, "manager init's bundle is the first credential");
+
+    // `coffer admin issue` makes the key locally and writes a bundle that works everywhere.
+    let ops_dir = c.root.path().join("ops-bundle");
+    let out = cli(&["admin", "issue", "ops", "--out", ops_dir.to_str().expect("utf-8"), "--ttl", "1d"], &init_dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(ops_dir.join("client.key")).expect("key").permissions(),
+    );
+    assert_eq!(key_mode & 0o777, 0o600);
+    for i in 0..3 {
+        bundle(&ops_dir, i).status().await.expect("the new bundle works on every manager");
+    }
+
+    // Revoking the init bundle refuses it on every manager as soon as the call returns.
+    let out = cli(&["admin", "revoke", "admin"], &ops_dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for i in 0..3 {
+        let e = bundle(&init_dir, i).status().await.expect_err("a revoked bundle");
+        assert_eq!(e.code(), Some(ErrorCode::Unauthenticated), "manager {i}: {e}");
+    }
+    // The last credential left cannot be revoked (exit 1: the cluster refused).
+    let out = cli(&["admin", "revoke", "ops"], &ops_dir);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("last"));
+
+    // Re-issuing a name replaces its certificate: the old bundle is refused everywhere.
+    let ops2 = c.root.path().join("ops-bundle-2");
+    let out = cli(&["admin", "issue", "ops", "--out", ops2.to_str().expect("utf-8")], &ops_dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for i in 0..3 {
+        bundle(&ops2, i).status().await.expect("the re-issued bundle works");
+        let e = bundle(&ops_dir, i).status().await.expect_err("the replaced bundle");
+        assert_eq!(e.code(), Some(ErrorCode::Unauthenticated));
+    }
+    // A worker's or an API token's credentials cannot issue admins.
+    let token =
+        bundle(&ops2, 0).create_api_token("rw", coffer_api::tokens::TokenScope::ReadWrite).await.expect("token").token;
+    let with_token = AdminClient::with_token(&ca_pem(&c), &token, &c.managers[0].addr).expect("client");
+    let e = with_token.admins().await.expect_err("an API token lists admins");
+    assert!(matches!(e.code(), Some(ErrorCode::Unauthenticated | ErrorCode::PermissionDenied)), "{e}");
+}

@@ -121,6 +121,27 @@ impl ClusterCa {
         issued(cert.pem(), cert.der())
     }
 
+    /// Signs an operator's CSR as an admin client certificate: CN = `name`, OU =
+    /// [`super::OU_ADMIN`], O = `cluster_id`, EKU ClientAuth only, no SANs. As for nodes,
+    /// only the CSR's public key is used: the key stays with the operator.
+    ///
+    /// # Errors
+    /// When the CSR is invalid, `name` or `cluster_id` is empty, or `validity` is out of range.
+    pub fn sign_admin_csr(
+        &self,
+        csr_pem: &str,
+        name: &str,
+        cluster_id: &str,
+        validity: Duration,
+    ) -> Result<IssuedCert, PkiError> {
+        non_empty(name, "admin name")?;
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| PkiError::Csr(e.to_string()))?;
+        let mut params = leaf_params(name, Role::Admin, cluster_id, validity)?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&csr.public_key, &self.issuer).map_err(|e| PkiError::Cert(e.to_string()))?;
+        issued(cert.pem(), cert.der())
+    }
+
     /// Issues an admin client certificate with a key generated here: CN = `name`,
     /// OU = [`OU_ADMIN`], O = `cluster_id`, EKU ClientAuth only, no SANs.
     ///

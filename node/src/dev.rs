@@ -181,13 +181,13 @@ pub async fn run(
     shutdown.cancelled().await;
     eprintln!("stopping...");
     let secrets = cluster.secrets_dirs();
-    let temporary = tmp_root_is_temporary(&root);
     cluster.stop().await;
-    if temporary {
-        // The temporary cluster goes, and the tmpfs secrets of its workers with it.
-        for s in secrets {
-            let _ = std::fs::remove_dir_all(s.parent().unwrap_or(&s));
-        }
+    // The workers' secrets go with them, also when the cluster's dir is kept: nothing
+    // would remove them from /dev/shm, and a restarted worker fetches them again.
+    for s in secrets {
+        let shm_dir =
+            s.parent().filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("coffer-dev-")));
+        let _ = std::fs::remove_dir_all(shm_dir.unwrap_or(&s));
     }
     Ok(())
 }
@@ -220,10 +220,6 @@ fn print_instructions(cluster: &DevCluster, root: &Path) {
     println!("  coffer service ps api");
     println!();
     println!("Ctrl-C stops the cluster.");
-}
-
-fn tmp_root_is_temporary(root: &Path) -> bool {
-    root.file_name().is_some_and(|n| n.to_string_lossy().starts_with("coffer-dev-"))
 }
 
 /// A fresh worker join token (rotating it), for the dev cluster's own workers: the one

@@ -79,6 +79,8 @@ impl FromRequestParts<Arc<Manager>> for ManagerCaller {
 pub struct NodeCaller {
     pub node_id: u64,
     pub role: Role,
+    /// The validity of the certificate presented (seconds since the Unix epoch).
+    pub cert_validity: (i64, i64),
 }
 
 impl FromRequestParts<Arc<Manager>> for NodeCaller {
@@ -90,7 +92,7 @@ impl FromRequestParts<Arc<Manager>> for NodeCaller {
             return Err(ApiError::forbidden("this endpoint is for cluster nodes only"));
         }
         let node_id = check_node(m, &id)?;
-        Ok(NodeCaller { node_id, role: id.role })
+        Ok(NodeCaller { node_id, role: id.role, cert_validity: (id.not_before_unix, id.not_after_unix) })
     }
 }
 

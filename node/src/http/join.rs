@@ -6,6 +6,7 @@ use std::sync::Arc;
 use axum::extract::{Extension, State};
 use axum::Json;
 use coffer_api::cluster::{JoinRequest, JoinResponse, NodeRole, RenewRequest, RenewResponse};
+use coffer_api::error::CodedError;
 
 use crate::http::auth::NodeCaller;
 use crate::http::error::ApiError;
@@ -45,6 +46,19 @@ pub(crate) async fn renew(
     caller: NodeCaller,
     ApiJson(req): ApiJson<RenewRequest>,
 ) -> Result<Json<RenewResponse>, ApiError> {
+    // Renewal is due from half a certificate's life (nodes renew between 50% and 80% of
+    // it): a certificate younger than 40% of its life is not renewed, so a node (or
+    // whoever holds its key) cannot mint certificates at will.
+    let (from, to) = caller.cert_validity;
+    let from = crate::trust::pki::issued_at(from).min(to);
+    let due = from + (to - from) * 2 / 5;
+    let now = i64::try_from(coffer_api::time::now_millis() / 1000).unwrap_or(i64::MAX);
+    if now < due {
+        return Err(ApiError::precondition(format!(
+            "this certificate is not due for renewal before {}",
+            coffer_api::time::rfc3339(u64::try_from(due).unwrap_or(0).saturating_mul(1000))
+        )));
+    }
     let op = LeaderOp::Renew { node_id: caller.node_id, role: caller.role, csr_pem: req.csr_pem };
     match m.leader_op(op).await? {
         OpResult::Renewed(r) => Ok(Json(r)),

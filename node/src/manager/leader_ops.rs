@@ -228,6 +228,7 @@ fn role_word(r: WireRole) -> &'static str {
 async fn renew(m: &Arc<Manager>, node_id: u64, role: Role, csr_pem: &str) -> Result<RenewResponse, OpError> {
     let rec = m.existing_node(node_id)?;
     let cluster = m.cluster()?;
+    m.renewals.admit(node_id, Duration::from_secs(cluster.settings.node_cert_validity_secs / 4))?;
     let ca = cluster_ca(&cluster)?;
     let host =
         rec.addr.parse::<std::net::SocketAddr>().map(|a| a.ip().to_string()).unwrap_or_else(|_| rec.hostname.clone());

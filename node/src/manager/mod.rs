@@ -75,12 +75,40 @@ pub struct Manager {
     pub(crate) read_batch: ReadIndexBatch,
     /// The audit log of redemptions (group-committed).
     pub(crate) audit: audit::AuditLog,
+    /// When each node last renewed its certificate through this leader.
+    pub(crate) renewals: RenewalPace,
     /// Worker heartbeats seen while leading (see `scheduler`).
     pub(crate) liveness: scheduler::Liveness,
     pub(crate) shutdown: CancellationToken,
     /// Every background task this manager spawns (scheduler, renewal, adding a joined
     /// manager): closed and awaited on shutdown, so none outlives it.
     pub(crate) tasks: TaskTracker,
+}
+
+/// At most one certificate renewal per node per [`RENEWAL_SPACING`] (or a quarter of a
+/// certificate's life, if shorter), on this leader: a renewal is a Raft entry and a valid
+/// certificate, not something to ask for in a loop.
+#[derive(Debug, Default)]
+pub(crate) struct RenewalPace {
+    last: std::sync::Mutex<std::collections::HashMap<NodeId, Instant>>,
+}
+
+const RENEWAL_SPACING: Duration = Duration::from_secs(60);
+
+impl RenewalPace {
+    pub(crate) fn admit(&self, node: NodeId, quarter_life: Duration) -> Result<(), OpError> {
+        let spacing = RENEWAL_SPACING.min(quarter_life);
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = last.get(&node).filter(|at| at.elapsed() < spacing) {
+            let wait = spacing.saturating_sub(at.elapsed()).as_secs() + 1;
+            return Err(OpError::with_code(
+                coffer_api::error::ErrorCode::FailedPrecondition,
+                format!("this node renewed its certificate moments ago; retry in {wait} s"),
+            ));
+        }
+        last.insert(node, Instant::now());
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Manager {

@@ -72,6 +72,7 @@ impl Manager {
             value_sealer: std::sync::OnceLock::new(),
             audit,
             liveness: scheduler::Liveness::default(),
+            renewals: Default::default(),
             shutdown,
             tasks: TaskTracker::new(),
         });

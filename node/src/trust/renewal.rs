@@ -66,7 +66,7 @@ pub async fn keep_renewed<F, Fut>(
     loop {
         let due = match load_credentials(&dir, kek.as_ref()) {
             Ok(creds) => match tls::certs_from_pem(&creds.cert_pem).ok().and_then(|c| pki::parse_peer(&c[0]).ok()) {
-                Some(id) => renewal_due(id.not_before_unix, id.not_after_unix),
+                Some(id) => renewal_due(pki::issued_at(id.not_before_unix).min(id.not_after_unix), id.not_after_unix),
                 None => {
                     tracing::error!("cannot read this node's certificate; renewal stops");
                     return;

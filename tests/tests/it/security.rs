@@ -438,3 +438,31 @@ async fn admin_credentials_are_issued_replaced_and_revoked_on_every_manager() {
     let e = with_token.admins().await.expect_err("an API token lists admins");
     assert!(matches!(e.code(), Some(ErrorCode::Unauthenticated | ErrorCode::PermissionDenied)), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_come_when_due_and_not_in_a_loop() {
+    use coffer_api::cluster::{RenewRequest, RenewResponse};
+    let c = Cluster::start(bin(), 1, &["--cert-validity-secs", "20"]).await.expect("cluster");
+    let token = c.admin(0).rotate_token(NodeRole::Worker).await.expect("token").token;
+    let w = coffer_tests::raw_worker(&c, &token).await;
+    let csr = || RenewRequest { csr_pem: NodeKey::generate().expect("key").csr_pem(&[]).expect("csr") };
+    // A fresh certificate is not due: renewing at will is refused.
+    let e =
+        w.clients[0].post::<_, RenewResponse>("/v1/renew", &csr()).await.expect_err("renewal of a fresh certificate");
+    assert_eq!(e.code(), Some(ErrorCode::FailedPrecondition), "{e}");
+    assert!(e.to_string().contains("not due"), "{e}");
+    // Once due (40% of its 20 s), one renewal goes through...
+    coffer_tests::eventually("the certificate to be due", coffer_tests::DEADLINE, || async {
+        w.clients[0].post::<_, RenewResponse>("/v1/renew", &csr()).await.ok()
+    })
+    .await
+    .expect("a due renewal");
+    // ...and a burst right after it with the same (still valid) certificate gets nothing.
+    let mut renewed = 0;
+    for _ in 0..30 {
+        if w.clients[0].post::<_, RenewResponse>("/v1/renew", &csr()).await.is_ok() {
+            renewed += 1;
+        }
+    }
+    assert_eq!(renewed, 0, "a burst of renewals was honoured");
+}

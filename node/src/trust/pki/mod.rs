@@ -109,6 +109,12 @@ impl Role {
     }
 }
 
+/// When a certificate with this `not_before` was issued: certificates start a little
+/// before their issue, to tolerate clock skew between nodes.
+pub fn issued_at(not_before_unix: i64) -> i64 {
+    not_before_unix.saturating_add(CLOCK_SKEW_SECS)
+}
+
 /// A private key in PEM. `Debug` prints `[redacted]`; the text is zeroized on drop.
 pub struct PrivateKeyPem(Zeroizing<String>);
 

@@ -151,8 +151,8 @@ pub fn target(t: &str) -> Result<(), RuleError> {
     if t.starts_with('/') {
         return bad("is absolute: give a path relative to the task's secrets directory");
     }
-    if t.contains('\0') || t.chars().any(char::is_control) {
-        return bad("contains control characters");
+    if t.chars().any(is_unsafe_char) {
+        return bad("contains control or bidi characters");
     }
     for part in t.split('/') {
         if part.is_empty() || part == "." {

@@ -51,14 +51,19 @@ fn parse_ttl(text: &str) -> Result<u64, CliError> {
     n.checked_mul(scale).ok_or_else(bad)
 }
 
-fn write_bundle(dir: &Path, ca: &str, cert: &str, key: &str) -> Result<(), CliError> {
-    let local = |e: anyhow::Error| CliError::Local(format!("{}: {e:#}", dir.display()));
+/// Makes the bundle's directory (mode 0700), refusing one that exists: before the cluster
+/// is asked, so that a re-issue never replaces a certificate whose key could not be kept.
+fn make_bundle_dir(dir: &Path) -> Result<(), CliError> {
     if dir.exists() {
         return Err(CliError::Local(format!("{} exists; give a new directory for the bundle", dir.display())));
     }
     std::fs::create_dir_all(dir).map_err(|e| CliError::Local(format!("create {}: {e}", dir.display())))?;
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .map_err(|e| CliError::Local(format!("{}: {e}", dir.display())))?;
+        .map_err(|e| CliError::Local(format!("{}: {e}", dir.display())))
+}
+
+fn write_bundle(dir: &Path, ca: &str, cert: &str, key: &str) -> Result<(), CliError> {
+    let local = |e: anyhow::Error| CliError::Local(format!("{}: {e:#}", dir.display()));
     write_atomic(&dir.join("ca.pem"), ca.as_bytes(), 0o644).map_err(local)?;
     write_atomic(&dir.join("client.pem"), cert.as_bytes(), 0o644).map_err(local)?;
     write_atomic(&dir.join("client.key"), key.as_bytes(), 0o600).map_err(local)
@@ -69,6 +74,7 @@ pub(crate) async fn admin(cmd: AdminCmd, opts: &ClientOpts) -> Result<(), CliErr
     match cmd {
         AdminCmd::Issue { name, out, ttl } => {
             let ttl_secs = Some(parse_ttl(&ttl)?);
+            make_bundle_dir(&out)?;
             let key = NodeKey::generate().map_err(|e| CliError::Local(e.to_string()))?;
             let csr_pem = key.csr_pem(&[]).map_err(|e| CliError::Local(e.to_string()))?;
             let issued = c.issue_admin(&AdminIssue { name, csr_pem, ttl_secs }).await?;

@@ -30,6 +30,8 @@ use crate::trust::pki::{self, Role};
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Streams one HTTP/2 connection may carry at once.
 const MAX_STREAMS: u32 = 128;
+/// Streams an anonymous HTTP/2 connection may carry at once.
+const ANONYMOUS_STREAMS: u32 = 4;
 
 /// The address a connection came from, attached to each of its requests.
 #[derive(Debug, Clone, Copy)]
@@ -109,24 +111,25 @@ impl Connection {
                     None
                 }
             });
-        // A certificate moves the connection to its own budget, out of the anonymous one.
-        let (_slot, _anonymous) = match caller.as_ref().map(|c| c.role) {
-            Some(Role::Manager) => match self.budgets.manager() {
-                Some(p) => (Some(p), None),
-                None => {
-                    tracing::warn!("manager connection budget full; closing a new manager connection");
-                    return;
+        // A certificate moves the connection to its own budget, out of the anonymous one:
+        // from here on, anonymous churn can never close it.
+        let (_slot, anonymous) = match caller.as_ref().map(|c| c.role) {
+            Some(role) => {
+                drop(anonymous);
+                let slot = if role == Role::Manager { self.budgets.manager() } else { self.budgets.node() };
+                match slot {
+                    Some(p) => (Some(p), None),
+                    None => {
+                        tracing::warn!(role = role.word(), "connection budget full; closing a new connection");
+                        return;
+                    }
                 }
-            },
-            Some(Role::Worker | Role::Admin) => match self.budgets.node() {
-                Some(p) => (Some(p), None),
-                None => {
-                    tracing::warn!("node connection budget full; closing a new connection");
-                    return;
-                }
-            },
+            }
             None => (None, Some(anonymous)),
         };
+        let evicted = anonymous.as_ref().map(|a| a.evicted.clone());
+        // An anonymous connection gets few HTTP/2 streams: each may carry a body.
+        let streams = if anonymous.is_some() { ANONYMOUS_STREAMS } else { MAX_STREAMS };
         let svc = self.app.map_request(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(Caller(caller.clone()));
             req.extensions_mut().insert(PeerAddr(peer));
@@ -138,13 +141,19 @@ impl Connection {
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_concurrent_streams(MAX_STREAMS)
+            .max_concurrent_streams(streams)
             .keep_alive_interval(Some(idle))
             .keep_alive_timeout(idle);
         let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
+        let evicted = async {
+            match evicted {
+                Some(t) => t.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = conn => if let Err(e) = r { tracing::debug!(error = %e, "connection ended with an error") },
-            _ = evicted.cancelled() => {}
+            _ = evicted => {}
             _ = self.shutdown.cancelled() => {}
         }
     }

@@ -310,7 +310,7 @@ pub(crate) async fn audit_refusal(m: &Manager, caller: NodeId, grant: &Grant, wh
         at_ms: now_millis(),
         manager: m.id,
         node: caller,
-        task: grant.task_id.get(..128).unwrap_or(&grant.task_id),
+        task: &grant.task_id.chars().take(128).collect::<String>(),
         term: None,
         secrets: &[],
         outcome: "refused",

@@ -148,7 +148,7 @@ async fn join(m: &Arc<Manager>, req: JoinRequest) -> Result<JoinResponse, OpErro
         .reader
         .nodes()?
         .into_iter()
-        .find(|n| !n.removed && n.status == NodeStatus::Ready && n.hostname == req.hostname)
+        .find(|n| !n.removed && n.status == NodeStatus::Ready && same_host(&n.hostname, &req.hostname))
     {
         return Err(OpError::with_code(
             coffer_api::error::ErrorCode::AlreadyExists,
@@ -210,6 +210,12 @@ async fn join(m: &Arc<Manager>, req: JoinRequest) -> Result<JoinResponse, OpErro
     })
 }
 
+/// Whether two hostnames name the same host (DNS names are case-insensitive, and a final
+/// dot changes nothing).
+fn same_host(a: &str, b: &str) -> bool {
+    a.trim_end_matches('.').eq_ignore_ascii_case(b.trim_end_matches('.'))
+}
+
 /// The IP of `text` (an IP, or an ip:port), in its canonical form (an IPv4 peer of an IPv6
 /// listener is an IPv4 address).
 fn worker_ip(text: &str) -> Option<String> {
@@ -228,7 +234,8 @@ fn role_word(r: WireRole) -> &'static str {
 async fn renew(m: &Arc<Manager>, node_id: u64, role: Role, csr_pem: &str) -> Result<RenewResponse, OpError> {
     let rec = m.existing_node(node_id)?;
     let cluster = m.cluster()?;
-    m.renewals.admit(node_id, Duration::from_secs(cluster.settings.node_cert_validity_secs / 4))?;
+    let spacing = Duration::from_secs(cluster.settings.node_cert_validity_secs / 4);
+    m.renewals.check(node_id, spacing)?;
     let ca = cluster_ca(&cluster)?;
     let host =
         rec.addr.parse::<std::net::SocketAddr>().map(|a| a.ip().to_string()).unwrap_or_else(|_| rec.hostname.clone());
@@ -245,6 +252,7 @@ async fn renew(m: &Arc<Manager>, node_id: u64, role: Role, csr_pem: &str) -> Res
         at: now_millis(),
     };
     m.propose(cmd).await?;
+    m.renewals.record(node_id);
     tracing::info!(node_id = %NodeHex(node_id), serial = %issued.serial_hex, "certificate renewed");
     Ok(RenewResponse { cert_pem: issued.cert_pem })
 }

@@ -96,9 +96,10 @@ pub(crate) struct RenewalPace {
 const RENEWAL_SPACING: Duration = Duration::from_secs(60);
 
 impl RenewalPace {
-    pub(crate) fn admit(&self, node: NodeId, quarter_life: Duration) -> Result<(), OpError> {
+    /// Refuses a renewal of `node` that comes too soon after its last one.
+    pub(crate) fn check(&self, node: NodeId, quarter_life: Duration) -> Result<(), OpError> {
         let spacing = RENEWAL_SPACING.min(quarter_life);
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(at) = last.get(&node).filter(|at| at.elapsed() < spacing) {
             let wait = spacing.saturating_sub(at.elapsed()).as_secs() + 1;
             return Err(OpError::with_code(
@@ -106,8 +107,12 @@ impl RenewalPace {
                 format!("this node renewed its certificate moments ago; retry in {wait} s"),
             ));
         }
-        last.insert(node, Instant::now());
         Ok(())
+    }
+
+    /// Notes a renewal of `node` that went through (a refused one costs nothing).
+    pub(crate) fn record(&self, node: NodeId) {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).insert(node, Instant::now());
     }
 }
 

@@ -36,6 +36,7 @@ pub fn check_in_memory(dir: &Path, insecure_disk: bool) -> anyhow::Result<()> {
             best = Some((mount.len(), fstype.to_string()));
         }
     }
+    check_owned(dir)?;
     // Others may pass through to the task directory that is theirs, never list what is here.
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(SECRETS_ROOT_MODE))
         .with_context(|| format!("make {} mode {SECRETS_ROOT_MODE:o}", dir.display()))?;
@@ -53,6 +54,34 @@ pub fn check_in_memory(dir: &Path, insecure_disk: bool) -> anyhow::Result<()> {
         dir.display(),
         dir.display()
     )
+}
+
+/// Refuses a secrets dir that someone else could tamper with: a symbolic link, a directory
+/// owned by another user, or one inside a directory others may write to without the sticky
+/// bit (they could rename it away and put their own in its place).
+fn check_owned(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let me = std::fs::metadata("/proc/self").context("read /proc/self")?.uid();
+    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("stat {}", dir.display()))?;
+    if !meta.is_dir() {
+        bail!("{} is not a directory (a symbolic link?): refusing it as the secrets dir", dir.display());
+    }
+    if meta.uid() != me {
+        bail!("{} belongs to uid {}, not to this worker (uid {me}): refusing it", dir.display(), meta.uid());
+    }
+    if let Some(parent) = dir.canonicalize()?.parent() {
+        let p = std::fs::metadata(parent).with_context(|| format!("stat {}", parent.display()))?;
+        let others_write = p.mode() & 0o022 != 0;
+        let sticky = p.mode() & 0o1000 != 0;
+        if (p.uid() != me && p.uid() != 0) || (others_write && !sticky) {
+            bail!(
+                "{} is inside {}, which others may change: put the secrets dir where only this worker can",
+                dir.display(),
+                parent.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn remove_task_dir(dir: &Path) -> anyhow::Result<()> {
@@ -260,6 +289,23 @@ mod tests {
         assert_ne!(std::fs::metadata(dir.join("db")).expect("stat").ino(), before, "replaced, not rewritten");
         assert_eq!(held.metadata().expect("held").len(), 2);
         assert_eq!(files_in(&dir), vec!["conf".to_string(), "db".to_string()], "no temporary file left");
+    }
+
+    #[test]
+    fn a_secrets_dir_others_could_swap_or_redirect_is_refused() {
+        let root = tempfile::TempDir::new().expect("tempdir");
+        let open = root.path().join("open");
+        std::fs::create_dir(&open).expect("mkdir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        assert!(check_in_memory(&open.join("secrets"), true).is_err(), "inside a world-writable, non-sticky dir");
+        let real = root.path().join("real");
+        std::fs::create_dir(&real).expect("mkdir");
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).expect("symlink");
+        assert!(check_in_memory(&link, true).is_err(), "a symbolic link");
+        let fine = root.path().join("fine");
+        check_in_memory(&fine, true).expect("a directory of its own");
+        assert_eq!(std::fs::metadata(&fine).expect("stat").mode() & 0o7777, 0o711);
     }
 
     #[test]

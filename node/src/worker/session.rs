@@ -217,6 +217,7 @@ impl Agent {
             .env("COFFER_TASK_DIR", dir)
             .env("COFFER_SERVICE", &task.service_name)
             .env("COFFER_TASK_ID", &task.task_id)
+            .env_remove("COFFER_JOIN_TOKEN")
             .stdin(std::process::Stdio::null())
             .status();
         match tokio::time::timeout(Duration::from_secs(30), run).await {

@@ -69,6 +69,28 @@ async fn a_flood_of_anonymous_connections_locks_nobody_out() {
     }
     assert!(raw.len() + slow.len() >= RAW, "the flood could not even connect ({} + {})", raw.len(), slow.len());
 
+    // And it keeps coming while everything below runs: new anonymous connections, each
+    // pushing the oldest out of the anonymous budget.
+    let churn_stop = tokio_util::sync::CancellationToken::new();
+    let churn = {
+        let (addr, stop) = (addr.clone(), churn_stop.clone());
+        tokio::spawn(async move {
+            let mut held = std::collections::VecDeque::new();
+            let mut opened = 0u64;
+            while !stop.is_cancelled() {
+                if let Ok(s) = tokio::net::TcpStream::connect(&addr).await {
+                    held.push_back(s);
+                    opened += 1;
+                }
+                if held.len() > 300 {
+                    held.pop_front();
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            opened
+        })
+    };
+
     // While it is held: the CLI's calls through the flooded manager.
     let mut latencies = Vec::new();
     for i in 0..10 {
@@ -120,5 +142,9 @@ async fn a_flood_of_anonymous_connections_locks_nobody_out() {
     let rss_during = rss_kib(c.managers[target].pid());
     eprintln!("flood: manager RSS {rss_before} KiB before, {rss_during} KiB during");
     assert!(rss_during < rss_before + 200 * 1024, "memory grew from {rss_before} to {rss_during} KiB");
+    churn_stop.cancel();
+    let churned = churn.await.expect("churn");
+    eprintln!("flood: {} raw + {} slow TLS held, {churned} more opened during the checks", raw.len(), slow.len());
+    assert!(churned > 10, "the flood kept coming during the checks ({churned})");
     drop((raw, slow));
 }

@@ -250,6 +250,21 @@ impl<'a> Txn<'a> {
                 self.put(keys::node(*id), &node)?;
                 done
             }
+            Command::RenewNodeCert { id, serial, previous_until, at } => {
+                let Some(mut node) = self.get::<NodeRecord>(&keys::node(*id))? else {
+                    return Ok(not_found(ObjectKind::Node, id));
+                };
+                if node.removed {
+                    return Ok(Err(ApplyError::NodeRemoved(*id)));
+                }
+                let previous = std::mem::replace(&mut node.cert_serial, serial.clone());
+                if previous != *serial {
+                    self.put(keys::retiring_cert(*id), &RetiringCert { serial_hex: previous, until: *previous_until })?;
+                }
+                node.updated_at = *at;
+                self.put(keys::node(*id), &node)?;
+                done
+            }
             Command::PutAdminCredential(rec) => {
                 self.put(keys::admin(&rec.name), rec)?;
                 done

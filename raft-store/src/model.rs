@@ -237,6 +237,14 @@ pub struct AdminCredentialRecord {
     pub revoked: bool,
 }
 
+/// A node's previous certificate, still accepted for a short grace period after a renewal
+/// (its pooled connections move to the new one meanwhile).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiringCert {
+    pub serial_hex: String,
+    pub until: Millis,
+}
+
 /// A replicated command. Variants are only ever appended (postcard encodes the index).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -324,6 +332,15 @@ pub enum Command {
     RevokeAdminCredential {
         name: String,
     },
+    /// A node's certificate was renewed: `serial` is its certificate from now on, and the
+    /// one it replaces is accepted until `previous_until`, then refused. Refused for a
+    /// removed node.
+    RenewNodeCert {
+        id: NodeId,
+        serial: String,
+        previous_until: Millis,
+        at: Millis,
+    },
 }
 
 impl Command {
@@ -369,6 +386,7 @@ impl Command {
             Command::SetNodeLabels { .. } => "set_node_labels",
             Command::PutAdminCredential(_) => "put_admin_credential",
             Command::RevokeAdminCredential { .. } => "revoke_admin_credential",
+            Command::RenewNodeCert { .. } => "renew_node_cert",
         }
     }
 }

@@ -128,6 +128,11 @@ impl StateReader {
         self.scan(keys::API_TOKEN)
     }
 
+    /// The certificate `node` had before its last renewal, while it is still accepted.
+    pub fn retiring_cert(&self, node: NodeId) -> Result<Option<RetiringCert>, StoreError> {
+        self.get(&keys::retiring_cert(node))
+    }
+
     pub fn admin_credential(&self, name: &str) -> Result<Option<AdminCredentialRecord>, StoreError> {
         self.get(&keys::admin(name))
     }

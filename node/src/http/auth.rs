@@ -45,6 +45,32 @@ fn check_node(m: &Manager, id: &PeerIdentity) -> Result<u64, ApiError> {
     Ok(node_id)
 }
 
+/// Whether a worker's certificate is its current one, or the one its last renewal replaced
+/// while that is still in its grace period.
+fn current_cert(m: &Manager, node_id: u64, id: &PeerIdentity) -> Result<bool, ApiError> {
+    let Some(rec) = m.reader.node(node_id)? else { return Ok(true) };
+    if rec.cert_serial == id.serial_hex {
+        return Ok(true);
+    }
+    let retiring = m.reader.retiring_cert(node_id)?;
+    Ok(retiring.is_some_and(|r| r.serial_hex == id.serial_hex && coffer_api::time::now_millis() < r.until))
+}
+
+/// A worker's certificate replaced by a renewal is refused once its grace period is over.
+/// A manager that has not applied the renewal yet looks again on a current view before it
+/// refuses. (Managers' own certificates are not checked so: a follower must never refuse
+/// the Raft RPC that carries the renewal of its leader's certificate.)
+async fn check_worker_cert(m: &Manager, node_id: u64, id: &PeerIdentity) -> Result<(), ApiError> {
+    if current_cert(m, node_id, id)? {
+        return Ok(());
+    }
+    m.linearizable().await?;
+    if current_cert(m, node_id, id)? {
+        return Ok(());
+    }
+    Err(ApiError::forbidden("this certificate was replaced by a renewal; use the new one"))
+}
+
 /// An admin certificate is accepted while it is the current certificate of its name's
 /// credential and that credential is not revoked. (A cluster made before credentials were
 /// recorded has none: its admin certificates are accepted until the first is recorded.)
@@ -92,6 +118,9 @@ impl FromRequestParts<Arc<Manager>> for NodeCaller {
             return Err(ApiError::forbidden("this endpoint is for cluster nodes only"));
         }
         let node_id = check_node(m, &id)?;
+        if id.role == Role::Worker {
+            check_worker_cert(m, node_id, &id).await?;
+        }
         Ok(NodeCaller { node_id, role: id.role, cert_validity: (id.not_before_unix, id.not_after_unix) })
     }
 }

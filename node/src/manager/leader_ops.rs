@@ -224,6 +224,9 @@ fn worker_ip(text: &str) -> Option<String> {
     Some(ip.to_canonical().to_string())
 }
 
+/// The longest a replaced certificate stays accepted after a renewal.
+const RETIRE_AFTER: Duration = Duration::from_secs(600);
+
 fn role_word(r: WireRole) -> &'static str {
     match r {
         WireRole::Manager => "manager",
@@ -244,14 +247,13 @@ async fn renew(m: &Arc<Manager>, node_id: u64, role: Role, csr_pem: &str) -> Res
     let issued = ca
         .sign_csr(csr_pem, node_id, role, &cluster.id, &sans, validity)
         .map_err(|e| OpError::invalid(format!("certificate signing request: {e}")))?;
-    let cmd = Command::UpdateNode {
-        id: rec.id,
-        status: None,
-        availability: None,
-        cert_serial: Some(issued.serial_hex.clone()),
-        at: now_millis(),
-    };
-    m.propose(cmd).await?;
+    // The certificate it replaces is accepted a little longer, while the node's pooled
+    // connections move to the new one: ten minutes, or a quarter of a certificate's life.
+    let now = now_millis();
+    let grace = Duration::from_secs(cluster.settings.node_cert_validity_secs / 4).min(RETIRE_AFTER);
+    let previous_until = now.saturating_add(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX));
+    m.propose(Command::RenewNodeCert { id: rec.id, serial: issued.serial_hex.clone(), previous_until, at: now })
+        .await?;
     m.renewals.record(node_id);
     tracing::info!(node_id = %NodeHex(node_id), serial = %issued.serial_hex, "certificate renewed");
     Ok(RenewResponse { cert_pem: issued.cert_pem })

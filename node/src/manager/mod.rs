@@ -58,7 +58,9 @@ pub struct Manager {
     pub advertise: String,
     pub(crate) cert: Arc<NodeCert>,
     /// Pooled mutual-TLS client for calls to other managers (and to ourselves).
-    pub(crate) peers: reqwest::Client,
+    pub(crate) peers: raft_net::Peers,
+    /// The cluster CA certificate, for new TLS configurations (after a renewal).
+    pub(crate) ca_pem: String,
     pub(crate) config: ManagerConfig,
     pub(crate) data_dir: DataDir,
     pub(crate) kek: Arc<dyn KeyEncryptionKey>,
@@ -178,7 +180,7 @@ impl Manager {
             self.metrics.writes_forwarded.inc();
             let url = format!("https://{}/raft/propose", leader.1);
             return match post_postcard::<_, coffer_raft_store::Response>(
-                &self.peers,
+                &self.peers.get(),
                 &url,
                 Some(leader.0),
                 &cmd,
@@ -239,7 +241,7 @@ impl Manager {
 
     async fn remote_read_index(&self, leader: &(NodeId, String)) -> Result<Option<u64>, OpError> {
         let url = format!("https://{}/raft/read-index", leader.1);
-        post_postcard::<_, Result<Option<u64>, String>>(&self.peers, &url, Some(leader.0), &(), FORWARD_TIMEOUT)
+        post_postcard::<_, Result<Option<u64>, String>>(&self.peers.get(), &url, Some(leader.0), &(), FORWARD_TIMEOUT)
             .await
             .map_err(forward_error)?
             .map_err(OpError::unavailable)
@@ -254,6 +256,7 @@ impl Manager {
         let url = format!("https://{}/raft/op", leader.1);
         let resp = self
             .peers
+            .get()
             .post(&url)
             .json(&op)
             .timeout(FORWARD_TIMEOUT)

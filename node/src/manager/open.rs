@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::local::config::ManagerConfig;
 use crate::local::data_dir::{DataDir, NodeIdentity};
 use crate::local::key_file;
-use crate::manager::raft_net::PeerNetwork;
+use crate::manager::raft_net::{PeerNetwork, Peers};
 use crate::manager::read_index::ReadIndexBatch;
 use crate::manager::{audit, metrics, scheduler, Manager};
 use crate::trust::credentials::load_credentials;
@@ -41,7 +41,7 @@ impl Manager {
         let kek: Arc<dyn KeyEncryptionKey> = Arc::new(key_file::load(&data_dir.key_file())?);
         let creds = load_credentials(&data_dir, kek.as_ref())?;
         let cert = NodeCert::new(tls::certified_key(&creds.cert_pem, creds.key_pem.expose())?);
-        let peers = tls::http_client(tls::client_config(&creds.ca_pem, Some(cert.clone()))?)?;
+        let peers = Peers::new(tls::http_client(tls::client_config(&creds.ca_pem, Some(cert.clone()))?)?);
         let server_tls = tls::server_config(&creds.ca_pem, cert.clone())?;
 
         let store = coffer_raft_store::open(&data_dir.store(), kek.as_ref(), StoreOptions::default())
@@ -62,6 +62,7 @@ impl Manager {
             advertise: identity.advertise.clone(),
             cert,
             peers,
+            ca_pem: creds.ca_pem.clone(),
             config,
             data_dir,
             kek,

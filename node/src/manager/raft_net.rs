@@ -27,15 +27,37 @@ use serde::Serialize;
 
 use crate::trust::pki::{self, Role};
 
-/// Creates one [`PeerClient`] per target; all share one pooled HTTPS client.
+/// The pooled mutual-TLS client for calls to other managers. Replaced when this manager's
+/// certificate is renewed: pooled connections keep presenting the certificate they were
+/// opened with, which the cluster refuses once its grace period is over.
+#[derive(Debug, Clone)]
+pub(crate) struct Peers(std::sync::Arc<std::sync::RwLock<reqwest::Client>>);
+
+impl Peers {
+    pub(crate) fn new(client: reqwest::Client) -> Self {
+        Self(std::sync::Arc::new(std::sync::RwLock::new(client)))
+    }
+
+    /// The current client (a cheap handle on its pool).
+    pub(crate) fn get(&self) -> reqwest::Client {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Starts a new pool: connections from now on present the current certificate.
+    pub(crate) fn replace(&self, client: reqwest::Client) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = client;
+    }
+}
+
+/// Creates one [`PeerClient`] per target; all share the manager's [`Peers`].
 #[derive(Debug, Clone)]
 pub struct PeerNetwork {
-    client: reqwest::Client,
+    peers: Peers,
 }
 
 impl PeerNetwork {
-    pub fn new(client: reqwest::Client) -> Self {
-        Self { client }
+    pub(crate) fn new(peers: Peers) -> Self {
+        Self { peers }
     }
 }
 
@@ -43,13 +65,13 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &ManagerNode) -> PeerClient {
-        PeerClient { client: self.client.clone(), target, base: format!("https://{}", node.addr) }
+        PeerClient { peers: self.peers.clone(), target, base: format!("https://{}", node.addr) }
     }
 }
 
 #[derive(Debug)]
 pub struct PeerClient {
-    client: reqwest::Client,
+    peers: Peers,
     target: NodeId,
     base: String,
 }
@@ -136,7 +158,7 @@ impl PeerClient {
     ) -> RpcResult<Resp> {
         let url = format!("{}{path}", self.base);
         match post_postcard::<_, Result<Resp, RaftError<NodeId>>>(
-            &self.client,
+            &self.peers.get(),
             &url,
             Some(self.target),
             req,
@@ -193,7 +215,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let url = format!("{}/raft/snapshot", self.base);
         let send = async {
             let resp = self
-                .client
+                .peers
+                .get()
                 .post(&url)
                 .header("content-type", "application/octet-stream")
                 .body(body)

@@ -53,15 +53,21 @@ where
 /// Runs until shutdown, renewing the node's certificate whenever it is due. `request`
 /// sends a CSR to the cluster and returns the signed certificate (a manager asks the
 /// leader; a worker posts `/v1/renew` to any manager). Managers and workers share this.
-pub async fn keep_renewed<F, Fut>(
+///
+/// `renewed` runs after each renewal, once new connections present the new certificate: the
+/// node drops its pooled connections there, since they keep presenting the old one, which
+/// the cluster refuses after a short grace period.
+pub async fn keep_renewed<F, Fut, R>(
     dir: DataDir,
     kek: Arc<dyn KeyEncryptionKey>,
     cert: Arc<NodeCert>,
     shutdown: CancellationToken,
     mut request: F,
+    mut renewed: R,
 ) where
     F: FnMut(String) -> Fut,
     Fut: Future<Output = anyhow::Result<String>>,
+    R: FnMut(),
 {
     loop {
         let due = match load_credentials(&dir, kek.as_ref()) {
@@ -86,6 +92,7 @@ pub async fn keep_renewed<F, Fut>(
         loop {
             match renew_once(&dir, kek.as_ref(), &cert, &mut request).await {
                 Ok(()) => {
+                    renewed();
                     tracing::info!("renewed this node's certificate");
                     break;
                 }

@@ -6,14 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use coffer_api::client::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::worker::session::Managers;
+use crate::worker::session::{Managers, SharedClient};
 
 /// Runs until shutdown.
 pub(crate) async fn heartbeats(
-    client: Client,
+    client: SharedClient,
     managers: Managers,
     every_ms: Arc<AtomicU64>,
     shutdown: CancellationToken,

@@ -24,7 +24,7 @@ use crate::local::ids::NodeHex;
 use crate::local::key_file;
 use crate::trust::credentials::load_credentials;
 use crate::trust::tls::{self, NodeCert};
-use crate::worker::session::{Agent, Managers, CALL_TIMEOUT};
+use crate::worker::session::{Agent, Managers, SharedClient, CALL_TIMEOUT};
 
 pub(crate) mod files;
 mod heartbeat;
@@ -60,7 +60,8 @@ pub struct Worker {
     pub identity: NodeIdentity,
     pub settings: WorkerSettings,
     data_dir: DataDir,
-    client: Client,
+    ca_pem: String,
+    client: SharedClient,
     cert: Arc<NodeCert>,
     kek: Arc<dyn KeyEncryptionKey>,
 }
@@ -80,8 +81,8 @@ impl Worker {
         let creds = load_credentials(&data_dir, &kek)?;
         let cert = NodeCert::new(tls::certified_key(&creds.cert_pem, creds.key_pem.expose())?);
         let first = settings.managers.first().cloned().unwrap_or_default();
-        let client = Client::with_tls(&creds.ca_pem, Some(cert.clone()), &first)?;
-        Ok(Self { identity, settings, data_dir, client, cert, kek: Arc::new(kek) })
+        let client = SharedClient::new(Client::with_tls(&creds.ca_pem, Some(cert.clone()), &first)?);
+        Ok(Self { identity, settings, data_dir, ca_pem: creds.ca_pem, client, cert, kek: Arc::new(kek) })
     }
 
     /// Runs the agent until `shutdown`; its heartbeat and renewal loops stop with it.
@@ -106,12 +107,18 @@ impl Worker {
         );
         tasks.spawn(beats.in_current_span());
         let (client, managers) = (self.client.clone(), agent.managers.clone());
+        let (fresh, ca_pem, cert) = (self.client.clone(), self.ca_pem.clone(), self.cert.clone());
+        let renewed = move || match Client::with_tls(&ca_pem, Some(cert.clone()), "") {
+            Ok(c) => fresh.replace(c),
+            Err(e) => tracing::warn!(error = %e, "cannot make a new client after a renewal"),
+        };
         let renew = crate::trust::renewal::keep_renewed(
             self.data_dir.clone(),
             self.kek.clone(),
             self.cert.clone(),
             shutdown.clone(),
             move |csr| request_renewal(client.clone(), managers.clone(), csr),
+            renewed,
         );
         tasks.spawn(renew.in_current_span());
 
@@ -162,7 +169,7 @@ impl Worker {
 }
 
 /// A worker's renewal: `/v1/renew` with its current certificate, at any manager it knows.
-async fn request_renewal(client: Client, managers: Managers, csr_pem: String) -> anyhow::Result<String> {
+async fn request_renewal(client: SharedClient, managers: Managers, csr_pem: String) -> anyhow::Result<String> {
     let mut last = String::new();
     for addr in managers.all() {
         match client.at(&addr).with_timeout(CALL_TIMEOUT).renew(csr_pem.clone()).await {

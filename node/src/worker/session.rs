@@ -19,6 +19,26 @@ use crate::worker::settings::WorkerSettings;
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 pub(crate) const POLL_TIMEOUT: Duration = Duration::from_secs(40);
 
+/// The worker's client (credentials and connection pool), replaced when its certificate is
+/// renewed: pooled connections keep presenting the certificate they were opened with.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedClient(Arc<RwLock<Client>>);
+
+impl SharedClient {
+    pub(crate) fn new(client: Client) -> Self {
+        Self(Arc::new(RwLock::new(client)))
+    }
+
+    /// The current client, pointed at the manager at `addr`.
+    pub(crate) fn at(&self, addr: &str) -> Client {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).at(addr)
+    }
+
+    pub(crate) fn replace(&self, client: Client) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = client;
+    }
+}
+
 /// The managers a worker knows and the one its session is with, shared with the heartbeat
 /// loop: when either finds the current one unreachable or leaderless, both move on.
 #[derive(Debug, Clone)]
@@ -69,7 +89,7 @@ struct Written {
 #[derive(Debug)]
 pub(crate) struct Agent {
     /// The worker's credentials and connection pool; pointed at a manager per call.
-    pub(crate) client: Client,
+    pub(crate) client: SharedClient,
     pub(crate) settings: WorkerSettings,
     pub(crate) managers: Managers,
     leader: Option<String>,
@@ -80,7 +100,7 @@ pub(crate) struct Agent {
 }
 
 impl Agent {
-    pub(crate) fn new(client: Client, settings: WorkerSettings, known: BTreeSet<PathBuf>) -> Self {
+    pub(crate) fn new(client: SharedClient, settings: WorkerSettings, known: BTreeSet<PathBuf>) -> Self {
         let managers = Managers::new(settings.managers.clone());
         Self { client, settings, managers, leader: None, written: BTreeMap::new(), known }
     }

@@ -445,6 +445,7 @@ async fn renewals_come_when_due_and_not_in_a_loop() {
     let c = Cluster::start(bin(), 1, &["--cert-validity-secs", "20"]).await.expect("cluster");
     let token = c.admin(0).rotate_token(NodeRole::Worker).await.expect("token").token;
     let w = coffer_tests::raw_worker(&c, &token).await;
+    let fresh_key = NodeKey::generate().expect("key");
     let csr = || RenewRequest { csr_pem: NodeKey::generate().expect("key").csr_pem(&[]).expect("csr") };
     // A fresh certificate is not due: renewing at will is refused.
     let e =
@@ -452,17 +453,28 @@ async fn renewals_come_when_due_and_not_in_a_loop() {
     assert_eq!(e.code(), Some(ErrorCode::FailedPrecondition), "{e}");
     assert!(e.to_string().contains("not due"), "{e}");
     // Once due (40% of its 20 s), one renewal goes through...
-    coffer_tests::eventually("the certificate to be due", coffer_tests::DEADLINE, || async {
-        w.clients[0].post::<_, RenewResponse>("/v1/renew", &csr()).await.ok()
+    let renewed_req = RenewRequest { csr_pem: fresh_key.csr_pem(&[]).expect("csr") };
+    let renewed = coffer_tests::eventually("the certificate to be due", coffer_tests::DEADLINE, || async {
+        w.clients[0].post::<_, RenewResponse>("/v1/renew", &renewed_req).await.ok()
     })
     .await
     .expect("a due renewal");
     // ...and a burst right after it with the same (still valid) certificate gets nothing.
-    let mut renewed = 0;
+    let mut renewed_count = 0;
     for _ in 0..30 {
         if w.clients[0].post::<_, RenewResponse>("/v1/renew", &csr()).await.is_ok() {
-            renewed += 1;
+            renewed_count += 1;
         }
     }
-    assert_eq!(renewed, 0, "a burst of renewals was honoured");
+    assert_eq!(renewed_count, 0, "a burst of renewals was honoured");
+    // The replaced certificate is retired after its grace period (a quarter of its life
+    // here), on every manager; the new one works.
+    let new_client = client_with(&c, 0, &renewed.cert_pem, fresh_key.key_pem().expose());
+    coffer_tests::eventually("the old certificate to be retired", coffer_tests::DEADLINE, || async {
+        let e = w.clients[0].post::<_, serde_json::Value>("/v1/worker/heartbeat", &()).await.err()?;
+        (e.code() == Some(ErrorCode::PermissionDenied) && e.to_string().contains("replaced")).then_some(())
+    })
+    .await
+    .expect("retired");
+    new_client.post::<_, serde_json::Value>("/v1/worker/heartbeat", &()).await.expect("the new certificate works");
 }

@@ -21,3 +21,6 @@ pub mod server;
 pub(crate) mod services;
 pub(crate) mod tokens;
 pub(crate) mod worker;
+
+#[cfg(test)]
+mod garbage_tests;

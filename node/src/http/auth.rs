@@ -132,19 +132,24 @@ pub struct AdminCaller(pub String);
 impl FromRequestParts<Arc<Manager>> for AdminCaller {
     type Rejection = ApiError;
 
+    /// Checked on this manager's state (`cluster status` must answer on a manager that
+    /// lost its quorum): a revocation waits until every reachable manager has applied it.
     async fn from_request_parts(parts: &mut Parts, m: &Arc<Manager>) -> Result<Self, ApiError> {
-        let id = identity(parts)?;
-        if id.cluster_id != m.cluster_id {
-            return Err(ApiError::unauthenticated("certificate belongs to another cluster"));
-        }
-        if id.role != Role::Admin {
-            return Err(ApiError::forbidden(
-                "node certificates are not admin credentials; use the admin client bundle",
-            ));
-        }
-        check_admin_credential(m, &id)?;
-        Ok(AdminCaller(id.name.clone()))
+        admin_identity(parts, m).map(|id| AdminCaller(id.name.clone()))
     }
+}
+
+/// An admin certificate of this cluster whose credential this manager's state accepts.
+fn admin_identity(parts: &Parts, m: &Manager) -> Result<Arc<PeerIdentity>, ApiError> {
+    let id = identity(parts)?;
+    if id.cluster_id != m.cluster_id {
+        return Err(ApiError::unauthenticated("certificate belongs to another cluster"));
+    }
+    if id.role != Role::Admin {
+        return Err(ApiError::forbidden("node certificates are not admin credentials; use the admin client bundle"));
+    }
+    check_admin_credential(m, &id)?;
+    Ok(id)
 }
 
 /// An operator or a tool: an admin client certificate (may write), or an API token (may
@@ -183,7 +188,9 @@ impl FromRequestParts<Arc<Manager>> for Operator {
             let can_write = rec.scope == coffer_raft_store::model::TokenScope::ReadWrite;
             return Ok(Operator::named(format!("token {}", rec.name), can_write));
         }
-        AdminCaller::from_request_parts(parts, m).await.map(|a| Operator::named(a.0, true))
+        // On this manager's state: secrets and services writes are the hot path, and a
+        // revocation waits until every reachable manager has applied it.
+        admin_identity(parts, m).map(|id| Operator::named(id.name.clone(), true))
     }
 }
 

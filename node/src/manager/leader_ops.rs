@@ -142,18 +142,16 @@ async fn join(m: &Arc<Manager>, req: JoinRequest) -> Result<JoinResponse, OpErro
         })?,
     };
     coffer_api::rules::hostname(&req.hostname)?;
-    // Hostnames are what the node says it is: unique among live nodes, so that a joiner
-    // cannot pass for a running one (placement that matters uses operator-set labels).
-    if let Some(live) = m
-        .reader
-        .nodes()?
-        .into_iter()
-        .find(|n| !n.removed && n.status == NodeStatus::Ready && same_host(&n.hostname, &req.hostname))
-    {
+    // Hostnames are what the node says it is: unique among the nodes of the cluster (down
+    // ones too), so that a joiner cannot pass for one (placement that matters uses
+    // operator-set labels). Joins are serialised here, so two cannot take one name.
+    let _one_join_at_a_time = m.join_lock.lock().await;
+    m.linearizable().await?;
+    if let Some(live) = m.reader.nodes()?.into_iter().find(|n| !n.removed && same_host(&n.hostname, &req.hostname)) {
         return Err(OpError::with_code(
             coffer_api::error::ErrorCode::AlreadyExists,
             format!(
-                "hostname {:?} is taken by live node {}: join with another (--hostname), or remove that node first",
+                "hostname {:?} is taken by node {}: join with another (--hostname), or remove that node first",
                 req.hostname,
                 NodeHex(live.id)
             ),

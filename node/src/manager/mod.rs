@@ -66,6 +66,8 @@ pub struct Manager {
     pub(crate) kek: Arc<dyn KeyEncryptionKey>,
     /// Serialises membership changes made by this manager while it leads.
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
+    /// Serialises joins on the leader: a hostname is checked and taken in one step.
+    pub(crate) join_lock: tokio::sync::Mutex<()>,
     /// This manager's grant key for the term it leads (see `grants`).
     pub(crate) grant_key: tokio::sync::Mutex<Option<Arc<grants::GrantKey>>>,
     /// The cluster value key's sealer, opened once: the key never changes after init, and

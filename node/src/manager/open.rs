@@ -67,6 +67,7 @@ impl Manager {
             data_dir,
             kek,
             membership_lock: tokio::sync::Mutex::new(()),
+            join_lock: tokio::sync::Mutex::new(()),
             grant_key: tokio::sync::Mutex::new(None),
             read_batch: ReadIndexBatch::default(),
             metrics: metrics::Metrics::default(),

@@ -20,6 +20,7 @@ use crate::db::{decode_at, Db, CF_SM};
 use crate::error::StoreError;
 use crate::keys;
 use crate::model::*;
+use crate::NodeId;
 
 type Overlay = BTreeMap<Vec<u8>, Option<Zeroizing<Vec<u8>>>>;
 
@@ -32,6 +33,16 @@ pub(crate) struct Txn<'a> {
 impl<'a> Txn<'a> {
     pub(crate) fn new(db: &'a Db) -> Self {
         Self { db, staged: Overlay::new(), pending: Overlay::new() }
+    }
+
+    /// A node that exists and was not removed, or why not: a change to a removed node is
+    /// refused, so that no decision made on an older read can bring it back.
+    fn live_node(&self, id: NodeId) -> Result<Result<NodeRecord, ApplyError>, StoreError> {
+        Ok(match self.get::<NodeRecord>(&keys::node(id))? {
+            None => Err(ApplyError::NotFound { kind: ObjectKind::Node, id: id.to_string() }),
+            Some(n) if n.removed => Err(ApplyError::NodeRemoved(id)),
+            Some(n) => Ok(n),
+        })
     }
 
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
@@ -216,12 +227,10 @@ impl<'a> Txn<'a> {
                 done
             }
             Command::UpdateNode { id, status, availability, cert_serial, at } => {
-                let Some(mut node) = self.get::<NodeRecord>(&keys::node(*id))? else {
-                    return Ok(not_found(ObjectKind::Node, id));
+                let mut node = match self.live_node(*id)? {
+                    Ok(node) => node,
+                    Err(refused) => return Ok(Err(refused)),
                 };
-                if node.removed {
-                    return Ok(Err(ApplyError::NodeRemoved(*id)));
-                }
                 if let Some(s) = status {
                     node.status = *s;
                 }
@@ -236,12 +245,10 @@ impl<'a> Txn<'a> {
                 done
             }
             Command::SetNodeLabels { id, add, remove, at } => {
-                let Some(mut node) = self.get::<NodeRecord>(&keys::node(*id))? else {
-                    return Ok(not_found(ObjectKind::Node, id));
+                let mut node = match self.live_node(*id)? {
+                    Ok(node) => node,
+                    Err(refused) => return Ok(Err(refused)),
                 };
-                if node.removed {
-                    return Ok(Err(ApplyError::NodeRemoved(*id)));
-                }
                 for k in remove {
                     node.labels.remove(k);
                 }
@@ -251,12 +258,10 @@ impl<'a> Txn<'a> {
                 done
             }
             Command::RenewNodeCert { id, serial, previous_until, at } => {
-                let Some(mut node) = self.get::<NodeRecord>(&keys::node(*id))? else {
-                    return Ok(not_found(ObjectKind::Node, id));
+                let mut node = match self.live_node(*id)? {
+                    Ok(node) => node,
+                    Err(refused) => return Ok(Err(refused)),
                 };
-                if node.removed {
-                    return Ok(Err(ApplyError::NodeRemoved(*id)));
-                }
                 let previous = std::mem::replace(&mut node.cert_serial, serial.clone());
                 if previous != *serial {
                     self.put(keys::retiring_cert(*id), &RetiringCert { serial_hex: previous, until: *previous_until })?;

@@ -263,6 +263,14 @@ async fn a_manager_that_never_comes_up_does_not_stall_the_cluster() {
     assert!(s.healthy);
 }
 
+/// A TLS connection to manager 0 without a client certificate, to speak HTTP by hand.
+async fn raw_tls(c: &Cluster) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tls = std::sync::Arc::new(coffer_api::tls::client_config(&ca_pem(c), None).expect("tls"));
+    let tcp = tokio::net::TcpStream::connect(&c.managers[0].addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.expect("handshake")
+}
+
 /// Every refusal, including the router's own and the body's, is the envelope with a stable
 /// code; a declared body over the limit is refused before it is read; control and bidi
 /// characters are refused wherever text is shown back.
@@ -307,10 +315,7 @@ async fn every_refusal_is_the_envelope_and_bad_text_changes_nothing() {
     // A declared body over the limit is answered 413 before a byte of it is sent.
     {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let tls = std::sync::Arc::new(coffer_api::tls::client_config(&ca, None).expect("tls"));
-        let tcp = tokio::net::TcpStream::connect(&c.managers[0].addr).await.expect("connect");
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
-        let mut s = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.expect("handshake");
+        let mut s = raw_tls(&c).await;
         let head =
             "POST /v1/join HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 5000000\r\n\r\n";
         s.write_all(head.as_bytes()).await.expect("send headers");
@@ -325,10 +330,7 @@ async fn every_refusal_is_the_envelope_and_bad_text_changes_nothing() {
     // A body that stops coming is given up on (after the 5 s idle default), not waited for.
     {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let tls = std::sync::Arc::new(coffer_api::tls::client_config(&ca, None).expect("tls"));
-        let tcp = tokio::net::TcpStream::connect(&c.managers[0].addr).await.expect("connect");
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
-        let mut s = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.expect("handshake");
+        let mut s = raw_tls(&c).await;
         let head =
             "POST /v1/join HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{";
         s.write_all(head.as_bytes()).await.expect("send headers");

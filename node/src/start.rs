@@ -120,7 +120,10 @@ async fn serve_manager(
     let Opened { manager, server_tls } = Manager::open(config, shutdown.clone()).await?;
     let app = http::router::router(manager.clone());
     let limits = manager.config.limits.clone();
-    let serving = tokio::spawn(http::server::serve(listener, server_tls, app, limits, shutdown.clone()));
+    let checker = manager.clone();
+    let still_valid: http::server::StillValid = Arc::new(move |id| http::auth::still_valid(&checker, id));
+    let serving =
+        tokio::spawn(http::server::serve_checked(listener, server_tls, app, limits, still_valid, shutdown.clone()));
     let m = manager.clone();
     let done = tokio::spawn(async move {
         let _ = serving.await;

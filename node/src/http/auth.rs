@@ -84,6 +84,31 @@ fn check_admin_credential(m: &Manager, id: &PeerIdentity) -> Result<(), ApiError
     }
 }
 
+/// Whether a verified certificate's identity is still one of this cluster's, on this
+/// manager's state: of this cluster, not a removed node, a worker's current (or retiring)
+/// certificate, an admin credential that is not revoked or replaced. The accept loop gives
+/// no connection slot to one that is not.
+pub(crate) fn still_valid(m: &Manager, id: &PeerIdentity) -> bool {
+    if id.cluster_id != m.cluster_id {
+        return false;
+    }
+    match (id.role, id.node_id) {
+        (Role::Admin, _) => check_admin_credential(m, id).is_ok(),
+        // A serial this manager does not know yet may be a renewal it has not applied:
+        // the request's own check looks again on a current view. Known retired ones go.
+        (Role::Worker, Some(node)) => {
+            check_node(m, id).is_ok()
+                && !m
+                    .reader
+                    .retiring_cert(node)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|r| r.serial_hex == id.serial_hex && coffer_api::time::now_millis() >= r.until)
+        }
+        (_, _) => check_node(m, id).is_ok(),
+    }
+}
+
 /// A manager of this cluster that has not been removed.
 #[derive(Debug)]
 pub struct ManagerCaller;

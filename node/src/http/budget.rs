@@ -30,6 +30,9 @@ pub struct Budgets {
     anonymous: Arc<Anonymous>,
     managers: Arc<Semaphore>,
     nodes: Arc<Semaphore>,
+    /// Connections per certificate (by serial): one stolen certificate cannot take a
+    /// whole budget.
+    per_cert: Arc<PerCert>,
 }
 
 impl Budgets {
@@ -42,7 +45,20 @@ impl Budgets {
             }),
             managers: Arc::new(Semaphore::new(limits.managers)),
             nodes: Arc::new(Semaphore::new(limits.nodes)),
+            per_cert: Arc::new(PerCert { cap: limits.per_certificate.max(1), open: Mutex::default() }),
         }
+    }
+
+    /// A slot for one more connection of the certificate with `serial`, if it has not
+    /// reached its share.
+    pub fn certificate(&self, serial: &str) -> Option<CertSlot> {
+        let mut open = self.per_cert.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(serial.to_string()).or_default();
+        if *n >= self.per_cert.cap {
+            return None;
+        }
+        *n += 1;
+        Some(CertSlot { serial: serial.to_string(), owner: self.per_cert.clone() })
     }
 
     /// A slot for a connection just accepted from `source`, closing older anonymous
@@ -65,6 +81,31 @@ impl Budgets {
     #[cfg(test)]
     fn anonymous_open(&self) -> usize {
         self.anonymous.lock().entries.len()
+    }
+}
+
+#[derive(Debug)]
+struct PerCert {
+    cap: usize,
+    open: Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One connection of a certificate; released on drop.
+#[derive(Debug)]
+pub struct CertSlot {
+    serial: String,
+    owner: Arc<PerCert>,
+}
+
+impl Drop for CertSlot {
+    fn drop(&mut self) {
+        let mut open = self.owner.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.serial) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.serial);
+            }
+        }
     }
 }
 
@@ -184,6 +225,13 @@ mod tests {
         assert!(b.manager().is_none(), "managers are capped");
         let (n1, n2) = (b.node().expect("node"), b.node().expect("node"));
         assert!(b.node().is_none());
+        // One certificate has a share of its own.
+        let one = Budgets::new(&ConnectionLimits { per_certificate: 2, ..Default::default() });
+        let (c1, c2) = (one.certificate("01").expect("first"), one.certificate("01").expect("second"));
+        assert!(one.certificate("01").is_none(), "a third connection of one certificate");
+        assert!(one.certificate("02").is_some(), "another certificate is not held back");
+        drop((c1, c2));
+        assert!(one.certificate("01").is_some(), "closed connections free their share");
         // Anonymous churn never touches them.
         for i in 0..100u8 {
             let _ = b.admit(IpAddr::from([10, 0, 0, i]));

@@ -25,7 +25,7 @@ use tower::ServiceExt;
 use crate::http::auth::Caller;
 use crate::http::budget::Budgets;
 use crate::local::config::ConnectionLimits;
-use crate::trust::pki::{self, Role};
+use crate::trust::pki::{self, PeerIdentity, Role};
 
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Streams one HTTP/2 connection may carry at once.
@@ -37,12 +37,28 @@ const ANONYMOUS_STREAMS: u32 = 4;
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub std::net::SocketAddr);
 
+/// Whether a certificate's identity is still one of the cluster's (not a removed node, not
+/// a revoked or replaced credential). Chains are checked by rustls; this is the rest.
+pub type StillValid = Arc<dyn Fn(&PeerIdentity) -> bool + Send + Sync>;
+
 /// Serves `app` on `listener` until `shutdown` is cancelled, within `limits`.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: Router,
     limits: ConnectionLimits,
+    shutdown: CancellationToken,
+) {
+    serve_checked(listener, tls, app, limits, Arc::new(|_: &PeerIdentity| true), shutdown).await
+}
+
+/// [`serve`], with certificates that are no longer valid given no connection slot.
+pub async fn serve_checked(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    limits: ConnectionLimits,
+    still_valid: StillValid,
     shutdown: CancellationToken,
 ) {
     let acceptor = TlsAcceptor::from(tls);
@@ -68,6 +84,7 @@ pub async fn serve(
             app: app.clone(),
             budgets: budgets.clone(),
             limits: limits.clone(),
+            still_valid: still_valid.clone(),
             shutdown: shutdown.clone(),
         };
         conns.spawn(conn.serve(tcp, peer));
@@ -82,6 +99,7 @@ struct Connection {
     app: Router,
     budgets: Arc<Budgets>,
     limits: Arc<ConnectionLimits>,
+    still_valid: StillValid,
     shutdown: CancellationToken,
 }
 
@@ -113,14 +131,18 @@ impl Connection {
             });
         // A certificate moves the connection to its own budget, out of the anonymous one:
         // from here on, anonymous churn can never close it.
-        let (_slot, anonymous) = match caller.as_ref().map(|c| c.role) {
-            Some(role) => {
+        // A certificate that is no longer valid (a removed node, a revoked credential) stays
+        // anonymous: its requests are answered with the reason, and it takes no slot of the
+        // cluster's own.
+        let valid = caller.as_ref().filter(|id| (self.still_valid)(id));
+        let (_slots, anonymous) = match valid {
+            Some(id) => {
                 drop(anonymous);
-                let slot = if role == Role::Manager { self.budgets.manager() } else { self.budgets.node() };
-                match slot {
-                    Some(p) => (Some(p), None),
-                    None => {
-                        tracing::warn!(role = role.word(), "connection budget full; closing a new connection");
+                let slot = if id.role == Role::Manager { self.budgets.manager() } else { self.budgets.node() };
+                match (slot, self.budgets.certificate(&id.serial_hex)) {
+                    (Some(p), Some(c)) => (Some((p, c)), None),
+                    _ => {
+                        tracing::warn!(role = id.role.word(), "connection budget full; closing a new connection");
                         return;
                     }
                 }

@@ -56,6 +56,9 @@ pub struct ConnectionLimits {
     pub managers: usize,
     /// Connections with a worker or admin certificate.
     pub nodes: usize,
+    /// Connections one certificate may hold at once (a tool with a connection per client
+    /// holds many; a stolen key cannot take a whole budget).
+    pub per_certificate: usize,
     /// A TLS handshake must be done within this.
     pub handshake_timeout_ms: u64,
     /// A request's headers (HTTP/1) must arrive within this; also the idle time allowed
@@ -74,6 +77,7 @@ impl Default for ConnectionLimits {
             anonymous_per_source: 64,
             managers: 64,
             nodes: 1024,
+            per_certificate: 256,
             handshake_timeout_ms: 5_000,
             header_timeout_ms: 10_000,
             body_idle_timeout_ms: 5_000,
@@ -144,7 +148,8 @@ impl ManagerConfig {
             return Err("node_cert_validity_secs must be at least 10".into());
         }
         let l = &self.limits;
-        if l.anonymous == 0 || l.anonymous_per_source == 0 || l.managers == 0 || l.nodes == 0 {
+        if l.anonymous == 0 || l.anonymous_per_source == 0 || l.managers == 0 || l.nodes == 0 || l.per_certificate == 0
+        {
             return Err("limits: every connection budget must be at least 1".into());
         }
         if l.handshake_timeout_ms == 0 || l.header_timeout_ms == 0 || l.body_idle_timeout_ms == 0 {

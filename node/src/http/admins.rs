@@ -16,7 +16,7 @@ use coffer_api::rules as validate;
 use coffer_api::time::{now_millis, rfc3339};
 use coffer_raft_store::model::{AdminCredentialRecord, Command};
 
-use crate::http::auth::AdminCaller;
+use crate::http::auth::{AdminCaller, AdminWriter};
 use crate::http::error::ApiError;
 use crate::http::extract::ApiJson;
 use crate::manager::init::cluster_ca;
@@ -45,7 +45,7 @@ fn info(r: AdminCredentialRecord) -> AdminInfo {
     responses((status = 201, body = AdminIssued), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn issue(
     State(m): S,
-    by: AdminCaller,
+    by: AdminWriter,
     ApiJson(req): ApiJson<AdminIssue>,
 ) -> Result<(StatusCode, Json<AdminIssued>), ApiError> {
     validate::name("admin", &req.name)?;
@@ -91,7 +91,7 @@ pub async fn list(State(m): S, _a: AdminCaller) -> Result<Json<AdminList>, ApiEr
 #[utoipa::path(delete, operation_id = "revokeAdmin", path = "/v1/admins/{name}", tag = "cluster",
     params(("name" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, description = "the last admin credential", body = ErrorBody)))]
-pub async fn revoke(State(m): S, by: AdminCaller, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn revoke(State(m): S, by: AdminWriter, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     m.propose(Command::RevokeAdminCredential { name: name.clone() }).await?;
     crate::manager::membership::wait_applied_everywhere(&m).await;
     tracing::info!(admin = %name, by = %by.0, "admin credential revoked");

@@ -152,7 +152,7 @@ impl FromRequestParts<Arc<Manager>> for NodeCaller {
 
 /// An operator with an admin client certificate of this cluster.
 #[derive(Debug)]
-pub struct AdminCaller(pub String);
+pub struct AdminCaller;
 
 impl FromRequestParts<Arc<Manager>> for AdminCaller {
     type Rejection = ApiError;
@@ -160,7 +160,24 @@ impl FromRequestParts<Arc<Manager>> for AdminCaller {
     /// Checked on this manager's state (`cluster status` must answer on a manager that
     /// lost its quorum): a revocation waits until every reachable manager has applied it.
     async fn from_request_parts(parts: &mut Parts, m: &Arc<Manager>) -> Result<Self, ApiError> {
-        admin_identity(parts, m).map(|id| AdminCaller(id.name.clone()))
+        admin_identity(parts, m).map(|_| AdminCaller)
+    }
+}
+
+/// An admin changing the cluster (nodes, tokens, credentials): its credential is checked
+/// again on a linearizable view, so that a manager that lags cannot honour one the cluster
+/// has already revoked. (A change needs a quorum anyway.)
+#[derive(Debug)]
+pub struct AdminWriter(pub String);
+
+impl FromRequestParts<Arc<Manager>> for AdminWriter {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, m: &Arc<Manager>) -> Result<Self, ApiError> {
+        let id = admin_identity(parts, m)?;
+        m.linearizable().await?;
+        check_admin_credential(m, &id)?;
+        Ok(AdminWriter(id.name.clone()))
     }
 }
 

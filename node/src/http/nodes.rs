@@ -17,7 +17,7 @@ use coffer_api::rules as validate;
 use coffer_api::time::now_millis;
 use coffer_raft_store::model::{self, Command, NodeRecord};
 
-use crate::http::auth::AdminCaller;
+use crate::http::auth::{AdminCaller, AdminWriter};
 use crate::http::error::ApiError;
 use crate::http::extract::ApiJson;
 use crate::manager::leader_ops::{LeaderOp, OpResult};
@@ -97,7 +97,7 @@ async fn simple_op(m: &Arc<Manager>, op: LeaderOp) -> Result<StatusCode, ApiErro
 #[utoipa::path(patch, operation_id = "updateNode", path = "/v1/nodes/{id}", tag = "cluster", params(("id" = u64, Path)), request_body = NodeUpdate, responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn update_node(
     State(m): S,
-    _a: AdminCaller,
+    _a: AdminWriter,
     Path(id): Path<String>,
     ApiJson(u): ApiJson<NodeUpdate>,
 ) -> Result<StatusCode, ApiError> {
@@ -122,17 +122,17 @@ pub async fn update_node(
 }
 
 #[utoipa::path(delete, operation_id = "removeNode", path = "/v1/nodes/{id}", tag = "cluster", params(("id" = u64, Path)), responses((status = 204), (status = 409, description = "the last voting manager", body = ErrorBody)))]
-pub async fn remove_node(State(m): S, _a: AdminCaller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn remove_node(State(m): S, _a: AdminWriter, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     simple_op(&m, LeaderOp::Remove(parse_id(&id)?)).await
 }
 
 #[utoipa::path(post, operation_id = "promoteNode", path = "/v1/nodes/{id}/promote", tag = "cluster", params(("id" = u64, Path)), responses((status = 204), (status = 409, body = ErrorBody)))]
-pub async fn promote(State(m): S, _a: AdminCaller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn promote(State(m): S, _a: AdminWriter, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     simple_op(&m, LeaderOp::Promote(parse_id(&id)?)).await
 }
 
 #[utoipa::path(post, operation_id = "demoteNode", path = "/v1/nodes/{id}/demote", tag = "cluster", params(("id" = u64, Path)), responses((status = 204), (status = 409, description = "the last voting manager", body = ErrorBody)))]
-pub async fn demote(State(m): S, _a: AdminCaller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn demote(State(m): S, _a: AdminWriter, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     simple_op(&m, LeaderOp::Demote(parse_id(&id)?)).await
 }
 
@@ -162,7 +162,7 @@ pub(crate) async fn show_token(
 #[utoipa::path(post, operation_id = "rotateJoinToken", path = "/v1/join-tokens/{role}/rotate", tag = "cluster", params(("role" = String, Path, description = "worker or manager")), responses((status = 200, body = JoinTokenResponse)))]
 pub async fn rotate_token(
     State(m): S,
-    _a: AdminCaller,
+    _a: AdminWriter,
     Path(role): Path<String>,
 ) -> Result<Json<JoinTokenResponse>, ApiError> {
     match m.leader_op(LeaderOp::RotateToken(parse_role(&role)?)).await? {

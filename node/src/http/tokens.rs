@@ -16,7 +16,7 @@ use crate::http::error::ApiError;
 use coffer_api::rules as validate;
 use coffer_api::time::now_millis;
 
-use crate::http::auth::AdminCaller;
+use crate::http::auth::{AdminCaller, AdminWriter};
 use crate::http::extract::ApiJson;
 use crate::manager::Manager;
 use crate::trust::api_token::ApiToken;
@@ -34,7 +34,7 @@ fn wire_scope(s: model::TokenScope) -> TokenScope {
     responses((status = 201, body = ApiTokenCreated), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn create(
     State(m): S,
-    _a: AdminCaller,
+    _a: AdminWriter,
     ApiJson(req): ApiJson<ApiTokenCreate>,
 ) -> Result<(StatusCode, Json<ApiTokenCreated>), ApiError> {
     validate::name("token", &req.name)?;
@@ -84,7 +84,7 @@ pub async fn list(State(m): S, _a: AdminCaller) -> Result<Json<ApiTokenList>, Ap
 #[utoipa::path(delete, operation_id = "revokeApiToken", path = "/v1/tokens/{id}", tag = "tokens",
     params(("id" = String, Path, description = "token id")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
-pub async fn revoke(State(m): S, _a: AdminCaller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn revoke(State(m): S, _a: AdminWriter, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     m.propose(Command::RevokeApiToken { id: id.clone() }).await?;
     crate::manager::membership::wait_applied_everywhere(&m).await;
     tracing::info!(token_id = %id, "api token revoked");

@@ -244,11 +244,14 @@ impl<'a> Txn<'a> {
                 self.put(keys::node(*id), &node)?;
                 done
             }
-            Command::SetNodeLabels { id, add, remove, at } => {
+            Command::SetNodeSpec { id, availability, add, remove, at } => {
                 let mut node = match self.live_node(*id)? {
                     Ok(node) => node,
                     Err(refused) => return Ok(Err(refused)),
                 };
+                if let Some(a) = availability {
+                    node.availability = *a;
+                }
                 for k in remove {
                     node.labels.remove(k);
                 }

@@ -317,11 +317,13 @@ pub enum Command {
         cert_serial: Option<String>,
         at: Millis,
     },
-    /// Adds and removes labels of a node, set by an operator (never by the node itself):
-    /// what placement can trust. Refused for a removed node. Appended last, so that entries
-    /// of older logs keep their encoding.
-    SetNodeLabels {
+    /// An operator's change to a node, all of it or nothing: availability, and labels added
+    /// and removed (labels are set by operators, never by the node itself: what placement
+    /// can trust). Refused for a removed node. Appended last, so that entries of older logs
+    /// keep their encoding.
+    SetNodeSpec {
         id: NodeId,
+        availability: Option<Availability>,
         add: BTreeMap<String, String>,
         remove: Vec<String>,
         at: Millis,
@@ -351,7 +353,7 @@ impl Command {
             Command::PutNode(_)
                 | Command::RemoveNode { .. }
                 | Command::UpdateNode { .. }
-                | Command::SetNodeLabels { .. }
+                | Command::SetNodeSpec { .. }
                 | Command::RotateSecret { .. }
                 | Command::RemoveSecret { .. }
                 | Command::CreateService { .. }
@@ -383,7 +385,7 @@ impl Command {
             Command::CreateApiToken(_) => "create_api_token",
             Command::RevokeApiToken { .. } => "revoke_api_token",
             Command::UpdateNode { .. } => "update_node",
-            Command::SetNodeLabels { .. } => "set_node_labels",
+            Command::SetNodeSpec { .. } => "set_node_spec",
             Command::PutAdminCredential(_) => "put_admin_credential",
             Command::RevokeAdminCredential { .. } => "revoke_admin_credential",
             Command::RenewNodeCert { .. } => "renew_node_cert",

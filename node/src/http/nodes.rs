@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use coffer_api::cluster::{
-    ClusterStatus, JoinTokenResponse, NodeInfo, NodeList, NodeRole as WireRole, NodeUpdate, RaftRole,
+    Availability, ClusterStatus, JoinTokenResponse, NodeInfo, NodeList, NodeRole as WireRole, NodeUpdate, RaftRole,
 };
 use coffer_api::error::{CodedError, ErrorBody};
 use std::collections::BTreeMap;
@@ -109,15 +109,14 @@ pub async fn update_node(
     for k in &u.label_rm {
         validate::labels(&BTreeMap::from([(k.clone(), String::new())]))?;
     }
-    if !u.label_add.is_empty() || !u.label_rm.is_empty() {
-        m.linearizable().await?;
-        m.existing_node(id)?;
-        let cmd = Command::SetNodeLabels { id, add: u.label_add, remove: u.label_rm, at: now_millis() };
-        m.propose(cmd).await?;
-    }
-    if let Some(availability) = u.availability {
-        m.leader_op(LeaderOp::SetAvailability { node_id: id, availability }).await?;
-    }
+    let availability = u.availability.map(|a| match a {
+        Availability::Active => model::Availability::Active,
+        Availability::Drain => model::Availability::Drain,
+        Availability::Pause => model::Availability::Pause,
+    });
+    // One command: the change happens whole or not at all.
+    let cmd = Command::SetNodeSpec { id, availability, add: u.label_add, remove: u.label_rm, at: now_millis() };
+    m.propose(cmd).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

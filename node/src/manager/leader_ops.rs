@@ -6,9 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use coffer_api::cluster::{
-    Availability, JoinRequest, JoinResponse, JoinTokenResponse, NodeRole as WireRole, RenewResponse,
-};
+use coffer_api::cluster::{JoinRequest, JoinResponse, JoinTokenResponse, NodeRole as WireRole, RenewResponse};
 use coffer_raft_store::model::{self, Command, NodeRecord, NodeStatus};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -31,7 +29,6 @@ pub enum LeaderOp {
     Promote(u64),
     Demote(u64),
     Remove(u64),
-    SetAvailability { node_id: u64, availability: Availability },
     RotateToken(WireRole),
 }
 
@@ -63,22 +60,6 @@ pub async fn execute(m: &Arc<Manager>, op: LeaderOp) -> Result<OpResult, OpError
         LeaderOp::Promote(id) => membership::promote(m, id).await.map(|()| OpResult::Done),
         LeaderOp::Demote(id) => membership::demote(m, id).await.map(|()| OpResult::Done),
         LeaderOp::Remove(id) => membership::remove(m, id).await.map(|()| OpResult::Done),
-        LeaderOp::SetAvailability { node_id, availability } => {
-            m.existing_node(node_id)?;
-            let availability = match availability {
-                Availability::Active => model::Availability::Active,
-                Availability::Drain => model::Availability::Drain,
-                Availability::Pause => model::Availability::Pause,
-            };
-            let cmd = Command::UpdateNode {
-                id: node_id,
-                status: None,
-                availability: Some(availability),
-                cert_serial: None,
-                at: now_millis(),
-            };
-            m.propose(cmd).await.map(|_| OpResult::Done)
-        }
         LeaderOp::RotateToken(role) => {
             let cluster = m.cluster()?;
             let digest = pki::cert_digest(&cluster.ca_cert_pem).map_err(|e| OpError::internal("reading the CA", e))?;

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
 use crate::cli::output::{node_hex, print_json_line, Format};
-use crate::local::config::ManagerConfig;
+use crate::local::config::{ConfigFile, ManagerConfig};
 use crate::local::data_dir::DataDir;
 use crate::start::{self, InitSummary, WorkerSettings};
 
@@ -105,6 +105,10 @@ impl TokenArg {
 /// Raft tuning, for tests and benchmarks; the defaults suit production.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct Tuning {
+    /// A JSON file of limits and timing (`limits`, `max_body_bytes`, `raft`); see
+    /// deploy/README.md. Flags given here win over it.
+    #[arg(long)]
+    config: Option<PathBuf>,
     #[arg(long, hide = true)]
     snapshot_every: Option<u64>,
     #[arg(long, hide = true)]
@@ -121,7 +125,10 @@ pub(crate) struct Tuning {
 }
 
 impl Tuning {
-    fn apply(&self, c: &mut ManagerConfig) {
+    fn apply(&self, c: &mut ManagerConfig) -> anyhow::Result<()> {
+        if let Some(path) = &self.config {
+            ConfigFile::load(path)?.apply(c);
+        }
         if let Some(n) = self.snapshot_every {
             c.raft.snapshot_every = n;
         }
@@ -137,6 +144,7 @@ impl Tuning {
         if let Some(n) = self.worker_heartbeat_ms {
             c.worker_heartbeat_ms = n;
         }
+        Ok(())
     }
 }
 
@@ -193,19 +201,19 @@ pub fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
-fn config_for(at: &Placement, tuning: &Tuning) -> ManagerConfig {
+fn config_for(at: &Placement, tuning: &Tuning) -> anyhow::Result<ManagerConfig> {
     let mut config = ManagerConfig::new(&at.data_dir, &at.listen);
     config.advertise = at.advertise.clone();
     config.hostname = at.hostname.clone();
-    tuning.apply(&mut config);
-    config
+    tuning.apply(&mut config)?;
+    Ok(config)
 }
 
 pub(crate) async fn manager(cmd: ManagerCmd, format: Format) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signal();
     let running = match cmd {
         ManagerCmd::Init { at, tuning } => {
-            let config = config_for(&at, &tuning);
+            let config = config_for(&at, &tuning)?;
             config.validate()?;
             let listener = start::bind(&at.listen).await?;
             let (summary, running) = start::init_manager(config, listener, shutdown).await?;
@@ -214,14 +222,15 @@ pub(crate) async fn manager(cmd: ManagerCmd, format: Format) -> anyhow::Result<(
         }
         ManagerCmd::Join { at, token, join, tuning } => {
             let token = token.take()?;
-            let config = config_for(&at, &tuning);
+            let config = config_for(&at, &tuning)?;
             config.validate()?;
             let listener = start::bind(&at.listen).await?;
             start::join_manager(config, listener, &token, &join, shutdown).await?
         }
         ManagerCmd::Run { data_dir, tuning } => {
             let mut config = start::restart_config(&data_dir)?;
-            tuning.apply(&mut config);
+            tuning.apply(&mut config)?;
+            config.validate()?;
             let listener = start::bind(&config.listen).await?;
             start::restart_manager(config, listener, shutdown).await?
         }

@@ -7,6 +7,41 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// What a manager's config file (`--config FILE`, JSON) may set: a listener's limits, the
+/// request body limit and Raft's timing. Every field is optional; an unknown one is an
+/// error (a misspelt limit must not be silently ignored).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConfigFile {
+    pub limits: Option<ConnectionLimits>,
+    pub max_body_bytes: Option<usize>,
+    pub raft: Option<RaftTuning>,
+}
+
+impl ConfigFile {
+    /// Reads `path`.
+    ///
+    /// # Errors
+    /// A file that cannot be read, is not JSON, or names a field that does not exist.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("read {}: {e}", path.display())))?;
+        serde_json::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+    }
+
+    /// Sets what the file names on `config`.
+    pub fn apply(self, config: &mut ManagerConfig) {
+        if let Some(l) = self.limits {
+            config.limits = l;
+        }
+        if let Some(n) = self.max_body_bytes {
+            config.max_body_bytes = n;
+        }
+        if let Some(r) = self.raft {
+            config.raft = r;
+        }
+    }
+}
+
 /// A configuration value out of range; the message names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -14,6 +49,7 @@ pub struct ConfigError(pub String);
 
 /// Raft timing and log compaction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RaftTuning {
     pub heartbeat_ms: u64,
     pub election_min_ms: u64,
@@ -45,7 +81,7 @@ impl Default for RaftTuning {
 /// What a manager's listener allows each kind of connection (see `http::budget`), and how
 /// long a client may take to say what it wants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ConnectionLimits {
     /// Connections without a certificate of this cluster (handshakes in progress, joins,
     /// API tokens, health checks). When full, the oldest is closed.
@@ -206,6 +242,29 @@ impl ManagerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_file_sets_what_it_names_and_refuses_what_does_not_exist() {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let path = dir.path().join("manager.json");
+        std::fs::write(&path, r#"{"limits": {"anonymous": 32}, "max_body_bytes": 65536}"#).expect("write");
+        let mut c = ManagerConfig::for_test("/tmp/x");
+        ConfigFile::load(&path).expect("load").apply(&mut c);
+        assert_eq!((c.limits.anonymous, c.limits.nodes, c.max_body_bytes), (32, 1024, 65536));
+        c.validate().expect("valid");
+        std::fs::write(&path, r#"{"limits": {"anonymus": 32}}"#).expect("write");
+        assert!(ConfigFile::load(&path).expect_err("a misspelt field").0.contains("anonymus"));
+        std::fs::write(&path, r#"{"limits": {"anonymous": 0}}"#).expect("write");
+        let mut c = ManagerConfig::for_test("/tmp/x");
+        ConfigFile::load(&path).expect("load").apply(&mut c);
+        assert!(c.validate().is_err(), "a budget of 0");
+        // The example in deploy/ holds the defaults, as it says.
+        let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/manager.json");
+        let example = ConfigFile::load(&example).expect("deploy/manager.json");
+        let defaults = ManagerConfig::for_test("/tmp/x");
+        assert_eq!(example.limits, Some(defaults.limits));
+        assert_eq!(example.max_body_bytes, Some(defaults.max_body_bytes));
+    }
 
     #[test]
     fn defaults_validate_and_bad_values_are_named() {

@@ -33,16 +33,21 @@ fn identity(parts: &Parts) -> Result<Arc<PeerIdentity>, ApiError> {
 
 /// Checks cluster and removal for a node (manager or worker) certificate.
 fn check_node(m: &Manager, id: &PeerIdentity) -> Result<u64, ApiError> {
+    check_node_record(m, id).map(|(node_id, _)| node_id)
+}
+
+/// [`check_node`], also saying whether the certificate is the one the node record names
+/// (one read of the record: this is on every worker request's path).
+fn check_node_record(m: &Manager, id: &PeerIdentity) -> Result<(u64, bool), ApiError> {
     if id.cluster_id != m.cluster_id {
         return Err(ApiError::unauthenticated("certificate belongs to another cluster"));
     }
     let node_id = id.node_id.ok_or_else(|| ApiError::forbidden("not a node certificate"))?;
-    if let Some(rec) = m.reader.node(node_id)? {
-        if rec.removed {
-            return Err(ApiError::forbidden(format!("node {node_id} was removed from the cluster")));
-        }
+    match m.reader.node(node_id)? {
+        Some(rec) if rec.removed => Err(ApiError::forbidden(format!("node {node_id} was removed from the cluster"))),
+        Some(rec) => Ok((node_id, rec.cert_serial == id.serial_hex)),
+        None => Ok((node_id, true)),
     }
-    Ok(node_id)
 }
 
 /// Whether a worker's certificate is its current one, or the one its last renewal replaced
@@ -142,8 +147,8 @@ impl FromRequestParts<Arc<Manager>> for NodeCaller {
         if !matches!(id.role, Role::Manager | Role::Worker) {
             return Err(ApiError::forbidden("this endpoint is for cluster nodes only"));
         }
-        let node_id = check_node(m, &id)?;
-        if id.role == Role::Worker {
+        let (node_id, current) = check_node_record(m, &id)?;
+        if id.role == Role::Worker && !current {
             check_worker_cert(m, node_id, &id).await?;
         }
         Ok(NodeCaller { node_id, role: id.role, cert_validity: (id.not_before_unix, id.not_after_unix) })

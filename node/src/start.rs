@@ -23,6 +23,7 @@ use crate::local::ids::NodeHex;
 use crate::manager::init::{self, Bootstrap};
 use crate::manager::open::Opened;
 use crate::manager::Manager;
+use crate::trust::join::Joiner;
 use crate::worker::Worker;
 
 pub use crate::manager::init::InitSummary;
@@ -84,7 +85,8 @@ pub async fn join_manager(
     let advertise = config.advertise_addr(bound)?;
     let dir = DataDir::new(&config.data_dir);
     let host = config.hostname.as_deref();
-    crate::trust::join::join_data_dir(&dir, NodeRole::Manager, token, join, bound, advertise, host).await?;
+    let joiner = Joiner { role: NodeRole::Manager, listen: bound, advertise, hostname: host };
+    crate::trust::join::join_data_dir(&dir, token, join, joiner).await?;
     serve_manager(config, listener, None, shutdown).await
 }
 

@@ -59,22 +59,29 @@ pub async fn fetch_trusted_ca(join: &str, token: &JoinToken) -> anyhow::Result<S
     Ok(ca_pem)
 }
 
+/// Who is joining: as what, where it listens and is dialled (managers; a worker's are
+/// unspecified), and the hostname it reports (the machine's if `None`).
+#[derive(Debug, Clone, Copy)]
+pub struct Joiner<'a> {
+    pub role: NodeRole,
+    pub listen: SocketAddr,
+    pub advertise: SocketAddr,
+    pub hostname: Option<&'a str>,
+}
+
 /// Gets a certificate through the join flow and writes the node's data dir. Returns the
 /// identity the node will run as.
 ///
 /// # Errors
 /// A data dir that already holds a node, a malformed or refused token, a CA that does not
 /// match the token, or an unreachable manager.
-#[allow(clippy::too_many_arguments)]
 pub async fn join_data_dir(
     data_dir: &DataDir,
-    role: NodeRole,
     token_text: &str,
     join: &str,
-    listen: SocketAddr,
-    advertise: SocketAddr,
-    hostname_override: Option<&str>,
+    joiner: Joiner<'_>,
 ) -> anyhow::Result<NodeIdentity> {
+    let Joiner { role, listen, advertise, hostname: hostname_override } = joiner;
     data_dir.refuse_existing()?;
     let token: JoinToken = token_text.parse().map_err(|e| anyhow::anyhow!("join token: {e}"))?;
     let ca_pem = fetch_trusted_ca(join, &token).await?;

@@ -23,6 +23,7 @@ use crate::local::data_dir::{DataDir, NodeIdentity};
 use crate::local::ids::NodeHex;
 use crate::local::key_file;
 use crate::trust::credentials::load_credentials;
+use crate::trust::join::Joiner;
 use crate::trust::tls::{self, NodeCert};
 use crate::worker::session::{Agent, Managers, SharedClient, CALL_TIMEOUT};
 
@@ -49,7 +50,8 @@ pub async fn join(
     let unspecified: std::net::SocketAddr = "0.0.0.0:0".parse()?;
     let role = coffer_api::cluster::NodeRole::Worker;
     let host = settings.hostname.as_deref();
-    let id = crate::trust::join::join_data_dir(data_dir, role, token, join, unspecified, unspecified, host).await?;
+    let joiner = Joiner { role, listen: unspecified, advertise: unspecified, hostname: host };
+    let id = crate::trust::join::join_data_dir(data_dir, token, join, joiner).await?;
     settings.save(data_dir)?;
     Ok(id)
 }

@@ -66,7 +66,8 @@ pub(crate) fn plan(
         }
     }
     for svc in &state.services {
-        plan_service(svc, &state.tasks, &nodes, &state.latest, &mut load, now, new_id, &mut out);
+        let pass = Pass { tasks: &state.tasks, nodes: &nodes, latest: &state.latest, now };
+        plan_service(svc, &pass, &mut load, new_id, &mut out);
     }
     out
 }
@@ -86,17 +87,23 @@ fn pick(
         .map(|n| n.id)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every service of one pass is planned against.
+struct Pass<'a> {
+    tasks: &'a [TaskRecord],
+    /// Nodes with the statuses this pass sets.
+    nodes: &'a BTreeMap<NodeId, NodeRecord>,
+    latest: &'a HashMap<String, u32>,
+    now: u64,
+}
+
 fn plan_service(
     svc: &ServiceRecord,
-    tasks: &[TaskRecord],
-    nodes: &BTreeMap<NodeId, NodeRecord>,
-    latest: &HashMap<String, u32>,
+    pass: &Pass<'_>,
     load: &mut HashMap<NodeId, usize>,
-    now: u64,
     new_id: &mut dyn FnMut() -> String,
     out: &mut Vec<Command>,
 ) {
+    let Pass { tasks, nodes, latest, now } = *pass;
     // Constraints were checked when the service was written; one that no longer parses
     // (a rule tightened since) constrains nothing rather than stopping every pass.
     let constraints: Vec<Constraint> = svc.spec.constraints.iter().filter_map(|c| Constraint::parse(c).ok()).collect();

@@ -48,6 +48,8 @@ pub enum StoreError {
     Seal(#[from] SealError),
     #[error("encoding failed: {0}")]
     Encode(CodecError),
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
     #[error("background task failed: {0}")]
     Join(String),
 }

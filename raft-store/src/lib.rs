@@ -12,11 +12,15 @@
 //! - `snapshot`: the sealed, chunked snapshot file ([`SnapshotFile`]).
 //! - [`StateReader`] (`reader`): read access to the applied state for `node`.
 //! - [`model`]: the records of DESIGN.md §3 and the [`Command`]s that change them.
+//! - [`backup`]: backup files under an operator's key, and the stream that carries an
+//!   export; `recover`: export, [`restore`], and re-forming a store as the only member
+//!   of a new configuration ([`Store::reform_alone`]).
 //!
 //! Boundary: no HTTP, no TLS, no networking. `node` owns those and drives this crate
 //! through openraft's traits, [`StateReader`] and [`SnapshotInbox`].
 
 mod apply;
+pub mod backup;
 pub mod codec;
 mod db;
 mod error;
@@ -24,6 +28,7 @@ mod keys;
 mod log_store;
 pub mod model;
 mod reader;
+mod recover;
 pub mod seal;
 mod snapshot;
 mod state_machine;
@@ -38,6 +43,7 @@ pub use error::StoreError;
 pub use log_store::LogStore;
 pub use model::{Command, Response};
 pub use reader::{StateReader, VerifyReport};
+pub use recover::{restore, Reformed};
 pub use snapshot::{
     ChunkReader, Meta as SnapshotMeta, SnapshotFile, SnapshotWriter, DEFAULT_CHUNK_BYTES, SNAPSHOT_FORMAT,
 };

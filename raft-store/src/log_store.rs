@@ -22,9 +22,9 @@ use crate::db::{decode_at, Db, CF_LOG, CF_RAFT};
 use crate::error::{to_raft, StoreError};
 use crate::{NodeId, TypeConfig};
 
-const VOTE: &[u8] = b"vote";
-const COMMITTED: &[u8] = b"committed";
-const LAST_PURGED: &[u8] = b"last_purged";
+pub(crate) const VOTE: &[u8] = b"vote";
+pub(crate) const COMMITTED: &[u8] = b"committed";
+pub(crate) const LAST_PURGED: &[u8] = b"last_purged";
 
 /// The Raft log of one manager. Cheap to clone; clones share the database.
 #[derive(Debug, Clone)]
@@ -41,7 +41,7 @@ impl LogStore {
         Self { db }
     }
 
-    fn entries<RB: RangeBounds<u64>>(&self, range: RB) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
+    pub(crate) fn entries<RB: RangeBounds<u64>>(&self, range: RB) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
         let start = match range.start_bound() {
             Bound::Included(&i) => i,
             Bound::Excluded(&i) => i.saturating_add(1),
@@ -69,7 +69,7 @@ impl LogStore {
         Ok(out)
     }
 
-    fn last_entry_id(&self) -> Result<Option<LogId<NodeId>>, StoreError> {
+    pub(crate) fn last_entry_id(&self) -> Result<Option<LogId<NodeId>>, StoreError> {
         let cf = self.db.cf(CF_LOG)?;
         let Some(item) = self.db.db.iterator_cf(cf, IteratorMode::End).next() else { return Ok(None) };
         let (key, sealed) = item.map_err(StoreError::db("read last log entry"))?;

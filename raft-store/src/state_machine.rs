@@ -26,8 +26,8 @@ use crate::model::{Applied, Response};
 use crate::snapshot::{self, Meta, SnapshotFile, SnapshotWriter};
 use crate::{keys, ManagerNode, NodeId, TypeConfig};
 
-const LAST_APPLIED: &[u8] = b"last_applied";
-const MEMBERSHIP: &[u8] = b"membership";
+pub(crate) const LAST_APPLIED: &[u8] = b"last_applied";
+pub(crate) const MEMBERSHIP: &[u8] = b"membership";
 const INSTALLING: &[u8] = b"installing";
 
 type Membership = StoredMembership<NodeId, ManagerNode>;
@@ -61,13 +61,17 @@ impl StateMachine {
         Ok(sm)
     }
 
+    pub(crate) fn chunk_bytes(&self) -> usize {
+        self.chunk_bytes
+    }
+
     fn applied(&self) -> Result<(Option<LogId<NodeId>>, Membership), StoreError> {
         let last: Option<Option<LogId<NodeId>>> = self.db.get_sealed(CF_SM_META, LAST_APPLIED)?;
         let membership: Option<Membership> = self.db.get_sealed(CF_SM_META, MEMBERSHIP)?;
         Ok((last.flatten(), membership.unwrap_or_default()))
     }
 
-    fn apply_entries(
+    pub(crate) fn apply_entries(
         &self,
         entries: impl IntoIterator<Item = openraft::Entry<TypeConfig>>,
     ) -> Result<Vec<Response>, StoreError> {
@@ -150,7 +154,7 @@ pub struct SnapshotBuilder {
     chunk_bytes: usize,
 }
 
-fn build(db: &Db, chunk_bytes: usize) -> Result<SnapshotFile, StoreError> {
+pub(crate) fn build(db: &Db, chunk_bytes: usize) -> Result<SnapshotFile, StoreError> {
     // Everything in the snapshot must be durable before openraft purges the log it covers.
     db.db.flush_wal(true).map_err(StoreError::db("sync wal before snapshot"))?;
     let view = db.db.snapshot();

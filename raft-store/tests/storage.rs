@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
 
+use coffer_raft_store::backup::{BackupError, BackupFile, BackupKey, BackupWriter};
 use coffer_raft_store::model::{Applied, ApplyError, Command, ObjectKind, SealedBytes, SecretRef, ServiceSpec};
 use coffer_raft_store::seal::{KeyBytes, LocalKek};
 use coffer_raft_store::{open, Response, Store, StoreError, StoreOptions, TypeConfig};
@@ -571,4 +572,179 @@ async fn tasks_are_indexed_by_node_and_placement_changes_are_signalled() {
     store.state_machine.apply(vec![entry(7, Command::RemoveService { id: "svc1".into() })]).await.expect("apply");
     assert!(store.reader.tasks_of_node(20).expect("read").is_empty());
     assert!(store.reader.tasks().expect("read").is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// backups, restore, and re-forming a store alone
+
+fn init_cluster() -> Command {
+    use coffer_raft_store::model::{ClusterRecord, ClusterSettings, SecretBytes};
+    Command::InitCluster(ClusterRecord {
+        id: "c0ffee".into(),
+        created_at: 1,
+        ca_cert_pem: "CERT".into(),
+        ca_key: SealedBytes(b"sealed-ca-key".to_vec()),
+        value_key: SecretBytes(vec![9; 32]),
+        worker_token_hash: [1; 32],
+        manager_token_hash: [2; 32],
+        settings: ClusterSettings::default(),
+        autolock: false,
+        wrapped_unlock: None,
+    })
+}
+
+/// A store with a cluster record and `n` secrets applied (not in its log).
+async fn applied_store(dir: &Path, n: u64) -> Store {
+    let mut store = open_at(dir).expect("open");
+    let mut entries = vec![entry(1, init_cluster())];
+    entries.extend((1..=n).map(|i| entry(i + 1, create_secret(i, format!("BACKUP-CANARY-{i}").as_bytes()))));
+    store.state_machine.apply(entries).await.expect("apply");
+    store
+}
+
+fn write_backup(store: &Store, path: &Path, key: &BackupKey) {
+    use std::cell::RefCell;
+    let file = std::fs::File::create(path).expect("create");
+    let writer: RefCell<Option<BackupWriter<std::fs::File>>> = RefCell::new(None);
+    let mut out = Some(file);
+    store
+        .reader
+        .export(
+            256,
+            42,
+            |info| -> Result<(), StoreError> {
+                *writer.borrow_mut() = Some(BackupWriter::new(out.take().expect("once"), key, info, path)?);
+                Ok(())
+            },
+            |chunk| {
+                writer.borrow_mut().as_mut().expect("header first").chunk(chunk)?;
+                Ok(())
+            },
+        )
+        .expect("export");
+    writer.into_inner().expect("writer").finish().expect("finish");
+}
+
+fn key_file(dir: &Path, name: &str) -> BackupKey {
+    let path = dir.join(name);
+    BackupKey::generate_file(&path).expect("keygen");
+    BackupKey::load(&path).expect("load key")
+}
+
+#[tokio::test]
+async fn a_backup_restores_whole_and_any_damage_or_wrong_key_is_refused() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = applied_store(&dir.path().join("src"), 40).await;
+    let key = key_file(dir.path(), "k1");
+    let file = dir.path().join("b.backup");
+    write_backup(&store, &file, &key);
+
+    let backup = BackupFile::open(&file).expect("open");
+    let info = backup.info().clone();
+    assert_eq!((info.cluster_id.as_str(), info.counts.secrets, info.counts.secret_versions), ("c0ffee", 40, 40));
+    assert_eq!(info.last_applied, Some(log_id(1, 41)));
+    let (chunks, records) = backup.unlock(&key).expect("unlock").verify().expect("verify");
+    assert!(chunks > 3, "small chunks: {chunks}");
+    assert_eq!(records, info.counts.records);
+
+    // Restored, the state is the same, record for record.
+    let unlocked = backup.unlock(&key).expect("unlock");
+    let mut restored = coffer_raft_store::restore(&dir.path().join("dst"), &kek(8), StoreOptions::default(), &unlocked)
+        .expect("restore");
+    for i in 1..=40u64 {
+        let s = restored.reader.secret_by_name(&format!("name{i}")).expect("read").expect("restored");
+        let v = restored.reader.secret_value(&s.id, 1).expect("read");
+        assert_eq!(v, Some(SealedBytes(format!("BACKUP-CANARY-{i}").into_bytes())));
+    }
+    assert_eq!(restored.reader.last_applied().expect("read"), Some(log_id(1, 41)));
+    let r = restored.reform_alone(9, coffer_raft_store::ManagerNode { addr: "127.0.0.1:1".into() }).expect("reform");
+    assert_eq!(r.applied, log_id(1, 41));
+    let voters: Vec<u64> = restored.reader.membership().expect("read").membership().voter_ids().collect();
+    assert_eq!(voters, vec![9]);
+
+    // Another key, a passphrase for a keyed file: refused at the key check.
+    let other = key_file(dir.path(), "k2");
+    assert!(matches!(backup.unlock(&other), Err(BackupError::WrongKey { .. })));
+    assert!(matches!(
+        backup.unlock(&BackupKey::from_passphrase("a long passphrase")),
+        Err(BackupError::WrongKey { .. })
+    ));
+    // Any flipped byte and any cut is refused by the digest, before a key is tried.
+    let good = std::fs::read(&file).expect("read");
+    let bad = dir.path().join("bad.backup");
+    for at in [0, 9, 14, 20, good.len() / 3, good.len() / 2, good.len() - 40, good.len() - 1] {
+        let mut b = good.clone();
+        b[at] ^= 1;
+        std::fs::write(&bad, &b).expect("write");
+        assert!(BackupFile::open(&bad).is_err(), "a flipped byte at {at} of {}", good.len());
+    }
+    for len in [0, 10, 30, good.len() / 2, good.len() - 1] {
+        std::fs::write(&bad, &good[..len]).expect("write");
+        assert!(BackupFile::open(&bad).is_err(), "cut to {len} of {}", good.len());
+    }
+    // An altered frame whose digest was recomputed (an attacker, not a bit flip) is refused
+    // by the AEAD.
+    let mut b = good.clone();
+    let at = good.len() / 2;
+    b[at] ^= 1;
+    let n = b.len() - 32;
+    let digest: [u8; 32] = sha2::Digest::finalize(sha2::Digest::chain_update(sha2::Sha256::default(), &b[..n])).into();
+    b[n..].copy_from_slice(&digest);
+    std::fs::write(&bad, &b).expect("write");
+    let altered = BackupFile::open(&bad).expect("the digest matches");
+    let r = altered.unlock(&key).and_then(|u| u.verify());
+    assert!(matches!(r, Err(BackupError::Altered { .. } | BackupError::Corrupt { .. })), "{r:?}");
+
+    // A passphrase file: stretched with Argon2id; the backup opens with it alone.
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "correct horse battery staple\n").expect("write");
+    std::fs::set_permissions(&pass, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let pkey = BackupKey::load(&pass).expect("passphrase");
+    let pfile = dir.path().join("p.backup");
+    write_backup(&store, &pfile, &pkey);
+    let pb = BackupFile::open(&pfile).expect("open");
+    assert!(pb.passphrase());
+    pb.unlock(&pkey).expect("unlock").verify().expect("verify");
+    assert!(matches!(pb.unlock(&key), Err(BackupError::WrongKey { .. })));
+    // A short passphrase, or a key file other users can read, is refused.
+    std::fs::write(&pass, "short\n").expect("write");
+    assert!(matches!(BackupKey::load(&pass), Err(BackupError::KeyFile { .. })));
+    std::fs::write(&pass, "correct horse battery staple\n").expect("write");
+    std::fs::set_permissions(&pass, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+    assert!(matches!(BackupKey::load(&pass), Err(BackupError::KeyFile { .. })));
+
+    // No plaintext value in either backup file.
+    for f in [&file, &pfile] {
+        let bytes = std::fs::read(f).expect("read");
+        assert!(!bytes.windows(14).any(|w| w == b"BACKUP-CANARY-"), "{} holds a value", f.display());
+    }
+}
+
+#[tokio::test]
+async fn reforming_alone_keeps_committed_entries_and_drops_the_rest() {
+    let dir = TempDir::new().expect("tempdir");
+    {
+        let mut store = open_at(dir.path()).expect("open");
+        let entries: Vec<_> = std::iter::once(entry(1, init_cluster()))
+            .chain((2..=5).map(|n| entry(n, create_secret(n, b"v"))))
+            .collect();
+        append(&mut store.log, entries.clone()).await;
+        store.state_machine.apply(entries[..2].to_vec()).await.expect("apply 1..=2");
+        store.log.save_committed(Some(log_id(1, 4))).await.expect("committed");
+        store.log.save_vote(&openraft::Vote::new(3, 2)).await.expect("vote");
+        let r = store.reform_alone(9, coffer_raft_store::ManagerNode { addr: "127.0.0.1:9".into() }).expect("reform");
+        assert_eq!((r.applied, r.replayed, r.discarded), (log_id(1, 4), 2, 1));
+    }
+    let mut store = open_at(dir.path()).expect("reopen");
+    for n in [2, 3, 4] {
+        assert!(store.reader.secret_by_name(&format!("name{n}")).expect("read").is_some(), "committed {n} kept");
+    }
+    assert!(store.reader.secret_by_name("name5").expect("read").is_none(), "the uncommitted entry is dropped");
+    let state = store.log.get_log_state().await.expect("log state");
+    assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(log_id(1, 4)), Some(log_id(1, 4))));
+    let vote = store.log.read_vote().await.expect("vote").expect("a vote");
+    assert_eq!((vote.leader_id.term, vote.leader_id.voted_for()), (3, Some(9)));
+    let snap = store.state_machine.get_current_snapshot().await.expect("snapshot").expect("one was built");
+    assert_eq!(snap.meta.last_log_id, Some(log_id(1, 4)));
+    assert_eq!(snap.meta.last_membership.membership().voter_ids().collect::<Vec<_>>(), vec![9]);
 }

@@ -40,6 +40,19 @@ impl ClientError {
     }
 }
 
+/// The error an answer that is not a success carries: the envelope's, or the first words
+/// of whatever came instead.
+fn refusal(status: reqwest::StatusCode, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(b) => ClientError::Api { status: status.as_u16(), code: b.error.code, message: b.error.message },
+        Err(_) => ClientError::Api {
+            status: status.as_u16(),
+            code: ErrorCode::Internal,
+            message: String::from_utf8_lossy(bytes).chars().take(200).collect(),
+        },
+    }
+}
+
 /// One client per manager address; connections are pooled and reused.
 #[derive(Clone)]
 pub struct Client {
@@ -143,14 +156,23 @@ impl Client {
                 reason: format!("unexpected reply: {e}"),
             });
         }
-        match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(b) => Err(ClientError::Api { status: status.as_u16(), code: b.error.code, message: b.error.message }),
-            Err(_) => Err(ClientError::Api {
-                status: status.as_u16(),
-                code: ErrorCode::Internal,
-                message: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
-            }),
+        Err(refusal(status, &bytes))
+    }
+
+    /// `GET /v1/snapshot`: the export stream, chunk by chunk as it arrives (the frames are
+    /// `coffer_raft_store::backup::stream`'s). An error answer is decoded as any other.
+    ///
+    /// # Errors
+    /// Transport failures and refusals (not an admin certificate, no quorum).
+    pub async fn snapshot_stream(&self) -> Result<reqwest::Response, ClientError> {
+        let transport = |e: reqwest::Error| ClientError::Transport { addr: self.addr.clone(), reason: e.to_string() };
+        let resp = self.request(reqwest::Method::GET, "/v1/snapshot").send().await.map_err(transport)?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
         }
+        let bytes = resp.bytes().await.map_err(transport)?;
+        Err(refusal(status, &bytes))
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -212,6 +234,11 @@ impl Client {
 
     pub async fn remove(&self, id: u64) -> Result<(), ClientError> {
         self.delete(&format!("/v1/nodes/{id}")).await
+    }
+
+    /// `node rm --force`: also a manager that still votes.
+    pub async fn remove_forced(&self, id: u64) -> Result<(), ClientError> {
+        self.delete(&format!("/v1/nodes/{id}?force=true")).await
     }
 
     pub async fn set_availability(&self, id: u64, availability: Availability) -> Result<(), ClientError> {

@@ -68,6 +68,37 @@ pub async fn init_manager(
     Ok((summary, running))
 }
 
+/// `snapshot restore`: a new one-manager cluster from the backup at `backup` (sealed under
+/// `key`) in `config.data_dir`, which must be empty, served on `listener`.
+///
+/// # Errors
+/// A data dir that is not empty, a backup that is not intact or not opened by `key`.
+pub async fn restore_manager(
+    config: ManagerConfig,
+    listener: TcpListener,
+    backup: &std::path::Path,
+    key: &coffer_raft_store::backup::BackupKey,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(InitSummary, RunningManager)> {
+    config.validate()?;
+    let summary = crate::manager::recovery::restore_data_dir(&config, listener.local_addr()?, backup, key)?;
+    let running = serve_manager(config, listener, None, shutdown).await?;
+    Ok((summary, running))
+}
+
+/// `worker run --join H:P`: the managers a worker tries first from now on (after a restore,
+/// the new cluster's); those it knew stay behind them.
+///
+/// # Errors
+/// A data dir that is not a worker's.
+pub fn point_worker_at(data_dir: &DataDir, managers: &[String]) -> anyhow::Result<()> {
+    let mut settings = WorkerSettings::load(data_dir)?;
+    let mut known: Vec<String> = managers.to_vec();
+    known.extend(settings.managers.iter().filter(|m| !managers.contains(m)).cloned());
+    settings.managers = known;
+    settings.save(data_dir)
+}
+
 /// `manager join`: joins the cluster of the manager at `join` with a manager join token,
 /// then serves on `listener`.
 ///

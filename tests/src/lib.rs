@@ -140,6 +140,32 @@ impl ManagerProc {
         Self::spawn(bin, dir, &args).map(|(p, _)| p)
     }
 
+    /// `coffer snapshot restore FILE` into the new data dir `dir`, on 127.0.0.1:0; returns the
+    /// manager and the new join tokens it printed.
+    pub fn restore(bin: &Path, dir: &Path, backup: &Path, key_file: &Path) -> anyhow::Result<(Self, Tokens)> {
+        let d = dir.to_str().context("utf-8 path")?;
+        let host = host_of(dir)?;
+        let (b, k) = (backup.to_str().context("utf-8 path")?, key_file.to_str().context("utf-8 path")?);
+        let args = [
+            "snapshot",
+            "restore",
+            b,
+            "--key-file",
+            k,
+            "--data-dir",
+            d,
+            "--listen",
+            "127.0.0.1:0",
+            "--hostname",
+            &host,
+        ];
+        let (p, events) = Self::spawn(bin, dir, &args)?;
+        let done = events.iter().find(|e| e["event"] == "restored").context("no restored event")?;
+        let token = |key: &str| done[key].as_str().map(str::to_string).with_context(|| format!("no {key}"));
+        let tokens = Tokens { worker: token("worker_token")?, manager: token("manager_token")? };
+        Ok((p, tokens))
+    }
+
     /// `coffer manager run`: restart from the data dir.
     pub fn restart(bin: &Path, dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
         let d = dir.to_str().context("utf-8 path")?;
@@ -189,6 +215,39 @@ impl ManagerProc {
 fn host_of(dir: &Path) -> anyhow::Result<String> {
     let name = dir.file_name().and_then(|n| n.to_str()).context("data dir name")?;
     Ok(name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect())
+}
+
+/// Runs `coffer ARGS` to its end (a CLI command, or a node that must refuse to start),
+/// with the admin bundle of `client_dir` and manager `addr`.
+pub fn coffer(bin: &Path, args: &[&str], addr: &str, client_dir: &Path) -> std::process::Output {
+    Command::new(bin)
+        .args(args)
+        .env("COFFER_ADDR", addr)
+        .env("COFFER_CLIENT_DIR", client_dir)
+        .env("COFFER_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run coffer")
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
 
 /// Sends `sig` to `pid` with kill(1): the workspace forbids `unsafe`, so no libc::kill.
@@ -336,8 +395,15 @@ impl WorkerProc {
 
     /// `coffer worker run`: restart from the data dir.
     pub fn restart(bin: &Path, dir: &Path, secrets: &Path) -> anyhow::Result<Self> {
+        Self::restart_with(bin, dir, secrets, &[])
+    }
+
+    /// `coffer worker run EXTRA` (e.g. `--join H:P` after a restore).
+    pub fn restart_with(bin: &Path, dir: &Path, secrets: &Path, extra: &[&str]) -> anyhow::Result<Self> {
         let d = dir.to_str().context("utf-8 path")?;
-        let child = Self::spawn(bin, dir, &["worker", "run", "--data-dir", d], &[])?;
+        let mut args = vec!["worker", "run", "--data-dir", d];
+        args.extend_from_slice(extra);
+        let child = Self::spawn(bin, dir, &args, &[])?;
         Self::wait_running(child, dir, secrets)
     }
 

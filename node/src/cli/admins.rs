@@ -35,20 +35,7 @@ pub(crate) enum AdminCmd {
 
 /// `30d`, `12h`, `90m`, `3600s` or `3600`, in seconds.
 fn parse_ttl(text: &str) -> Result<u64, CliError> {
-    let bad = || CliError::Local(format!("--ttl {text:?}: give N followed by s, m, h or d (e.g. 30d)"));
-    let (num, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let scale = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(scale).ok_or_else(bad)
+    crate::local::config::parse_duration_secs(text).map_err(|e| CliError::Local(format!("--ttl {e}")))
 }
 
 /// Makes the bundle's directory (mode 0700), refusing one that exists: before the cluster

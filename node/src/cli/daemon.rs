@@ -43,6 +43,14 @@ pub(crate) enum ManagerCmd {
         data_dir: PathBuf,
         #[command(flatten)]
         tuning: Tuning,
+        /// After quorum loss: start as the only voter of a new configuration, keeping this
+        /// manager's state; other managers then join it. Refused while a quorum of the old
+        /// configuration answers.
+        #[arg(long)]
+        force_new_cluster: bool,
+        /// With --force-new-cluster: go on even though a quorum answers (splits the cluster).
+        #[arg(long, requires = "force_new_cluster")]
+        yes_i_know: bool,
     },
 }
 
@@ -52,7 +60,7 @@ pub(crate) struct Placement {
     #[arg(long)]
     data_dir: PathBuf,
     #[arg(long, default_value = "0.0.0.0:7370")]
-    listen: String,
+    pub(crate) listen: String,
     /// The address other nodes dial (default: the bound listen address).
     #[arg(long)]
     advertise: Option<String>,
@@ -110,9 +118,22 @@ pub(crate) struct Tuning {
     #[arg(long)]
     config: Option<PathBuf>,
     #[arg(long, hide = true)]
-    snapshot_every: Option<u64>,
+    raft_snapshot_every: Option<u64>,
     #[arg(long, hide = true)]
-    keep_after_snapshot: Option<u64>,
+    raft_keep_after_snapshot: Option<u64>,
+    /// Scheduled backups: the leader writes one to DIR every --snapshot-every (needs
+    /// --snapshot-key-file; the newest --snapshot-keep are kept).
+    #[arg(long)]
+    snapshot_dir: Option<PathBuf>,
+    /// How often: 30s, 15m, 1h, 1d.
+    #[arg(long, default_value = "1h")]
+    snapshot_every: String,
+    #[arg(long, default_value_t = 24)]
+    snapshot_keep: usize,
+    /// The backup key (from `coffer snapshot keygen`, or a passphrase file); read at each
+    /// snapshot, never replicated.
+    #[arg(long, requires = "snapshot_dir")]
+    snapshot_key_file: Option<PathBuf>,
     /// Validity of node certificates in seconds (read at `init`; default 90 days).
     #[arg(long)]
     cert_validity_secs: Option<u64>,
@@ -127,13 +148,27 @@ pub(crate) struct Tuning {
 impl Tuning {
     fn apply(&self, c: &mut ManagerConfig) -> anyhow::Result<()> {
         if let Some(path) = &self.config {
-            ConfigFile::load(path)?.apply(c);
+            ConfigFile::load(path)?.apply(c)?;
         }
-        if let Some(n) = self.snapshot_every {
+        if let Some(n) = self.raft_snapshot_every {
             c.raft.snapshot_every = n;
         }
-        if let Some(n) = self.keep_after_snapshot {
+        if let Some(n) = self.raft_keep_after_snapshot {
             c.raft.keep_after_snapshot = n;
+        }
+        if let Some(dir) = &self.snapshot_dir {
+            let key_file = self
+                .snapshot_key_file
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("--snapshot-dir needs --snapshot-key-file"))?;
+            let every_secs = crate::local::config::parse_duration_secs(&self.snapshot_every)
+                .map_err(|e| anyhow::anyhow!("--snapshot-every {e}"))?;
+            c.snapshots = Some(crate::local::config::ScheduledSnapshots {
+                dir: dir.clone(),
+                every_secs,
+                keep: self.snapshot_keep,
+                key_file,
+            });
         }
         if let Some(n) = self.cert_validity_secs {
             c.node_cert_validity_secs = n;
@@ -176,6 +211,10 @@ pub(crate) enum WorkerCmd {
     Run {
         #[arg(long)]
         data_dir: PathBuf,
+        /// A manager to try first (repeat for several): after a restore, point the worker
+        /// at the new cluster's managers. Remembered.
+        #[arg(long)]
+        join: Vec<String>,
     },
 }
 
@@ -201,7 +240,7 @@ pub fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
-fn config_for(at: &Placement, tuning: &Tuning) -> anyhow::Result<ManagerConfig> {
+pub(crate) fn config_for(at: &Placement, tuning: &Tuning) -> anyhow::Result<ManagerConfig> {
     let mut config = ManagerConfig::new(&at.data_dir, &at.listen);
     config.advertise = at.advertise.clone();
     config.hostname = at.hostname.clone();
@@ -217,7 +256,7 @@ pub(crate) async fn manager(cmd: ManagerCmd, format: Format) -> anyhow::Result<(
             config.validate()?;
             let listener = start::bind(&at.listen).await?;
             let (summary, running) = start::init_manager(config, listener, shutdown).await?;
-            print_init(&summary, format);
+            print_init(&summary, format, "initialized");
             running
         }
         ManagerCmd::Join { at, token, join, tuning } => {
@@ -227,14 +266,23 @@ pub(crate) async fn manager(cmd: ManagerCmd, format: Format) -> anyhow::Result<(
             let listener = start::bind(&at.listen).await?;
             start::join_manager(config, listener, &token, &join, shutdown).await?
         }
-        ManagerCmd::Run { data_dir, tuning } => {
+        ManagerCmd::Run { data_dir, tuning, force_new_cluster, yes_i_know } => {
             let mut config = start::restart_config(&data_dir)?;
             tuning.apply(&mut config)?;
+            if force_new_cluster {
+                config.force_new_cluster = Some(crate::local::config::ForceNewCluster { yes_i_know });
+            }
             config.validate()?;
             let listener = start::bind(&config.listen).await?;
             start::restart_manager(config, listener, shutdown).await?
         }
     };
+    serve_until_stopped(running, format).await;
+    Ok(())
+}
+
+/// Says that the manager serves, then waits until it has stopped.
+pub(crate) async fn serve_until_stopped(running: start::RunningManager, format: Format) {
     let (id, addr) = (running.manager.id, running.manager.advertise.clone());
     match format {
         Format::Json => {
@@ -243,7 +291,6 @@ pub(crate) async fn manager(cmd: ManagerCmd, format: Format) -> anyhow::Result<(
         Format::Table => println!("coffer: manager {} serving on {addr}", node_hex(id)),
     }
     running.wait().await;
-    Ok(())
 }
 
 pub(crate) async fn worker(cmd: WorkerCmd, format: Format) -> anyhow::Result<()> {
@@ -257,7 +304,13 @@ pub(crate) async fn worker(cmd: WorkerCmd, format: Format) -> anyhow::Result<()>
             eprintln!("joined as worker {}", node_hex(w.identity.node_id));
             w
         }
-        WorkerCmd::Run { data_dir } => start::restart_worker(DataDir::new(&data_dir), shutdown).await?,
+        WorkerCmd::Run { data_dir, join } => {
+            let dir = DataDir::new(&data_dir);
+            if !join.is_empty() {
+                start::point_worker_at(&dir, &join)?;
+            }
+            start::restart_worker(dir, shutdown).await?
+        }
     };
     let (id, secrets) = (running.identity.node_id, running.settings.secrets_dir.display().to_string());
     match format {
@@ -269,10 +322,11 @@ pub(crate) async fn worker(cmd: WorkerCmd, format: Format) -> anyhow::Result<()>
     running.wait().await
 }
 
-fn print_init(s: &InitSummary, format: Format) {
+/// The summary of a new cluster (`event`: `initialized`, or `restored` from a backup).
+pub(crate) fn print_init(s: &InitSummary, format: Format, event: &str) {
     if format == Format::Json {
         print_json_line(&serde_json::json!({
-            "event": "initialized",
+            "event": event,
             "cluster_id": s.cluster_id,
             "node_id": s.node_id,
             "addr": s.addr,
@@ -282,7 +336,8 @@ fn print_init(s: &InitSummary, format: Format) {
         }));
         return;
     }
-    println!("Cluster {} created; this manager is node {} at {}.", s.cluster_id, node_hex(s.node_id), s.addr);
+    let what = if event == "restored" { "restored from the backup" } else { "created" };
+    println!("Cluster {} {what}; this manager is node {} at {}.", s.cluster_id, node_hex(s.node_id), s.addr);
     println!();
     println!("Join tokens (shown once; `coffer join-token ROLE --rotate` makes new ones):");
     println!("  worker:  {}", s.worker_token.as_str());

@@ -26,6 +26,7 @@ mod nodes;
 mod output;
 mod secrets;
 mod services;
+mod snapshot;
 mod tokens;
 
 pub use daemon::shutdown_on_signal;
@@ -154,6 +155,12 @@ enum Top {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Backups: save the whole cluster under your key, inspect a backup, restore one into
+    /// a new cluster.
+    Snapshot {
+        #[command(subcommand)]
+        cmd: snapshot::SnapshotCmd,
+    },
     /// Offline tools for a stopped manager's store.
     #[command(subcommand)]
     Store(StoreCmd),
@@ -224,5 +231,9 @@ async fn run(cli: Cli) -> ExitCode {
         Top::Service { cmd } => client_outcome(services::service(cmd, opts).await),
         Top::Token { cmd } => client_outcome(tokens::token(cmd, opts).await),
         Top::Admin { cmd } => client_outcome(admins::admin(cmd, opts).await),
+        Top::Snapshot { cmd: cmd @ snapshot::SnapshotCmd::Restore { .. } } => {
+            node_outcome(snapshot::restore(cmd, opts.format).await)
+        }
+        Top::Snapshot { cmd } => client_outcome(snapshot::snapshot(cmd, opts).await),
     }
 }

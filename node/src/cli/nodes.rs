@@ -23,9 +23,13 @@ pub(crate) enum NodeCmd {
     Demote {
         node: String,
     },
-    /// Remove a node: its certificate is refused everywhere from now on.
+    /// Remove a node: its certificate is refused everywhere from now on. A voting manager
+    /// must be demoted first, or removed with --force (a dead manager that will not come
+    /// back; the remaining managers must still have a quorum).
     Rm {
         node: String,
+        #[arg(long)]
+        force: bool,
     },
     /// Change a node's availability and labels. Labels are set by operators only (a node
     /// cannot set its own): place security-relevant services with `node.labels.K==V`
@@ -123,9 +127,13 @@ pub(crate) async fn node(cmd: NodeCmd, opts: &ClientOpts) -> Result<(), CliError
             c.demote(id).await?;
             println!("node {} no longer votes", node_short(id));
         }
-        NodeCmd::Rm { node } => {
+        NodeCmd::Rm { node, force } => {
             let id = resolve(node).await?;
-            c.remove(id).await?;
+            if force {
+                c.remove_forced(id).await?;
+            } else {
+                c.remove(id).await?;
+            }
             println!("node {} removed; its certificate is refused from now on", node_short(id));
         }
         NodeCmd::Update { node, availability, label_add, label_rm } => {

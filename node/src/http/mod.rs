@@ -19,6 +19,7 @@ pub(crate) mod router;
 pub(crate) mod secrets;
 pub mod server;
 pub(crate) mod services;
+pub(crate) mod snapshot;
 pub(crate) mod tokens;
 pub(crate) mod worker;
 

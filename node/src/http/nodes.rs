@@ -4,7 +4,7 @@
 use coffer_api::time::rfc3339;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use coffer_api::cluster::{
@@ -120,9 +120,24 @@ pub async fn update_node(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(delete, operation_id = "removeNode", path = "/v1/nodes/{id}", tag = "cluster", params(("id" = u64, Path)), responses((status = 204), (status = 409, description = "the last voting manager", body = ErrorBody)))]
-pub async fn remove_node(State(m): S, _a: AdminWriter, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    simple_op(&m, LeaderOp::Remove(parse_id(&id)?)).await
+/// `?force=true`: remove a manager that still votes.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+#[utoipa::path(delete, operation_id = "removeNode", path = "/v1/nodes/{id}", tag = "cluster", params(("id" = u64, Path), ("force" = Option<bool>, Query, description = "also a manager that still votes")), responses((status = 204), (status = 409, description = "a voting manager without force, or the last voting manager", body = ErrorBody)))]
+pub async fn remove_node(
+    State(m): S,
+    _a: AdminWriter,
+    Path(id): Path<String>,
+    query: Result<Query<RemoveQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))?;
+    let id = parse_id(&id)?;
+    simple_op(&m, if q.force { LeaderOp::RemoveForced(id) } else { LeaderOp::Remove(id) }).await
 }
 
 #[utoipa::path(post, operation_id = "promoteNode", path = "/v1/nodes/{id}/promote", tag = "cluster", params(("id" = u64, Path)), responses((status = 204), (status = 409, body = ErrorBody)))]

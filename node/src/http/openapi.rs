@@ -4,7 +4,7 @@
 
 use utoipa::OpenApi;
 
-use crate::http::{admins, nodes, secrets, services, tokens, worker};
+use crate::http::{admins, nodes, secrets, services, snapshot, tokens, worker};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -18,6 +18,7 @@ use crate::http::{admins, nodes, secrets, services, tokens, worker};
         nodes::status, nodes::list_nodes, nodes::inspect_node, nodes::update_node, nodes::remove_node,
         nodes::promote, nodes::demote, nodes::rotate_token,
         admins::issue, admins::list, admins::revoke,
+        snapshot::save,
     ),
     tags(
         (name = "secrets", description = "Secrets; values never come back out of this API"),

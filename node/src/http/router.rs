@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use crate::http::auth::Caller;
 use crate::http::error::ApiError;
-use crate::http::{admins, health, join, nodes, raft, secrets, services, tokens, worker};
+use crate::http::{admins, health, join, nodes, raft, secrets, services, snapshot, tokens, worker};
 use crate::local::ids::NodeHex;
 use crate::manager::Manager;
 use crate::trust::pki::Role;
@@ -65,6 +65,7 @@ pub fn router(m: Arc<Manager>) -> Router {
         .route("/v1/tokens/{id}", delete(tokens::revoke))
         .route("/v1/admins", post(admins::issue).get(admins::list))
         .route("/v1/admins/{name}", delete(admins::revoke))
+        .route("/v1/snapshot", get(snapshot::save))
         .route(
             "/v1/openapi.json",
             get(|| async { ([("content-type", "application/json")], crate::http::openapi::document()) }),

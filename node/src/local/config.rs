@@ -16,6 +16,18 @@ pub struct ConfigFile {
     pub limits: Option<ConnectionLimits>,
     pub max_body_bytes: Option<usize>,
     pub raft: Option<RaftTuning>,
+    pub snapshots: Option<SnapshotsFile>,
+}
+
+/// `"snapshots"` in the config file: scheduled backups (see [`ScheduledSnapshots`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotsFile {
+    pub dir: PathBuf,
+    /// `2s`, `30m`, `1h`, `1d`.
+    pub every: String,
+    pub keep: usize,
+    pub key_file: PathBuf,
 }
 
 impl ConfigFile {
@@ -29,7 +41,18 @@ impl ConfigFile {
     }
 
     /// Sets what the file names on `config`.
-    pub fn apply(self, config: &mut ManagerConfig) {
+    ///
+    /// # Errors
+    /// A duration that does not parse.
+    pub fn apply(self, config: &mut ManagerConfig) -> Result<(), ConfigError> {
+        if let Some(s) = self.snapshots {
+            config.snapshots = Some(ScheduledSnapshots {
+                dir: s.dir,
+                every_secs: parse_duration_secs(&s.every).map_err(|e| ConfigError(format!("snapshots.every: {e}")))?,
+                keep: s.keep,
+                key_file: s.key_file,
+            });
+        }
         if let Some(l) = self.limits {
             config.limits = l;
         }
@@ -39,7 +62,46 @@ impl ConfigFile {
         if let Some(r) = self.raft {
             config.raft = r;
         }
+        Ok(())
     }
+}
+
+/// `30d`, `12h`, `90m`, `3600s` or `3600`, in seconds.
+///
+/// # Errors
+/// A message saying what is expected.
+pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?}: give N followed by s, m, h or d (e.g. 30d)");
+    let (num, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(scale).ok_or_else(bad)
+}
+
+/// Backups the leader writes on a schedule: sealed under the key in `key_file` (which the
+/// cluster does not replicate), written atomically to `dir`, the newest `keep` kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledSnapshots {
+    pub dir: PathBuf,
+    pub every_secs: u64,
+    pub keep: usize,
+    pub key_file: PathBuf,
+}
+
+/// `manager run --force-new-cluster`: start as the only voter of a new configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForceNewCluster {
+    /// Go on even though a quorum of the old configuration answers.
+    pub yes_i_know: bool,
 }
 
 /// A configuration value out of range; the message names the field.
@@ -143,6 +205,10 @@ pub struct ManagerConfig {
     pub limits: ConnectionLimits,
     /// Request body limit in bytes.
     pub max_body_bytes: usize,
+    /// Scheduled backups, written by whichever manager leads.
+    pub snapshots: Option<ScheduledSnapshots>,
+    /// Set for one start only, never remembered.
+    pub force_new_cluster: Option<ForceNewCluster>,
 }
 
 impl ManagerConfig {
@@ -158,6 +224,8 @@ impl ManagerConfig {
             worker_heartbeat_ms: 2000,
             limits: ConnectionLimits::default(),
             max_body_bytes: 1 << 20,
+            snapshots: None,
+            force_new_cluster: None,
         }
     }
 
@@ -193,6 +261,11 @@ impl ManagerConfig {
         }
         if self.max_body_bytes == 0 {
             return Err("max_body_bytes must be positive".into());
+        }
+        if let Some(s) = &self.snapshots {
+            if s.every_secs == 0 || s.keep == 0 {
+                return Err("snapshots: every and keep must be positive".into());
+            }
         }
         self.listen
             .parse::<std::net::SocketAddr>()
@@ -249,15 +322,24 @@ mod tests {
         let path = dir.path().join("manager.json");
         std::fs::write(&path, r#"{"limits": {"anonymous": 32}, "max_body_bytes": 65536}"#).expect("write");
         let mut c = ManagerConfig::for_test("/tmp/x");
-        ConfigFile::load(&path).expect("load").apply(&mut c);
+        ConfigFile::load(&path).expect("load").apply(&mut c).expect("apply");
         assert_eq!((c.limits.anonymous, c.limits.nodes, c.max_body_bytes), (32, 1024, 65536));
         c.validate().expect("valid");
         std::fs::write(&path, r#"{"limits": {"anonymus": 32}}"#).expect("write");
         assert!(ConfigFile::load(&path).expect_err("a misspelt field").0.contains("anonymus"));
         std::fs::write(&path, r#"{"limits": {"anonymous": 0}}"#).expect("write");
         let mut c = ManagerConfig::for_test("/tmp/x");
-        ConfigFile::load(&path).expect("load").apply(&mut c);
+        ConfigFile::load(&path).expect("load").apply(&mut c).expect("apply");
         assert!(c.validate().is_err(), "a budget of 0");
+        std::fs::write(&path, r#"{"snapshots": {"dir": "/b", "every": "1h", "keep": 24, "key_file": "/k"}}"#)
+            .expect("write");
+        let mut c = ManagerConfig::for_test("/tmp/x");
+        ConfigFile::load(&path).expect("load").apply(&mut c).expect("apply");
+        assert_eq!(c.snapshots.as_ref().map(|s| (s.every_secs, s.keep)), Some((3600, 24)));
+        std::fs::write(&path, r#"{"snapshots": {"dir": "/b", "every": "1 hour", "keep": 24, "key_file": "/k"}}"#)
+            .expect("write");
+        let mut c = ManagerConfig::for_test("/tmp/x");
+        assert!(ConfigFile::load(&path).expect("load").apply(&mut c).is_err(), "a duration that does not parse");
         // The example in deploy/ holds the defaults, as it says.
         let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/manager.json");
         let example = ConfigFile::load(&example).expect("deploy/manager.json");

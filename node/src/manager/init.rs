@@ -30,6 +30,7 @@ use crate::trust::credentials::save_node_tls;
 use crate::trust::join::hostname;
 use crate::trust::join_token::JoinToken;
 use crate::trust::pki::{self, ClusterCa, NodeKey, Role};
+use coffer_raft_store::seal::KeyEncryptionKey;
 /// The name of the admin credential `manager init` writes to `client/`.
 const FIRST_ADMIN: &str = "admin";
 const ADMIN_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -60,7 +61,7 @@ impl std::fmt::Debug for InitSummary {
 }
 
 /// The cluster CA with its key, opened from the replicated cluster record.
-pub(crate) fn cluster_ca(cluster: &ClusterRecord) -> Result<ClusterCa, OpError> {
+pub fn cluster_ca(cluster: &ClusterRecord) -> Result<ClusterCa, OpError> {
     let key = KeyBytes::from_slice(&cluster.value_key.0)
         .ok_or_else(|| OpError::internal("reading the cluster key", "wrong length"))?;
     let key = Sealer::new(&key)
@@ -82,36 +83,18 @@ pub fn init_data_dir(config: &ManagerConfig, bound: SocketAddr) -> anyhow::Resul
     let node_id: u64 = rand::thread_rng().gen_range(1..u64::MAX);
     let ca = ClusterCa::generate(&cluster_id)?;
 
-    let node_key = NodeKey::generate()?;
-    let csr = node_key.csr_pem(&[advertise.ip().to_string()])?;
-    let issued = ca.sign_csr(
-        &csr,
-        node_id,
-        Role::Manager,
-        &cluster_id,
-        &[advertise.ip().to_string()],
-        config.node_cert_validity(),
-    )?;
-    save_node_tls(&dir, &kek, ca.cert_pem(), &issued.cert_pem, &node_key.key_pem())?;
+    let serial = certify_manager(&dir, &kek, (&ca, &cluster_id), node_id, advertise, config)?;
 
     let digest = pki::cert_digest(ca.cert_pem())?;
     let worker_token = JoinToken::generate(digest);
     let manager_token = JoinToken::generate(digest);
-
-    // The admin client bundle. Its key is the one private key Coffer writes in plaintext:
-    // the CLI must read it, like a kubeconfig; it is mode 0600 in a 0700 directory.
+    let now = now_millis();
+    let admin = write_admin_bundle(&dir, (&ca, &cluster_id), FIRST_ADMIN, now)?;
     let client_dir = dir.client_dir();
-    std::fs::create_dir_all(&client_dir)?;
-    std::fs::set_permissions(&client_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-    let (admin_cert, admin_key) = ca.issue_admin(FIRST_ADMIN, &cluster_id, ADMIN_CERT_VALIDITY)?;
-    write_atomic(&client_dir.join("ca.pem"), ca.cert_pem().as_bytes(), 0o644)?;
-    write_atomic(&client_dir.join("client.pem"), admin_cert.cert_pem.as_bytes(), 0o644)?;
-    write_atomic(&client_dir.join("client.key"), admin_key.expose().as_bytes(), 0o600)?;
 
     let value_key = KeyBytes::generate();
     let ca_key_sealed =
         Sealer::new(&value_key).seal(&Aad::new("ca-key", cluster_id.as_bytes()), ca.key_pem().expose().as_bytes())?;
-    let now = now_millis();
     let settings = ClusterSettings {
         node_cert_validity_secs: config.node_cert_validity_secs,
         grant_ttl_secs: config.grant_ttl_secs,
@@ -130,20 +113,7 @@ pub fn init_data_dir(config: &ManagerConfig, bound: SocketAddr) -> anyhow::Resul
         autolock: false,
         wrapped_unlock: None,
     };
-    let node = NodeRecord {
-        id: node_id,
-        role: NodeRole::Manager,
-        hostname: config.hostname.clone().unwrap_or_else(hostname),
-        addr: advertise.to_string(),
-        availability: Availability::Active,
-        status: NodeStatus::Ready,
-        labels: Default::default(),
-        cert_serial: issued.serial_hex,
-        grant_public_key: None,
-        removed: false,
-        joined_at: now,
-        updated_at: now,
-    };
+    let node = manager_record(config, node_id, advertise, serial, now);
     NodeIdentity {
         node_id,
         cluster_id: cluster_id.clone(),
@@ -160,14 +130,74 @@ pub fn init_data_dir(config: &ManagerConfig, bound: SocketAddr) -> anyhow::Resul
         manager_token: manager_token.reveal(),
         client_dir,
     };
-    let admin = AdminCredentialRecord {
-        name: FIRST_ADMIN.into(),
-        serial_hex: admin_cert.serial_hex.clone(),
-        created_at: now,
-        expires_at: u64::try_from(admin_cert.not_after_unix).unwrap_or(0).saturating_mul(1000),
-        revoked: false,
-    };
     Ok((Bootstrap { cluster, node, admin }, summary))
+}
+
+/// A new key and certificate for manager `node_id` at `advertise`, signed by `ca` and saved
+/// (the key sealed) in `dir`. Returns the certificate's serial.
+pub(crate) fn certify_manager(
+    dir: &DataDir,
+    kek: &dyn KeyEncryptionKey,
+    (ca, cluster_id): (&ClusterCa, &str),
+    node_id: u64,
+    advertise: SocketAddr,
+    config: &ManagerConfig,
+) -> anyhow::Result<String> {
+    let node_key = NodeKey::generate()?;
+    let ip = [advertise.ip().to_string()];
+    let csr = node_key.csr_pem(&ip)?;
+    let issued = ca.sign_csr(&csr, node_id, Role::Manager, cluster_id, &ip, config.node_cert_validity())?;
+    save_node_tls(dir, kek, ca.cert_pem(), &issued.cert_pem, &node_key.key_pem())?;
+    Ok(issued.serial_hex)
+}
+
+/// Writes an admin client bundle named `name` to `dir/client/` (0700; the key 0600) and
+/// returns the credential record that makes the cluster accept it. The key is the one
+/// private key Coffer writes in plaintext: the CLI must read it, like a kubeconfig.
+pub(crate) fn write_admin_bundle(
+    dir: &DataDir,
+    (ca, cluster_id): (&ClusterCa, &str),
+    name: &str,
+    now: u64,
+) -> anyhow::Result<AdminCredentialRecord> {
+    let client_dir = dir.client_dir();
+    std::fs::create_dir_all(&client_dir)?;
+    std::fs::set_permissions(&client_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    let (cert, key) = ca.issue_admin(name, cluster_id, ADMIN_CERT_VALIDITY)?;
+    write_atomic(&client_dir.join("ca.pem"), ca.cert_pem().as_bytes(), 0o644)?;
+    write_atomic(&client_dir.join("client.pem"), cert.cert_pem.as_bytes(), 0o644)?;
+    write_atomic(&client_dir.join("client.key"), key.expose().as_bytes(), 0o600)?;
+    Ok(AdminCredentialRecord {
+        name: name.into(),
+        serial_hex: cert.serial_hex,
+        created_at: now,
+        expires_at: u64::try_from(cert.not_after_unix).unwrap_or(0).saturating_mul(1000),
+        revoked: false,
+    })
+}
+
+/// The record of a manager that starts a cluster (init, restore).
+pub(crate) fn manager_record(
+    config: &ManagerConfig,
+    node_id: u64,
+    advertise: SocketAddr,
+    cert_serial: String,
+    now: u64,
+) -> NodeRecord {
+    NodeRecord {
+        id: node_id,
+        role: NodeRole::Manager,
+        hostname: config.hostname.clone().unwrap_or_else(hostname),
+        addr: advertise.to_string(),
+        availability: Availability::Active,
+        status: NodeStatus::Ready,
+        labels: Default::default(),
+        cert_serial,
+        grant_public_key: None,
+        removed: false,
+        joined_at: now,
+        updated_at: now,
+    }
 }
 
 /// Initializes the one-member Raft and commits the cluster's first records.

@@ -25,11 +25,17 @@ use crate::trust::pki::{self, Role};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LeaderOp {
     Join(JoinRequest),
-    Renew { node_id: u64, role: Role, csr_pem: String },
+    Renew {
+        node_id: u64,
+        role: Role,
+        csr_pem: String,
+    },
     Promote(u64),
     Demote(u64),
     Remove(u64),
     RotateToken(WireRole),
+    /// `node rm --force`: also a manager that still votes (dead, never coming back).
+    RemoveForced(u64),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,7 +65,8 @@ pub async fn execute(m: &Arc<Manager>, op: LeaderOp) -> Result<OpResult, OpError
         LeaderOp::Renew { node_id, role, csr_pem } => renew(m, node_id, role, &csr_pem).await.map(OpResult::Renewed),
         LeaderOp::Promote(id) => membership::promote(m, id).await.map(|()| OpResult::Done),
         LeaderOp::Demote(id) => membership::demote(m, id).await.map(|()| OpResult::Done),
-        LeaderOp::Remove(id) => membership::remove(m, id).await.map(|()| OpResult::Done),
+        LeaderOp::Remove(id) => membership::remove(m, id, false).await.map(|()| OpResult::Done),
+        LeaderOp::RemoveForced(id) => membership::remove(m, id, true).await.map(|()| OpResult::Done),
         LeaderOp::RotateToken(role) => {
             let cluster = m.cluster()?;
             let digest = pki::cert_digest(&cluster.ca_cert_pem).map_err(|e| OpError::internal("reading the CA", e))?;

@@ -154,12 +154,22 @@ pub async fn demote(m: &Arc<Manager>, id: NodeId) -> Result<(), OpError> {
     Ok(())
 }
 
-pub async fn remove(m: &Arc<Manager>, id: NodeId) -> Result<(), OpError> {
+/// Removes a node. A manager that votes is removed only with `force` (Docker's rule: demote
+/// it first, or force it for a manager that is dead and will not come back); the change
+/// needs a quorum of the remaining voters, like any other.
+pub async fn remove(m: &Arc<Manager>, id: NodeId, force: bool) -> Result<(), OpError> {
     let rec = m.existing_node(id)?;
     if rec.role == NodeRole::Manager {
         let v = voters(m);
         if v.contains(&id) && v.len() == 1 {
             return Err(OpError::precondition("the last voting manager cannot be removed"));
+        }
+        if v.contains(&id) && !force {
+            return Err(OpError::precondition(format!(
+                "manager {} votes: demote it first (`coffer node demote`), or, if it is dead and will not come \
+                 back, remove it with `coffer node rm --force`",
+                NodeHex(id)
+            )));
         }
         if v.contains(&id) {
             change(m, "remove voter", || {

@@ -27,6 +27,11 @@ pub struct Metrics {
     voters: Gauge,
     workers_ready: Gauge,
     workers_down: Gauge,
+    pub snapshots_ok: Counter,
+    pub snapshots_failed: Counter,
+    /// When the last scheduled snapshot was written (ms since the epoch; 0: never).
+    pub last_snapshot_ms: std::sync::atomic::AtomicU64,
+    last_snapshot_age: Gauge,
 }
 
 impl Default for Metrics {
@@ -47,6 +52,10 @@ impl Default for Metrics {
             voters: Gauge::default(),
             workers_ready: Gauge::default(),
             workers_down: Gauge::default(),
+            snapshots_ok: Counter::default(),
+            snapshots_failed: Counter::default(),
+            last_snapshot_ms: Default::default(),
+            last_snapshot_age: Gauge::default(),
         };
         r.register("writes_local", "Commands this manager committed as leader", m.writes_local.clone());
         r.register("writes_forwarded", "Commands this manager forwarded to the leader", m.writes_forwarded.clone());
@@ -61,6 +70,13 @@ impl Default for Metrics {
         r.register("raft_voters", "Voting managers in the membership", m.voters.clone());
         r.register("workers_ready", "Workers marked ready", m.workers_ready.clone());
         r.register("workers_down", "Workers marked down", m.workers_down.clone());
+        r.register("snapshots_written", "Scheduled snapshots written by this manager", m.snapshots_ok.clone());
+        r.register("snapshots_failed", "Scheduled snapshots this manager failed to write", m.snapshots_failed.clone());
+        r.register(
+            "snapshot_age_seconds",
+            "Age of the last scheduled snapshot this manager wrote (-1: none yet)",
+            m.last_snapshot_age.clone(),
+        );
         Self { registry: r, ..m }
     }
 }
@@ -83,6 +99,12 @@ pub fn render(m: &Manager) -> Result<String, OpError> {
     let workers: Vec<_> = m.reader.nodes()?.into_iter().filter(|n| n.role == NodeRole::Worker && !n.removed).collect();
     x.workers_ready.set(gauge(Some(workers.iter().filter(|n| n.status == NodeStatus::Ready).count() as u64)));
     x.workers_down.set(gauge(Some(workers.iter().filter(|n| n.status == NodeStatus::Down).count() as u64)));
+    let last = x.last_snapshot_ms.load(std::sync::atomic::Ordering::Relaxed);
+    x.last_snapshot_age.set(if last == 0 {
+        -1
+    } else {
+        gauge(Some(coffer_api::time::now_millis().saturating_sub(last) / 1000))
+    });
     let mut out = String::new();
     encode(&mut out, &x.registry).map_err(|e| OpError::internal("encoding metrics", e))?;
     Ok(out)

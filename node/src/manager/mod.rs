@@ -30,6 +30,7 @@ use crate::manager::read_index::ReadIndexBatch;
 use crate::trust::tls::NodeCert;
 
 pub(crate) mod audit;
+pub mod backup;
 pub(crate) mod constraints;
 pub(crate) mod error;
 pub mod grants;
@@ -40,6 +41,7 @@ pub(crate) mod metrics;
 pub(crate) mod open;
 pub(crate) mod raft_net;
 pub(crate) mod read_index;
+pub mod recovery;
 pub(crate) mod renew;
 pub(crate) mod scheduler;
 pub(crate) mod status;

@@ -15,7 +15,7 @@ use crate::local::data_dir::{DataDir, NodeIdentity};
 use crate::local::key_file;
 use crate::manager::raft_net::{PeerNetwork, Peers};
 use crate::manager::read_index::ReadIndexBatch;
-use crate::manager::{audit, metrics, scheduler, Manager};
+use crate::manager::{audit, backup, metrics, recovery, scheduler, Manager};
 use crate::trust::credentials::load_credentials;
 use crate::trust::tls::{self, NodeCert};
 
@@ -44,8 +44,11 @@ impl Manager {
         let peers = Peers::new(tls::http_client(tls::client_config(&creds.ca_pem, Some(cert.clone()))?)?);
         let server_tls = tls::server_config(&creds.ca_pem, cert.clone())?;
 
-        let store = coffer_raft_store::open(&data_dir.store(), kek.as_ref(), StoreOptions::default())
+        let mut store = coffer_raft_store::open(&data_dir.store(), kek.as_ref(), StoreOptions::default())
             .context("open the manager's store")?;
+        if let Some(f) = config.force_new_cluster {
+            recovery::force_new_cluster(&mut store, identity.node_id, &identity.advertise, &peers, f).await?;
+        }
         let raft_config = Arc::new(config.openraft_config()?);
         let raft =
             Raft::new(identity.node_id, raft_config, PeerNetwork::new(peers.clone()), store.log, store.state_machine)
@@ -86,6 +89,9 @@ impl Manager {
     pub fn spawn_background(self: &Arc<Self>) {
         self.tasks.spawn(crate::manager::renew::keep_renewed(self.clone()));
         self.tasks.spawn(scheduler::run(self.clone()));
+        if let Some(s) = self.config.snapshots.clone() {
+            self.tasks.spawn(backup::scheduled(self.clone(), s));
+        }
     }
 
     /// Once shutdown is signalled and the listener has stopped: stops Raft (which fails any

@@ -70,7 +70,7 @@ async fn sigkill_of_the_leader_elects_another_and_the_restarted_manager_catches_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manager_that_missed_purged_entries_catches_up_by_snapshot() {
-    let tuning = ["--snapshot-every", "20", "--keep-after-snapshot", "0"];
+    let tuning = ["--raft-snapshot-every", "20", "--raft-keep-after-snapshot", "0"];
     let mut c = Cluster::start(bin(), 3, &tuning).await.expect("cluster");
     let leader = c.leader_seen_by(0).await.expect("leader");
     let lagging = (0..3).find(|&i| c.managers[i].id != leader).expect("a follower");
@@ -117,7 +117,7 @@ async fn managers_are_demoted_promoted_and_the_last_one_is_kept() {
     let single = Cluster::start(bin(), 1, &[]).await.expect("single");
     let a = single.admin(0);
     let id = single.managers[0].id;
-    for r in [a.demote(id).await, a.remove(id).await] {
+    for r in [a.demote(id).await, a.remove(id).await, a.remove_forced(id).await] {
         assert_eq!(r.expect_err("refused").code(), Some(ErrorCode::FailedPrecondition));
     }
     let n = a.node(id).await.expect("still there");

@@ -7,6 +7,7 @@ mod cluster;
 mod flood;
 mod grants;
 mod layout;
+mod recovery;
 mod security;
 mod workers;
 

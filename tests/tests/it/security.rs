@@ -217,7 +217,11 @@ async fn each_endpoint_refuses_callers_without_its_role() {
     assert_eq!(e.code(), Some(ErrorCode::PermissionDenied));
     assert!(e.to_string().contains("removed"), "{e}");
 
-    admin.remove(c.managers[2].id).await.expect("remove manager 3");
+    // A voting manager is removed only with force (Docker's rule: demote it first).
+    let e = admin.remove(c.managers[2].id).await.expect_err("a voter removed without force");
+    assert_eq!(e.code(), Some(ErrorCode::FailedPrecondition));
+    assert!(e.to_string().contains("--force"), "{e}");
+    admin.remove_forced(c.managers[2].id).await.expect("remove manager 3");
     let e = m.post::<_, serde_json::Value>("/raft/vote", &vote).await.expect_err("removed manager votes");
     assert_eq!(e.code(), Some(ErrorCode::PermissionDenied));
     let nodes = admin.nodes().await.expect("ls");

@@ -181,7 +181,11 @@ pub(crate) async fn force_new_cluster(
         .map(|id| (id, membership.membership().get_node(&id).map(|n| n.addr.clone()).unwrap_or_default()))
         .collect();
     let total = voters.len() + 1;
-    let mut answering = 1; // this one
+    // This one answers.
+    let mut answering = 1;
+    // Already the only voter: a forced start that was interrupted, run again. Nothing to
+    // ask; re-forming again is idempotent and rebuilds what the interruption left out.
+    let alone = voters.is_empty();
     for (id, addr) in &voters {
         let url = format!("https://{addr}/raft/applied");
         let r = post_postcard::<_, Option<u64>>(&peers.get(), &url, Some(*id), &(), std::time::Duration::from_secs(2))
@@ -191,7 +195,7 @@ pub(crate) async fn force_new_cluster(
             tracing::warn!(node_id = %NodeHex(*id), %addr, "a manager of the old configuration answers");
         }
     }
-    if answering > total / 2 && !f.yes_i_know {
+    if !alone && answering > total / 2 && !f.yes_i_know {
         anyhow::bail!(
             "{answering} of the {total} voting managers of this cluster answer: it has a quorum, so forcing a new \
              cluster would split it in two. Restart this manager without --force-new-cluster (or, if you are sure \

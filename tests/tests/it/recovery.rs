@@ -332,6 +332,10 @@ async fn a_survivor_forms_a_new_cluster_after_quorum_loss() {
     std::fs::remove_dir_all(&c.managers[1].dir).expect("lose m2's disk");
     c.managers[0].terminate().expect("stop m1");
     c.managers[0] = ManagerProc::restart(bin(), &dir1, &["--force-new-cluster"]).expect("force a new cluster");
+    voters(&c.admin(0), 1).await;
+    // Run again (as after an interrupted forced start): it is already alone, so it starts.
+    c.managers[0].terminate().expect("stop m1");
+    c.managers[0] = ManagerProc::restart(bin(), &dir1, &["--force-new-cluster"]).expect("force again");
     let admin = c.admin(0);
     voters(&admin, 1).await;
     admin.create_secret("c0", &value("c0", 1), BTreeMap::new()).await.expect("a write on the new cluster");

@@ -216,7 +216,12 @@ impl BackupKey {
         Ok(Self { secret: Zeroizing::new(body.to_vec()), raw: false })
     }
 
-    /// A key from raw bytes or a passphrase, for tests and benchmarks.
+    /// A generated key's 32 bytes (as `keygen` writes them), for tests and fuzzing.
+    pub fn from_raw(key: &[u8; 32]) -> Self {
+        Self { secret: Zeroizing::new(key.to_vec()), raw: true }
+    }
+
+    /// A passphrase, for tests and benchmarks.
     pub fn from_passphrase(passphrase: &str) -> Self {
         Self { secret: Zeroizing::new(passphrase.as_bytes().to_vec()), raw: false }
     }

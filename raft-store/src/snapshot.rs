@@ -83,7 +83,7 @@ impl SnapshotFile {
     /// # Errors
     /// [`StoreError::Snapshot`] for a file that is not a snapshot or is of a newer format,
     /// [`StoreError::Tampered`] for a header that does not open under `sealer`.
-    pub(crate) fn open(path: &Path, sealer: Sealer) -> Result<Self, StoreError> {
+    pub fn open(path: &Path, sealer: Sealer) -> Result<Self, StoreError> {
         let file = File::open(path).map_err(StoreError::io("open snapshot", path))?;
         let bad = |reason: String| StoreError::Snapshot { path: path.to_path_buf(), reason };
         let mut pre = [0u8; PREAMBLE as usize];

@@ -10,6 +10,7 @@ pub(crate) mod auth;
 pub(crate) mod budget;
 pub(crate) mod error;
 pub(crate) mod extract;
+pub mod fuzz;
 pub(crate) mod health;
 pub(crate) mod join;
 pub(crate) mod nodes;

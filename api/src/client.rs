@@ -236,6 +236,35 @@ impl Client {
         self.delete(&format!("/v1/nodes/{id}")).await
     }
 
+    /// `GET /readyz`: `Ok` when the manager is ready; its refusal (`unavailable`, `locked`)
+    /// otherwise.
+    pub async fn ready(&self) -> Result<(), ClientError> {
+        let transport = |e: reqwest::Error| ClientError::Transport { addr: self.addr.clone(), reason: e.to_string() };
+        let resp = self.request(reqwest::Method::GET, "/readyz").send().await.map_err(transport)?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(transport)?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(refusal(status, &bytes))
+        }
+    }
+
+    /// Unlocks a locked manager (autolock) with `key` (`COFFER-KEY-1-...`).
+    pub async fn unlock(&self, key: &str) -> Result<(), ClientError> {
+        self.post("/v1/unlock", &crate::cluster::UnlockRequest { key: key.to_string() }).await
+    }
+
+    /// Turns autolock on (the answer holds the new unlock key) or off.
+    pub async fn set_autolock(&self, enabled: bool) -> Result<crate::cluster::UnlockKeyIssued, ClientError> {
+        self.patch("/v1/cluster/autolock", &crate::cluster::AutolockUpdate { enabled }).await
+    }
+
+    /// A new unlock key; every manager re-wraps its store under it.
+    pub async fn rotate_unlock_key(&self) -> Result<crate::cluster::UnlockKeyIssued, ClientError> {
+        self.post("/v1/cluster/unlock-key/rotate", &()).await
+    }
+
     /// `node rm --force`: also a manager that still votes.
     pub async fn remove_forced(&self, id: u64) -> Result<(), ClientError> {
         self.delete(&format!("/v1/nodes/{id}?force=true")).await

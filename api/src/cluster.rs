@@ -140,6 +140,14 @@ pub struct MemberStatus {
     /// Last log index the leader knows this member has (leader's view; `None` elsewhere).
     pub matched_index: Option<u64>,
     pub reachable: Option<bool>,
+    /// Waiting for `coffer cluster unlock` (asked of the member when the status is made;
+    /// `None` when it did not answer).
+    #[serde(default)]
+    pub locked: Option<bool>,
+    /// The unlock key generation this member's store is sealed under (autolock), as it last
+    /// recorded it; behind the cluster's, it still needs the previous unlock key.
+    #[serde(default)]
+    pub unlock_generation: Option<u64>,
 }
 
 /// `GET /v1/cluster/status`, answered by the manager asked (each reports its own view).
@@ -153,6 +161,11 @@ pub struct ClusterStatus {
     pub committed_index: Option<u64>,
     pub applied_index: Option<u64>,
     pub members: Vec<MemberStatus>,
+    /// Whether autolock is on, and the generation of the current unlock key (0: none yet).
+    #[serde(default)]
+    pub autolock: bool,
+    #[serde(default)]
+    pub unlock_generation: u64,
     /// `true` when a leader is known and this manager has applied what it knows committed
     /// (within 100 entries: applying trails committing by a few under load).
     pub healthy: bool,
@@ -202,4 +215,37 @@ pub struct AdminInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AdminList {
     pub admins: Vec<AdminInfo>,
+}
+
+/// `POST /v1/unlock`: the unlock key, for a manager that restarted locked (autolock).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UnlockRequest {
+    /// `COFFER-KEY-1-...`
+    pub key: String,
+}
+
+impl std::fmt::Debug for UnlockRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnlockRequest").field("key", &"[redacted]").finish()
+    }
+}
+
+/// `PATCH /v1/cluster/autolock`: turn autolock on or off for every manager.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AutolockUpdate {
+    pub enabled: bool,
+}
+
+/// A new unlock key (autolock turned on, or the key rotated): shown once, stored nowhere.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UnlockKeyIssued {
+    /// `COFFER-KEY-1-...`; `None` when autolock was turned off.
+    pub key: Option<String>,
+    pub generation: u64,
+}
+
+impl std::fmt::Debug for UnlockKeyIssued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnlockKeyIssued").field("generation", &self.generation).finish_non_exhaustive()
+    }
 }

@@ -32,6 +32,8 @@ pub enum ErrorCode {
     NotLeader,
     /// The manager is sealed (autolock) and waits for `coffer cluster unlock`.
     Locked,
+    /// The unlock key given does not open this manager (or came too soon after a wrong one).
+    UnlockFailed,
     Internal,
 }
 
@@ -48,6 +50,7 @@ impl ErrorCode {
             }
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Unavailable | ErrorCode::Locked => 503,
+            ErrorCode::UnlockFailed => 403,
             ErrorCode::NotLeader => 421,
             ErrorCode::Internal => 500,
         }

@@ -11,17 +11,19 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use axum::Router;
 use coffer_api::cluster::NodeRole;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::http;
+use crate::http::locked::Unlocker;
 use crate::local::config::ManagerConfig;
 use crate::local::data_dir::{DataDir, NodeIdentity};
 use crate::local::ids::NodeHex;
 use crate::manager::init::{self, Bootstrap};
-use crate::manager::open::Opened;
+use crate::manager::open::{Local, Opened};
 use crate::manager::Manager;
 use crate::trust::join::Joiner;
 use crate::worker::Worker;
@@ -144,19 +146,79 @@ pub fn restart_config(data_dir: &std::path::Path) -> anyhow::Result<ManagerConfi
     Ok(config)
 }
 
+/// Whether the manager of `data_dir` will start locked (autolock): it then serves only
+/// health, the CA and unlock until it gets its unlock key.
+///
+/// # Errors
+/// A data dir that cannot be read.
+pub fn starts_locked(data_dir: &std::path::Path) -> anyhow::Result<bool> {
+    let kind = coffer_raft_store::kek_kind(&DataDir::new(data_dir).store())?;
+    Ok(kind.as_deref() == Some(crate::local::unlock_key::KIND))
+}
+
+/// A router that can be swapped while the listener serves: a locked manager's, then the
+/// full one once it is unlocked.
+fn gate(initial: Router) -> (tokio::sync::watch::Sender<Router>, Router) {
+    let (tx, rx) = tokio::sync::watch::channel(initial);
+    let app = Router::new().fallback_service(tower::service_fn(move |req: axum::extract::Request| {
+        let current = rx.borrow().clone();
+        async move { tower::ServiceExt::oneshot(current, req).await }
+    }));
+    (tx, app)
+}
+
 async fn serve_manager(
     config: ManagerConfig,
     listener: TcpListener,
     bootstrap: Option<Bootstrap>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningManager> {
-    let Opened { manager, server_tls } = Manager::open(config, shutdown.clone()).await?;
-    let app = http::router::router(manager.clone());
-    let limits = manager.config.limits.clone();
-    let checker = manager.clone();
-    let still_valid: http::server::StillValid = Arc::new(move |id| http::auth::still_valid(&checker, id));
-    let serving =
-        tokio::spawn(http::server::serve_checked(listener, server_tls, app, limits, still_valid, shutdown.clone()));
+    let local = Local::load(&config)?;
+    let opened: Arc<std::sync::OnceLock<Arc<Manager>>> = Arc::default();
+    let cell = opened.clone();
+    let still_valid: http::server::StillValid = Arc::new(move |id| match cell.get() {
+        Some(m) => http::auth::still_valid(m, id),
+        // Locked: no state to check against; the locked router lets admins unlock only.
+        None => true,
+    });
+    let (swap, app) = gate(Router::new());
+    let mut serve = {
+        let (tls, limits, shutdown) = (local.server_tls.clone(), config.limits.clone(), shutdown.clone());
+        Some(move || tokio::spawn(http::server::serve_checked(listener, tls, app, limits, still_valid, shutdown)))
+    };
+    let (unlock, serving) = if local.locked {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let _ = swap
+            .send_replace(http::locked::router(local.ca_pem.clone(), Unlocker::new(tx, &local.identity.cluster_id)));
+        let serving = serve.take().map(|f| f());
+        match crate::manager::unlock::wait(&local, config.unlock.as_ref(), rx, &shutdown).await {
+            Some(key) => (Some(key), serving),
+            None => {
+                if let Some(s) = serving {
+                    let _ = s.await;
+                }
+                anyhow::bail!("stopped before it was unlocked");
+            }
+        }
+    } else {
+        (None, None)
+    };
+    let store_key = local.store_key(unlock.as_ref());
+    let manager = match Manager::open(config, &local, store_key, shutdown.clone()).await {
+        Ok(Opened { manager, .. }) => manager,
+        Err(e) => {
+            shutdown.cancel();
+            if let Some(s) = serving {
+                let _ = s.await;
+            }
+            return Err(e);
+        }
+    };
+    let _ = opened.set(manager.clone());
+    let _ = swap.send_replace(http::router::router(manager.clone()));
+    let Some(serving) = serving.or_else(|| serve.take().map(|f| f())) else {
+        anyhow::bail!("the listener is already served");
+    };
     let m = manager.clone();
     let done = tokio::spawn(async move {
         let _ = serving.await;

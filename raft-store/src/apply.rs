@@ -273,6 +273,16 @@ impl<'a> Txn<'a> {
                 self.put(keys::node(*id), &node)?;
                 done
             }
+            Command::SetAutolock { enabled, wrapped_unlock } => self.update_cluster(|c| {
+                c.autolock = *enabled;
+                if wrapped_unlock.is_some() {
+                    c.wrapped_unlock = wrapped_unlock.clone();
+                }
+            })?,
+            Command::SetUnlockGeneration { node, generation } => {
+                self.put(keys::unlock_gen(*node), &(*node, *generation))?;
+                done
+            }
             Command::PutAdminCredential(rec) => {
                 self.put(keys::admin(&rec.name), rec)?;
                 done

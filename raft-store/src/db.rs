@@ -120,16 +120,7 @@ impl Db {
         if found > STORE_FORMAT {
             return Err(StoreError::NewerStore { path: dir.to_path_buf(), found, supported: STORE_FORMAT });
         }
-        let kind = db.get_cf(meta, META_KEK_KIND).map_err(StoreError::db("read kek kind"))?.unwrap_or_default();
-        let kind = String::from_utf8_lossy(&kind).into_owned();
-        if kind != kek.kind() {
-            return Err(StoreError::WrongKey { kek_kind: format!("{} (the store was sealed by {kind})", kek.kind()) });
-        }
-        let wrapped = db.get_cf(meta, META_DATA_KEY).map_err(StoreError::db("read data key"))?.ok_or_else(|| {
-            StoreError::Inconsistent { path: dir.to_path_buf(), reason: "the data key is missing".into() }
-        })?;
-        let key = kek.unwrap(&wrapped).map_err(|_| StoreError::WrongKey { kek_kind: kind })?;
-        Ok(Sealer::new(&key))
+        Ok(Sealer::new(&unwrap_data_key(db, dir, kek)?))
     }
 
     /// Re-wraps the data key under `new_kek` (e.g. when autolock is turned on or the unlock
@@ -152,6 +143,34 @@ impl Db {
         batch.put_cf(meta, META_KEK_KIND, new_kek.kind().as_bytes());
         batch.put_cf(meta, META_DATA_KEY, new_kek.wrap(&key)?);
         self.db.write_opt(batch, &synced()).map_err(StoreError::db("rewrap data key"))
+    }
+
+    /// The kind of key-encryption key the store under `dir` was sealed with (`key-file`,
+    /// `unlock-key`), read without opening it; `None` for no store yet.
+    ///
+    /// # Errors
+    /// A store that cannot be read.
+    pub fn kek_kind(dir: &Path) -> Result<Option<String>, StoreError> {
+        let db_path = dir.join("db");
+        if !db_path.join("CURRENT").exists() {
+            return Ok(None);
+        }
+        let db = DB::open_cf_for_read_only(&Options::default(), &db_path, ALL_CFS, false)
+            .map_err(StoreError::db(format!("open {} to read its key kind", db_path.display())))?;
+        let kind = db.get_cf(cf_of(&db, CF_META)?, META_KEK_KIND).map_err(StoreError::db("read kek kind"))?;
+        Ok(kind.map(|k| String::from_utf8_lossy(&k).into_owned()))
+    }
+
+    /// Whether `kek` opens the store under `dir`, checked read-only: trying a wrong key
+    /// changes nothing on disk.
+    ///
+    /// # Errors
+    /// [`StoreError::WrongKey`] for another key (or kind of key); a store that cannot be read.
+    pub fn check_kek(dir: &Path, kek: &dyn KeyEncryptionKey) -> Result<(), StoreError> {
+        let db_path = dir.join("db");
+        let db = DB::open_cf_for_read_only(&Options::default(), &db_path, ALL_CFS, false)
+            .map_err(StoreError::db(format!("open {} read-only", db_path.display())))?;
+        unwrap_data_key(&db, dir, kek).map(drop)
     }
 
     pub(crate) fn cf(&self, name: &str) -> Result<&ColumnFamily, StoreError> {
@@ -218,6 +237,21 @@ impl Db {
         let opts = if sync { synced() } else { WriteOptions::default() };
         self.db.write_opt(batch, &opts).map_err(StoreError::db(what.to_string()))
     }
+}
+
+/// The store's data key, unwrapped with `kek` after checking that the store was sealed by
+/// that kind of key.
+fn unwrap_data_key(db: &DB, dir: &Path, kek: &dyn KeyEncryptionKey) -> Result<KeyBytes, StoreError> {
+    let meta = cf_of(db, CF_META)?;
+    let kind = db.get_cf(meta, META_KEK_KIND).map_err(StoreError::db("read kek kind"))?.unwrap_or_default();
+    let kind = String::from_utf8_lossy(&kind).into_owned();
+    if kind != kek.kind() {
+        return Err(StoreError::WrongKey { kek_kind: format!("{} (the store was sealed by {kind})", kek.kind()) });
+    }
+    let wrapped = db.get_cf(meta, META_DATA_KEY).map_err(StoreError::db("read data key"))?.ok_or_else(|| {
+        StoreError::Inconsistent { path: dir.to_path_buf(), reason: "the data key is missing".into() }
+    })?;
+    kek.unwrap(&wrapped).map_err(|_| StoreError::WrongKey { kek_kind: kind })
 }
 
 pub(crate) fn decode_at<T: DeserializeOwned>(cf: &str, key: &[u8], plain: &[u8]) -> Result<T, StoreError> {

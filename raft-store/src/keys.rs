@@ -18,6 +18,7 @@ pub(crate) const API_TOKEN: &[u8] = b"api-token/";
 pub(crate) const NODE_TASK: &[u8] = b"node-task/";
 pub(crate) const ADMIN: &[u8] = b"admin/";
 pub(crate) const RETIRING_CERT: &[u8] = b"retiring-cert/";
+pub(crate) const UNLOCK_GEN: &[u8] = b"unlock-gen/";
 
 fn join(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + rest.len());
@@ -82,6 +83,10 @@ pub(crate) fn authority(term: u64) -> Vec<u8> {
 
 pub(crate) fn api_token(id: &str) -> Vec<u8> {
     join(API_TOKEN, id.as_bytes())
+}
+
+pub(crate) fn unlock_gen(node: NodeId) -> Vec<u8> {
+    join(UNLOCK_GEN, &node.to_be_bytes())
 }
 
 pub(crate) fn retiring_cert(node: NodeId) -> Vec<u8> {

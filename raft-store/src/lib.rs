@@ -117,6 +117,24 @@ impl Store {
     }
 }
 
+/// The kind of key-encryption key the store under `dir` is sealed with (`key-file`, or
+/// `unlock-key` under autolock), read without its key; `None` when there is no store yet.
+///
+/// # Errors
+/// A store that cannot be read.
+pub fn kek_kind(dir: &Path) -> Result<Option<String>, StoreError> {
+    db::Db::kek_kind(dir)
+}
+
+/// Whether `kek` opens the store under `dir`, checked read-only (a wrong key changes
+/// nothing on disk).
+///
+/// # Errors
+/// [`StoreError::WrongKey`] for another key; a store that cannot be read.
+pub fn check_kek(dir: &Path, kek: &dyn seal::KeyEncryptionKey) -> Result<(), StoreError> {
+    db::Db::check_kek(dir, kek)
+}
+
 /// Opens (or creates) the store under `dir`, unwrapping its data key with `kek`.
 ///
 /// # Errors

@@ -343,6 +343,20 @@ pub enum Command {
         previous_until: Millis,
         at: Millis,
     },
+    /// Turns autolock on or off. `wrapped_unlock`, when given, is a new unlock key (with its
+    /// generation) sealed with the cluster value key: every manager re-wraps its own store's
+    /// data key under a key derived from it when it applies this. Turning autolock off keeps
+    /// the last one, so that generations keep growing.
+    SetAutolock {
+        enabled: bool,
+        wrapped_unlock: Option<SealedBytes>,
+    },
+    /// Manager `node`'s store is now sealed under unlock key `generation` (0: under its key
+    /// file): what `cluster status` shows of who still needs an older unlock key.
+    SetUnlockGeneration {
+        node: NodeId,
+        generation: u64,
+    },
 }
 
 impl Command {
@@ -389,6 +403,8 @@ impl Command {
             Command::PutAdminCredential(_) => "put_admin_credential",
             Command::RevokeAdminCredential { .. } => "revoke_admin_credential",
             Command::RenewNodeCert { .. } => "renew_node_cert",
+            Command::SetAutolock { .. } => "set_autolock",
+            Command::SetUnlockGeneration { .. } => "set_unlock_generation",
         }
     }
 }

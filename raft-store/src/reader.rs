@@ -129,6 +129,24 @@ impl StateReader {
     }
 
     /// The certificate `node` had before its last renewal, while it is still accepted.
+    /// The unlock key generation each manager last recorded its store to be sealed under.
+    pub fn unlock_generations(&self) -> Result<std::collections::BTreeMap<NodeId, u64>, StoreError> {
+        Ok(self.scan::<(NodeId, u64)>(keys::UNLOCK_GEN)?.into_iter().collect())
+    }
+
+    /// Re-wraps the store's data key under `new_kek` while the store runs (autolock turned
+    /// on or off, unlock key rotated).
+    ///
+    /// # Errors
+    /// [`StoreError::WrongKey`] when `old_kek` does not open the current wrapping.
+    pub fn rewrap_data_key(
+        &self,
+        old_kek: &dyn crate::seal::KeyEncryptionKey,
+        new_kek: &dyn crate::seal::KeyEncryptionKey,
+    ) -> Result<(), StoreError> {
+        self.db.rewrap_data_key(old_kek, new_kek)
+    }
+
     pub fn retiring_cert(&self, node: NodeId) -> Result<Option<RetiringCert>, StoreError> {
         self.get(&keys::retiring_cert(node))
     }

@@ -54,6 +54,8 @@ fn stdout_lines(child: &mut Child) -> anyhow::Result<mpsc::Receiver<String>> {
 pub struct Tokens {
     pub worker: String,
     pub manager: String,
+    /// The unlock key `manager init --autolock` printed.
+    pub unlock_key: Option<String>,
 }
 
 /// One manager process.
@@ -70,6 +72,43 @@ impl ManagerProc {
     /// Spawns `coffer ARGS --format=json` and waits for its `serving` event; returns the
     /// events printed before it.
     fn spawn(bin: &Path, dir: &Path, args: &[&str]) -> anyhow::Result<(Self, Vec<serde_json::Value>)> {
+        Self::spawn_until(bin, dir, args, "serving")
+    }
+
+    /// `coffer manager run EXTRA` on a data dir under autolock: returns once the manager
+    /// says it is locked (its `addr` is where to unlock it; `id` is not known yet: 0).
+    pub fn restart_locked(bin: &Path, dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let d = dir.to_str().context("utf-8 path")?;
+        let mut args = vec!["manager", "run", "--data-dir", d];
+        args.extend_from_slice(extra);
+        Self::spawn_until(bin, dir, &args, "locked").map(|(p, _)| p)
+    }
+
+    /// Waits for the `serving` event of a manager that was locked; sets its id.
+    pub fn wait_serving(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).with_context(|| format!("{} never served", self.dir.display()))?;
+            let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if event["event"] == "serving" {
+                self.id = event["node_id"].as_u64().context("serving event without node_id")?;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn spawn_until(
+        bin: &Path,
+        dir: &Path,
+        args: &[&str],
+        until: &str,
+    ) -> anyhow::Result<(Self, Vec<serde_json::Value>)> {
         let log = std::fs::File::create(dir.with_extension("log")).context("create log file")?;
         let mut child = Command::new(bin)
             .args(args)
@@ -88,9 +127,9 @@ impl ManagerProc {
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                    if event["event"] == "serving" {
-                        let addr = event["addr"].as_str().context("serving event without addr")?.to_string();
-                        let id = event["node_id"].as_u64().context("serving event without node_id")?;
+                    if event["event"] == until {
+                        let addr = event["addr"].as_str().context("event without addr")?.to_string();
+                        let id = event["node_id"].as_u64().unwrap_or(0);
                         let p = Self { child, dir: dir.to_path_buf(), addr, id, lines: rx };
                         return Ok((p, seen));
                     }
@@ -114,7 +153,8 @@ impl ManagerProc {
         let (p, events) = Self::spawn(bin, dir, &args)?;
         let init = events.iter().find(|e| e["event"] == "initialized").context("no initialized event")?;
         let token = |key: &str| init[key].as_str().map(str::to_string).with_context(|| format!("no {key}"));
-        let tokens = Tokens { worker: token("worker_token")?, manager: token("manager_token")? };
+        let unlock_key = init["unlock_key"].as_str().map(str::to_string);
+        let tokens = Tokens { worker: token("worker_token")?, manager: token("manager_token")?, unlock_key };
         Ok((p, tokens))
     }
 
@@ -162,7 +202,7 @@ impl ManagerProc {
         let (p, events) = Self::spawn(bin, dir, &args)?;
         let done = events.iter().find(|e| e["event"] == "restored").context("no restored event")?;
         let token = |key: &str| done[key].as_str().map(str::to_string).with_context(|| format!("no {key}"));
-        let tokens = Tokens { worker: token("worker_token")?, manager: token("manager_token")? };
+        let tokens = Tokens { worker: token("worker_token")?, manager: token("manager_token")?, unlock_key: None };
         Ok((p, tokens))
     }
 
@@ -274,8 +314,13 @@ pub struct Cluster {
 impl Cluster {
     /// `init` plus `n - 1` joins; returns once all `n` managers vote.
     pub async fn start(bin: &Path, n: usize, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_init(bin, n, extra, extra).await
+    }
+
+    /// [`Self::start`], with arguments for `manager init` only (e.g. `--autolock`).
+    pub async fn start_with_init(bin: &Path, n: usize, init: &[&str], extra: &[&str]) -> anyhow::Result<Self> {
         let root = tempfile::Builder::new().prefix("coffer-it-").tempdir()?;
-        let (first, tokens) = ManagerProc::init(bin, &root.path().join("m1"), extra)?;
+        let (first, tokens) = ManagerProc::init(bin, &root.path().join("m1"), init)?;
         let join = first.addr.clone();
         let mut c = Self {
             bin: bin.to_path_buf(),

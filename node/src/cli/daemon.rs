@@ -24,6 +24,10 @@ pub(crate) enum ManagerCmd {
         at: Placement,
         #[command(flatten)]
         tuning: Tuning,
+        /// Autolock: no manager keeps a key on disk that opens its store; a restarted
+        /// manager waits for the unlock key (printed once, here).
+        #[arg(long)]
+        autolock: bool,
     },
     /// Join an existing cluster with a manager join token, and serve.
     Join {
@@ -51,6 +55,14 @@ pub(crate) enum ManagerCmd {
         /// With --force-new-cluster: go on even though a quorum answers (splits the cluster).
         #[arg(long, requires = "force_new_cluster")]
         yes_i_know: bool,
+        /// Autolock: a command whose output is the unlock key (a KMS CLI, `systemd-creds
+        /// decrypt`, `pass`), run when this manager starts locked and after a failed unlock.
+        #[arg(long, conflicts_with = "unlock_key_file")]
+        unlock_key_command: Option<String>,
+        /// Autolock: a file holding the unlock key. For tests: the key beside the data dir
+        /// defeats autolock.
+        #[arg(long)]
+        unlock_key_file: Option<PathBuf>,
     },
 }
 
@@ -251,8 +263,9 @@ pub(crate) fn config_for(at: &Placement, tuning: &Tuning) -> anyhow::Result<Mana
 pub(crate) async fn manager(cmd: ManagerCmd, format: Format) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signal();
     let running = match cmd {
-        ManagerCmd::Init { at, tuning } => {
-            let config = config_for(&at, &tuning)?;
+        ManagerCmd::Init { at, tuning, autolock } => {
+            let mut config = config_for(&at, &tuning)?;
+            config.autolock = autolock;
             config.validate()?;
             let listener = start::bind(&at.listen).await?;
             let (summary, running) = start::init_manager(config, listener, shutdown).await?;
@@ -266,9 +279,29 @@ pub(crate) async fn manager(cmd: ManagerCmd, format: Format) -> anyhow::Result<(
             let listener = start::bind(&at.listen).await?;
             start::join_manager(config, listener, &token, &join, shutdown).await?
         }
-        ManagerCmd::Run { data_dir, tuning, force_new_cluster, yes_i_know } => {
+        ManagerCmd::Run { data_dir, tuning, force_new_cluster, yes_i_know, unlock_key_command, unlock_key_file } => {
             let mut config = start::restart_config(&data_dir)?;
             tuning.apply(&mut config)?;
+            config.unlock = match (unlock_key_command, unlock_key_file) {
+                (Some(cmd), _) => Some(crate::local::config::UnlockSource::Command(cmd)),
+                (None, Some(f)) => {
+                    eprintln!(
+                        "warning: --unlock-key-file keeps the unlock key on this machine, which defeats \
+                         autolock; use it for tests, and --unlock-key-command with a key service otherwise"
+                    );
+                    Some(crate::local::config::UnlockSource::File(f))
+                }
+                (None, None) => None,
+            };
+            if start::starts_locked(&data_dir)? {
+                let advertise = config.advertise.clone().unwrap_or_default();
+                match format {
+                    Format::Json => print_json_line(&serde_json::json!({"event": "locked", "addr": advertise})),
+                    Format::Table => println!(
+                        "coffer: manager at {advertise} is locked (autolock); run `coffer cluster unlock --addr {advertise}`"
+                    ),
+                }
+            }
             if force_new_cluster {
                 config.force_new_cluster = Some(crate::local::config::ForceNewCluster { yes_i_know });
             }
@@ -333,6 +366,7 @@ pub(crate) fn print_init(s: &InitSummary, format: Format, event: &str) {
             "worker_token": s.worker_token.as_str(),
             "manager_token": s.manager_token.as_str(),
             "client_dir": s.client_dir,
+            "unlock_key": s.unlock_key.as_ref().map(|k| k.as_str()),
         }));
         return;
     }
@@ -343,6 +377,11 @@ pub(crate) fn print_init(s: &InitSummary, format: Format, event: &str) {
     println!("  worker:  {}", s.worker_token.as_str());
     println!("  manager: {}", s.manager_token.as_str());
     println!();
+    if let Some(key) = &s.unlock_key {
+        println!("Unlock key (autolock; shown once, stored nowhere: a restarted manager waits for it):");
+        println!("  {}", key.as_str());
+        println!();
+    }
     println!("Admin client bundle: {}", s.client_dir.display());
     println!("  export COFFER_ADDR={} COFFER_CLIENT_DIR={}", s.addr, s.client_dir.display());
 }

@@ -3,7 +3,7 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | done |
-//! | 1 | the cluster refused (bad input, not found, conflict, permission) |
+//! | 1 | the cluster refused (bad input, not found, conflict, permission, a locked manager) |
 //! | 2 | usage error (bad input caught before anything is sent), or a local problem (files, keys, data dir) |
 //! | 3 | the cluster could not be reached or has no leader; retry later |
 
@@ -39,7 +39,8 @@ pub(crate) fn exit_code(e: &ClientError) -> u8 {
     match e {
         ClientError::Bundle { .. } => 2,
         ClientError::Transport { .. } => 3,
-        ClientError::Api { code: ErrorCode::Unavailable | ErrorCode::Locked | ErrorCode::Internal, .. } => 3,
+        // A locked manager needs an operator (`coffer cluster unlock`), not a retry: 1.
+        ClientError::Api { code: ErrorCode::Unavailable | ErrorCode::Internal, .. } => 3,
         ClientError::Api { .. } => 1,
     }
 }

@@ -12,14 +12,16 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use coffer_api::client::Client;
 
+use crate::cli::cluster::ClusterCmd;
 use crate::cli::daemon::{ManagerCmd, WorkerCmd};
 use crate::cli::exit::{client_outcome, node_outcome, CliError};
-use crate::cli::nodes::{ClusterCmd, NodeCmd, RoleArg};
+use crate::cli::nodes::{NodeCmd, RoleArg};
 use crate::cli::output::Format;
 use crate::local::data_dir::DataDir;
 use crate::local::store_check;
 
 mod admins;
+mod cluster;
 mod daemon;
 mod exit;
 mod nodes;
@@ -226,7 +228,7 @@ async fn run(cli: Cli) -> ExitCode {
         Top::JoinToken { role, rotate, quiet } => {
             client_outcome(nodes::join_token(role.into(), rotate, quiet, opts).await)
         }
-        Top::Cluster { cmd: ClusterCmd::Status } => client_outcome(nodes::cluster_status(opts).await),
+        Top::Cluster { cmd } => client_outcome(cluster::cluster(cmd, opts).await),
         Top::Secret { cmd } => client_outcome(secrets::secret(cmd, opts).await),
         Top::Service { cmd } => client_outcome(services::service(cmd, opts).await),
         Top::Token { cmd } => client_outcome(tokens::token(cmd, opts).await),

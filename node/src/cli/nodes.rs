@@ -67,12 +67,6 @@ impl From<RoleArg> for NodeRole {
     }
 }
 
-#[derive(Subcommand, Debug)]
-pub(crate) enum ClusterCmd {
-    /// Members, leader, term, log indexes and health, as the manager asked sees them.
-    Status,
-}
-
 fn print_nodes(nodes: &[NodeInfo]) {
     println!(
         "{:<12}  {:<8} {:<20} {:<22} {:<7} {:<12} {:<8}",
@@ -188,9 +182,28 @@ pub(crate) async fn cluster_status(opts: &ClientOpts) -> Result<(), CliError> {
         opt(s.applied_index)
     );
     println!("health:    {}", if s.healthy { "healthy" } else { "unhealthy" });
-    println!("{:<12}  {:<22} {:<6} {:<8}", "MEMBER", "ADDRESS", "VOTER", "MATCHED");
+    if s.autolock {
+        println!("autolock:  on (unlock key generation {})", s.unlock_generation);
+    } else {
+        println!("autolock:  off");
+    }
+    println!("{:<12}  {:<22} {:<6} {:<8} {:<8}", "MEMBER", "ADDRESS", "VOTER", "MATCHED", "LOCKED");
     for m in &s.members {
-        println!("{:<12}  {:<22} {:<6} {:<8}", node_short(m.id), m.addr, m.voter, opt(m.matched_index));
+        let locked = match m.locked {
+            Some(true) => "locked",
+            Some(false) => "no",
+            None => "-",
+        };
+        let behind = s.autolock && m.unlock_generation.unwrap_or(0) < s.unlock_generation;
+        println!(
+            "{:<12}  {:<22} {:<6} {:<8} {:<8}{}",
+            node_short(m.id),
+            m.addr,
+            m.voter,
+            opt(m.matched_index),
+            locked,
+            if behind { "  needs the previous unlock key" } else { "" }
+        );
     }
     Ok(())
 }

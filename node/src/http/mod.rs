@@ -7,12 +7,14 @@
 
 pub(crate) mod admins;
 pub(crate) mod auth;
+pub(crate) mod autolock;
 pub(crate) mod budget;
 pub(crate) mod error;
 pub(crate) mod extract;
 pub mod fuzz;
 pub(crate) mod health;
 pub(crate) mod join;
+pub mod locked;
 pub(crate) mod nodes;
 pub(crate) mod openapi;
 pub(crate) mod raft;

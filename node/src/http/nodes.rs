@@ -27,7 +27,27 @@ type S = State<Arc<Manager>>;
 
 #[utoipa::path(get, operation_id = "clusterStatus", path = "/v1/cluster/status", tag = "cluster", responses((status = 200, body = ClusterStatus), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn status(State(m): S, _a: AdminCaller) -> Result<Json<ClusterStatus>, ApiError> {
-    Ok(Json(m.status()?))
+    let mut s = m.status()?;
+    // Ask the other members whether they are locked (autolock): a locked manager answers
+    // nothing else, and this is what tells an operator which ones wait for a key.
+    let probes = s.members.iter().filter(|x| x.id != m.id).map(|x| {
+        let (client, url) = (m.peers.get(), format!("https://{}/readyz", x.addr));
+        async move {
+            let r = client.get(url).timeout(std::time::Duration::from_secs(1)).send().await.ok()?;
+            let ok = r.status().is_success();
+            let body = r.bytes().await.ok()?;
+            let code = serde_json::from_slice::<ErrorBody>(&body).ok().map(|b| b.error.code);
+            Some(!ok && code == Some(coffer_api::error::ErrorCode::Locked))
+        }
+    });
+    let answers = futures_util::future::join_all(probes).await;
+    for (member, locked) in s.members.iter_mut().filter(|x| x.id != m.id).zip(answers) {
+        member.locked = locked;
+    }
+    if let Some(me) = s.members.iter_mut().find(|x| x.id == m.id) {
+        me.locked = Some(false);
+    }
+    Ok(Json(s))
 }
 
 fn node_info(m: &Manager, rec: NodeRecord) -> NodeInfo {

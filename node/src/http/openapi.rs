@@ -4,7 +4,7 @@
 
 use utoipa::OpenApi;
 
-use crate::http::{admins, nodes, secrets, services, snapshot, tokens, worker};
+use crate::http::{admins, autolock, nodes, secrets, services, snapshot, tokens, worker};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -19,6 +19,7 @@ use crate::http::{admins, nodes, secrets, services, snapshot, tokens, worker};
         nodes::promote, nodes::demote, nodes::rotate_token,
         admins::issue, admins::list, admins::revoke,
         snapshot::save,
+        autolock::update, autolock::rotate, autolock::unlock,
     ),
     tags(
         (name = "secrets", description = "Secrets; values never come back out of this API"),

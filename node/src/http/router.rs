@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use crate::http::auth::Caller;
 use crate::http::error::ApiError;
-use crate::http::{admins, health, join, nodes, raft, secrets, services, snapshot, tokens, worker};
+use crate::http::{admins, autolock, health, join, nodes, raft, secrets, services, snapshot, tokens, worker};
 use crate::local::ids::NodeHex;
 use crate::manager::Manager;
 use crate::trust::pki::Role;
@@ -66,6 +66,9 @@ pub fn router(m: Arc<Manager>) -> Router {
         .route("/v1/admins", post(admins::issue).get(admins::list))
         .route("/v1/admins/{name}", delete(admins::revoke))
         .route("/v1/snapshot", get(snapshot::save))
+        .route("/v1/cluster/autolock", axum::routing::patch(autolock::update))
+        .route("/v1/cluster/unlock-key/rotate", post(autolock::rotate))
+        .route("/v1/unlock", post(autolock::unlock))
         .route(
             "/v1/openapi.json",
             get(|| async { ([("content-type", "application/json")], crate::http::openapi::document()) }),

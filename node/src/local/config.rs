@@ -209,6 +209,18 @@ pub struct ManagerConfig {
     pub snapshots: Option<ScheduledSnapshots>,
     /// Set for one start only, never remembered.
     pub force_new_cluster: Option<ForceNewCluster>,
+    /// Where a manager that restarts locked (autolock) gets its unlock key without a person.
+    pub unlock: Option<UnlockSource>,
+    /// `manager init --autolock`: the new cluster starts with autolock on.
+    pub autolock: bool,
+}
+
+/// A key backend for a locked manager: a command whose standard output is the unlock key
+/// (a KMS CLI, `pass`, `systemd-creds`, an HSM tool), or a file (for tests).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UnlockSource {
+    Command(String),
+    File(PathBuf),
 }
 
 impl ManagerConfig {
@@ -226,6 +238,8 @@ impl ManagerConfig {
             max_body_bytes: 1 << 20,
             snapshots: None,
             force_new_cluster: None,
+            unlock: None,
+            autolock: false,
         }
     }
 

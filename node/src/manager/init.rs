@@ -52,6 +52,8 @@ pub struct InitSummary {
     pub worker_token: Zeroizing<String>,
     pub manager_token: Zeroizing<String>,
     pub client_dir: std::path::PathBuf,
+    /// `manager init --autolock`: the unlock key, shown this once.
+    pub unlock_key: Option<Zeroizing<String>>,
 }
 
 impl std::fmt::Debug for InitSummary {
@@ -101,7 +103,7 @@ pub fn init_data_dir(config: &ManagerConfig, bound: SocketAddr) -> anyhow::Resul
         worker_heartbeat_ms: config.worker_heartbeat_ms,
         ..ClusterSettings::default()
     };
-    let cluster = ClusterRecord {
+    let mut cluster = ClusterRecord {
         id: cluster_id.clone(),
         created_at: now,
         ca_cert_pem: ca.cert_pem().to_string(),
@@ -112,6 +114,15 @@ pub fn init_data_dir(config: &ManagerConfig, bound: SocketAddr) -> anyhow::Resul
         settings,
         autolock: false,
         wrapped_unlock: None,
+    };
+    let unlock_key = if config.autolock {
+        let key = crate::local::unlock_key::UnlockKey::generate();
+        cluster.wrapped_unlock =
+            Some(crate::manager::autolock::seal(&cluster, 1, &key).map_err(|e| anyhow::anyhow!("{}", e.message))?);
+        cluster.autolock = true;
+        Some(key.reveal())
+    } else {
+        None
     };
     let node = manager_record(config, node_id, advertise, serial, now);
     NodeIdentity {
@@ -129,6 +140,7 @@ pub fn init_data_dir(config: &ManagerConfig, bound: SocketAddr) -> anyhow::Resul
         worker_token: worker_token.reveal(),
         manager_token: manager_token.reveal(),
         client_dir,
+        unlock_key,
     };
     Ok((Bootstrap { cluster, node, admin }, summary))
 }

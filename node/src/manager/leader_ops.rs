@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use coffer_api::cluster::{JoinRequest, JoinResponse, JoinTokenResponse, NodeRole as WireRole, RenewResponse};
+use coffer_api::cluster::{
+    JoinRequest, JoinResponse, JoinTokenResponse, NodeRole as WireRole, RenewResponse, UnlockKeyIssued,
+};
 use coffer_raft_store::model::{self, Command, NodeRecord, NodeStatus};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -17,8 +19,8 @@ use coffer_api::error::CodedError;
 use coffer_api::time::now_millis;
 
 use crate::manager::init::cluster_ca;
-use crate::manager::membership;
 use crate::manager::Manager;
+use crate::manager::{autolock, membership};
 use crate::trust::join_token::JoinToken;
 use crate::trust::pki::{self, Role};
 
@@ -36,6 +38,12 @@ pub enum LeaderOp {
     RotateToken(WireRole),
     /// `node rm --force`: also a manager that still votes (dead, never coming back).
     RemoveForced(u64),
+    /// `cluster update --autolock=BOOL`.
+    Autolock {
+        enabled: bool,
+    },
+    /// `cluster unlock-key --rotate`.
+    RotateUnlockKey,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,6 +52,7 @@ pub enum OpResult {
     Renewed(RenewResponse),
     Token(JoinTokenResponse),
     Done,
+    UnlockKey(UnlockKeyIssued),
 }
 
 pub(crate) fn to_model_role(r: WireRole) -> model::NodeRole {
@@ -67,6 +76,8 @@ pub async fn execute(m: &Arc<Manager>, op: LeaderOp) -> Result<OpResult, OpError
         LeaderOp::Demote(id) => membership::demote(m, id).await.map(|()| OpResult::Done),
         LeaderOp::Remove(id) => membership::remove(m, id, false).await.map(|()| OpResult::Done),
         LeaderOp::RemoveForced(id) => membership::remove(m, id, true).await.map(|()| OpResult::Done),
+        LeaderOp::Autolock { enabled } => autolock::change(m, enabled, false).await.map(OpResult::UnlockKey),
+        LeaderOp::RotateUnlockKey => autolock::change(m, true, true).await.map(OpResult::UnlockKey),
         LeaderOp::RotateToken(role) => {
             let cluster = m.cluster()?;
             let digest = pki::cert_digest(&cluster.ca_cert_pem).map_err(|e| OpError::internal("reading the CA", e))?;

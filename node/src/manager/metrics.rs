@@ -32,6 +32,8 @@ pub struct Metrics {
     /// When the last scheduled snapshot was written (ms since the epoch; 0: never).
     pub last_snapshot_ms: std::sync::atomic::AtomicU64,
     last_snapshot_age: Gauge,
+    autolock: Gauge,
+    locked: Gauge,
 }
 
 impl Default for Metrics {
@@ -56,6 +58,8 @@ impl Default for Metrics {
             snapshots_failed: Counter::default(),
             last_snapshot_ms: Default::default(),
             last_snapshot_age: Gauge::default(),
+            autolock: Gauge::default(),
+            locked: Gauge::default(),
         };
         r.register("writes_local", "Commands this manager committed as leader", m.writes_local.clone());
         r.register("writes_forwarded", "Commands this manager forwarded to the leader", m.writes_forwarded.clone());
@@ -72,6 +76,12 @@ impl Default for Metrics {
         r.register("workers_down", "Workers marked down", m.workers_down.clone());
         r.register("snapshots_written", "Scheduled snapshots written by this manager", m.snapshots_ok.clone());
         r.register("snapshots_failed", "Scheduled snapshots this manager failed to write", m.snapshots_failed.clone());
+        r.register("autolock", "1 when autolock is on", m.autolock.clone());
+        r.register(
+            "locked",
+            "1 while this manager waits for its unlock key (it then serves no metrics but this)",
+            m.locked.clone(),
+        );
         r.register(
             "snapshot_age_seconds",
             "Age of the last scheduled snapshot this manager wrote (-1: none yet)",
@@ -99,6 +109,8 @@ pub fn render(m: &Manager) -> Result<String, OpError> {
     let workers: Vec<_> = m.reader.nodes()?.into_iter().filter(|n| n.role == NodeRole::Worker && !n.removed).collect();
     x.workers_ready.set(gauge(Some(workers.iter().filter(|n| n.status == NodeStatus::Ready).count() as u64)));
     x.workers_down.set(gauge(Some(workers.iter().filter(|n| n.status == NodeStatus::Down).count() as u64)));
+    x.autolock.set(i64::from(m.reader.cluster()?.is_some_and(|c| c.autolock)));
+    x.locked.set(0);
     let last = x.last_snapshot_ms.load(std::sync::atomic::Ordering::Relaxed);
     x.last_snapshot_age.set(if last == 0 {
         -1

@@ -30,6 +30,7 @@ use crate::manager::read_index::ReadIndexBatch;
 use crate::trust::tls::NodeCert;
 
 pub(crate) mod audit;
+pub(crate) mod autolock;
 pub mod backup;
 pub(crate) mod constraints;
 pub(crate) mod error;
@@ -45,6 +46,7 @@ pub mod recovery;
 pub(crate) mod renew;
 pub(crate) mod scheduler;
 pub(crate) mod status;
+pub mod unlock;
 pub(crate) mod values;
 
 /// How long an operation waits for a leader to be known before it reports `unavailable`.
@@ -65,7 +67,11 @@ pub struct Manager {
     pub(crate) ca_pem: String,
     pub(crate) config: ManagerConfig,
     pub(crate) data_dir: DataDir,
+    /// The key file's KEK: seals this node's TLS key (and the store's data key, unless
+    /// autolock is on).
     pub(crate) kek: Arc<dyn KeyEncryptionKey>,
+    /// What the store's data key is wrapped under now (autolock changes it while running).
+    pub(crate) store_key: std::sync::Mutex<autolock::StoreKey>,
     /// Serialises membership changes made by this manager while it leads.
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
     /// Serialises joins on the leader: a hostname is checked and taken in one step.

@@ -13,6 +13,8 @@ use tokio_util::task::TaskTracker;
 use crate::local::config::ManagerConfig;
 use crate::local::data_dir::{DataDir, NodeIdentity};
 use crate::local::key_file;
+use crate::local::unlock_key::UnlockKey;
+use crate::manager::autolock::{self, StoreKey};
 use crate::manager::raft_net::{PeerNetwork, Peers};
 use crate::manager::read_index::ReadIndexBatch;
 use crate::manager::{audit, backup, metrics, recovery, scheduler, Manager};
@@ -26,14 +28,34 @@ pub struct Opened {
     pub server_tls: Arc<rustls::ServerConfig>,
 }
 
-impl Manager {
-    /// Opens the manager whose data dir is `config.data_dir`. Nothing is served and no
-    /// background task runs yet.
+/// What a manager has before its store is open: identity, key file, TLS credentials. A
+/// manager that restarts locked (autolock) serves with these while it waits for its key.
+pub struct Local {
+    pub identity: NodeIdentity,
+    pub data_dir: DataDir,
+    /// The key file's KEK: seals the node's TLS key, and the store's data key unless
+    /// autolock is on.
+    pub kek: Arc<dyn KeyEncryptionKey>,
+    pub ca_pem: String,
+    pub cert: Arc<NodeCert>,
+    pub server_tls: Arc<rustls::ServerConfig>,
+    /// Whether the store is sealed under the unlock key (autolock): it opens only with it.
+    pub locked: bool,
+}
+
+impl std::fmt::Debug for Local {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Local").field("node_id", &self.identity.node_id).field("locked", &self.locked).finish()
+    }
+}
+
+impl Local {
+    /// Reads the data dir of `config`: identity, key file, credentials; and whether the
+    /// store is locked.
     ///
     /// # Errors
-    /// A data dir that cannot be read or opened (wrong key, tampered store), or an invalid
-    /// configuration.
-    pub async fn open(config: ManagerConfig, shutdown: CancellationToken) -> anyhow::Result<Opened> {
+    /// A data dir that cannot be read, or an invalid configuration.
+    pub fn load(config: &ManagerConfig) -> anyhow::Result<Self> {
         tls::install_provider();
         config.validate()?;
         let data_dir = DataDir::new(&config.data_dir);
@@ -41,10 +63,41 @@ impl Manager {
         let kek: Arc<dyn KeyEncryptionKey> = Arc::new(key_file::load(&data_dir.key_file())?);
         let creds = load_credentials(&data_dir, kek.as_ref())?;
         let cert = NodeCert::new(tls::certified_key(&creds.cert_pem, creds.key_pem.expose())?);
-        let peers = Peers::new(tls::http_client(tls::client_config(&creds.ca_pem, Some(cert.clone()))?)?);
         let server_tls = tls::server_config(&creds.ca_pem, cert.clone())?;
+        let kind = coffer_raft_store::kek_kind(&data_dir.store()).context("read the store's key kind")?;
+        let locked = kind.as_deref() == Some(crate::local::unlock_key::KIND);
+        Ok(Self { identity, data_dir, kek, ca_pem: creds.ca_pem, cert, server_tls, locked })
+    }
 
-        let mut store = coffer_raft_store::open(&data_dir.store(), kek.as_ref(), StoreOptions::default())
+    /// The KEK that opens this manager's store: the key file's, or the one derived from
+    /// `unlock` under autolock.
+    pub fn store_key(&self, unlock: Option<&UnlockKey>) -> StoreKey {
+        match unlock {
+            Some(u) => StoreKey {
+                kek: Arc::new(u.kek_for(&self.identity.cluster_id, self.identity.node_id)),
+                unlock: Some(u.clone()),
+            },
+            None => StoreKey { kek: self.kek.clone(), unlock: None },
+        }
+    }
+}
+
+impl Manager {
+    /// Opens the manager of `local`'s data dir, its store under `store_key`. Nothing is
+    /// served and no background task runs yet.
+    ///
+    /// # Errors
+    /// A store that cannot be opened (wrong key, tampered), or an invalid configuration.
+    pub async fn open(
+        config: ManagerConfig,
+        local: &Local,
+        store_key: StoreKey,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Opened> {
+        let (identity, data_dir) = (local.identity.clone(), local.data_dir.clone());
+        let cert = local.cert.clone();
+        let peers = Peers::new(tls::http_client(tls::client_config(&local.ca_pem, Some(cert.clone()))?)?);
+        let mut store = coffer_raft_store::open(&data_dir.store(), store_key.kek.as_ref(), StoreOptions::default())
             .context("open the manager's store")?;
         if let Some(f) = config.force_new_cluster {
             recovery::force_new_cluster(&mut store, identity.node_id, &identity.advertise, &peers, f).await?;
@@ -65,10 +118,11 @@ impl Manager {
             advertise: identity.advertise.clone(),
             cert,
             peers,
-            ca_pem: creds.ca_pem.clone(),
+            ca_pem: local.ca_pem.clone(),
             config,
             data_dir,
-            kek,
+            kek: local.kek.clone(),
+            store_key: std::sync::Mutex::new(store_key),
             membership_lock: tokio::sync::Mutex::new(()),
             join_lock: tokio::sync::Mutex::new(()),
             grant_key: tokio::sync::Mutex::new(None),
@@ -81,7 +135,7 @@ impl Manager {
             shutdown,
             tasks: TaskTracker::new(),
         });
-        Ok(Opened { manager, server_tls })
+        Ok(Opened { manager, server_tls: local.server_tls.clone() })
     }
 
     /// Starts the manager's own background work (scheduler, certificate renewal), owned
@@ -89,6 +143,7 @@ impl Manager {
     pub fn spawn_background(self: &Arc<Self>) {
         self.tasks.spawn(crate::manager::renew::keep_renewed(self.clone()));
         self.tasks.spawn(scheduler::run(self.clone()));
+        self.tasks.spawn(autolock::follow(self.clone()));
         if let Some(s) = self.config.snapshots.clone() {
             self.tasks.spawn(backup::scheduled(self.clone(), s));
         }

@@ -157,6 +157,7 @@ fn restore_into(
         worker_token: worker_token.reveal(),
         manager_token: manager_token.reveal(),
         client_dir: dir.client_dir(),
+        unlock_key: None,
     })
 }
 

@@ -24,6 +24,13 @@ impl Manager {
             .as_ref()
             .map(|r| r.iter().map(|(id, l)| (*id, l.map(|l| l.index))).collect())
             .unwrap_or_default();
+        let generations = self.reader.unlock_generations()?;
+        let cluster = self.reader.cluster()?;
+        let autolock = cluster.as_ref().is_some_and(|c| c.autolock);
+        let unlock_generation = match &cluster {
+            Some(c) => crate::manager::autolock::current(c)?.map(|(g, _)| g).unwrap_or(0),
+            None => 0,
+        };
         let members = membership
             .nodes()
             .map(|(id, node)| MemberStatus {
@@ -36,6 +43,8 @@ impl Manager {
                 } else {
                     None
                 },
+                locked: None,
+                unlock_generation: generations.get(id).copied(),
             })
             .collect();
         let committed = self.reader.committed()?.map(|l| l.index);
@@ -49,6 +58,8 @@ impl Manager {
             committed_index: committed,
             applied_index: applied,
             members,
+            autolock,
+            unlock_generation,
             // Applying trails committing by a few entries under load; a manager is
             // unhealthy when it has no leader or has fallen behind, not for that.
             healthy: m.current_leader.is_some()

@@ -2,6 +2,7 @@
 //! dirs, mutual TLS. One test binary (link once, run everything under nextest).
 
 mod api;
+mod autolock;
 mod cli;
 mod cluster;
 mod flood;

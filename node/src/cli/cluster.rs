@@ -1,0 +1,99 @@
+//! `coffer cluster status|unlock|unlock-key|update`: the cluster as a whole, and autolock.
+//!
+//! The unlock key is read from standard input or typed at a prompt that does not echo;
+//! never from an argument, which every local user could read in the process list.
+
+use std::io::{IsTerminal, Read};
+
+use clap::Subcommand;
+use coffer_api::cluster::UnlockKeyIssued;
+
+use crate::cli::exit::CliError;
+use crate::cli::output::{print_json, Format};
+use crate::cli::ClientOpts;
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ClusterCmd {
+    /// Members, leader, term, log indexes, health and lock state, as the manager asked sees
+    /// them.
+    Status,
+    /// Unlock a manager that restarted locked (autolock; --addr names it). The key is read
+    /// from a prompt, or from standard input: `printf %s "$KEY" | coffer cluster unlock -`.
+    Unlock {
+        /// `-`: read the key from standard input.
+        #[arg(value_parser = ["-"])]
+        stdin: Option<String>,
+    },
+    /// The unlock key (autolock).
+    UnlockKey {
+        /// Make a new unlock key; every manager re-wraps its store under it.
+        #[arg(long, required = true)]
+        rotate: bool,
+        /// Print the key only.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Cluster-wide settings.
+    Update {
+        /// Turn autolock on (a new unlock key is printed, once) or off.
+        #[arg(long, action = clap::ArgAction::Set, required = true)]
+        autolock: Option<bool>,
+        /// Print the key only.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+}
+
+fn read_key(from_stdin: bool) -> Result<zeroize::Zeroizing<String>, CliError> {
+    let stdin = std::io::stdin();
+    if from_stdin || !stdin.is_terminal() {
+        let mut text = zeroize::Zeroizing::new(String::new());
+        stdin
+            .lock()
+            .take(4096)
+            .read_to_string(&mut text)
+            .map_err(|e| CliError::Local(format!("read the unlock key from standard input: {e}")))?;
+        return Ok(text);
+    }
+    rpassword::prompt_password("unlock key: ")
+        .map(zeroize::Zeroizing::new)
+        .map_err(|e| CliError::Local(format!("read the unlock key: {e}")))
+}
+
+fn print_key(k: &UnlockKeyIssued, quiet: bool, format: Format) -> Result<(), CliError> {
+    if format == Format::Json {
+        return print_json(k);
+    }
+    match (&k.key, quiet) {
+        (Some(key), true) => println!("{key}"),
+        (Some(key), false) => {
+            println!("Unlock key (generation {}), shown once; store it apart from the cluster:", k.generation);
+            println!("  {key}");
+            println!("A manager that restarts is locked until `coffer cluster unlock` gives it this key.");
+        }
+        (None, _) if !quiet => println!("autolock is off"),
+        (None, _) => {}
+    }
+    Ok(())
+}
+
+pub(crate) async fn cluster(cmd: ClusterCmd, opts: &ClientOpts) -> Result<(), CliError> {
+    match cmd {
+        ClusterCmd::Status => crate::cli::nodes::cluster_status(opts).await,
+        ClusterCmd::Unlock { stdin } => {
+            let key = read_key(stdin.is_some())?;
+            opts.client()?.unlock(key.trim()).await?;
+            println!("unlocked {}", opts.addr);
+            Ok(())
+        }
+        ClusterCmd::UnlockKey { rotate: _, quiet } => {
+            let k = opts.client()?.rotate_unlock_key().await?;
+            print_key(&k, quiet, opts.format)
+        }
+        ClusterCmd::Update { autolock, quiet } => {
+            let enabled = autolock.unwrap_or(false);
+            let k = opts.client()?.set_autolock(enabled).await?;
+            print_key(&k, quiet, opts.format)
+        }
+    }
+}

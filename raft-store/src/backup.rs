@@ -75,18 +75,13 @@ pub enum BackupError {
     KeyFile { path: PathBuf, reason: String },
     #[error("snapshot stream: {0}")]
     Stream(String),
-    #[error("{context}: {path}: {source}")]
-    Io {
-        context: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{context}: {path}: {error}")]
+    Io { context: &'static str, path: PathBuf, error: std::io::Error },
 }
 
 fn io(context: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BackupError {
     let path = path.to_path_buf();
-    move |source| BackupError::Io { context, path, source }
+    move |error| BackupError::Io { context, path, error }
 }
 
 /// How many records of each kind an export holds, counted from their keys.
@@ -208,9 +203,10 @@ impl BackupKey {
                 .ok_or_else(|| bad("starts like a generated key but is not 64 hex digits; was it edited?".into()))?;
             return Ok(Self { secret: key, raw: true });
         }
-        if body.len() < MIN_PASSPHRASE {
+        if body.iter().filter(|b| !b.is_ascii_whitespace()).count() < MIN_PASSPHRASE {
             return Err(bad(format!(
-                "a passphrase must be at least {MIN_PASSPHRASE} bytes (or make a key with `coffer snapshot keygen`)"
+                "a passphrase must have at least {MIN_PASSPHRASE} characters other than spaces (or make a key with \
+                 `coffer snapshot keygen`)"
             )));
         }
         Ok(Self { secret: Zeroizing::new(body.to_vec()), raw: false })
@@ -241,7 +237,7 @@ impl BackupKey {
             (Kdf::Argon2id { salt, m_kib, t, p }, false) => {
                 // Parameters come from the file: bound them, so a crafted header cannot make
                 // us allocate gigabytes or spin for hours.
-                if *m_kib > 1 << 20 || *t > 16 || *p > 16 {
+                if *m_kib > 4 * ARGON_M_KIB || *t > 4 * ARGON_T || *p > 4 {
                     return Err(BackupError::Corrupt {
                         path: path.into(),
                         reason: format!("Argon2id parameters out of range (m={m_kib} KiB, t={t}, p={p})"),

@@ -91,11 +91,8 @@ impl StateReader {
 pub struct Reformed {
     /// The last log id applied: the state the new configuration starts from.
     pub applied: LogId<NodeId>,
-    /// Committed entries applied now (they had not been applied before the stop).
+    /// Entries of the log applied now (they had not been applied before the stop).
     pub replayed: u64,
-    /// Entries after the last known commit, dropped: never acknowledged by this manager's
-    /// knowledge, they may or may not have committed in the old configuration.
-    pub discarded: u64,
     /// The voters of the old configuration.
     pub old_voters: BTreeSet<NodeId>,
 }
@@ -161,29 +158,31 @@ impl Store {
         Ok(replies)
     }
 
-    /// Applies the entries this store knows to be committed but had not applied when it
-    /// stopped; returns how many. Before [`Self::apply_offline`] on a store that ran.
+    /// Applies every entry of the log that is not applied yet, committed or not as far as
+    /// this store knows; returns how many. The first step of forcing a new cluster: like a
+    /// leader elected with this log, the new cluster keeps all of it, so no write the old
+    /// cluster acknowledged is lost even when this store's (unsynced) commit index lags.
     ///
     /// # Errors
     /// A store error.
-    pub fn replay_committed(&self) -> Result<u64, StoreError> {
-        let applied = self.reader.last_applied()?;
-        let committed = self.reader.committed()?;
-        if committed <= applied {
-            return Ok(0);
-        }
-        let from = applied.map(|l| l.index + 1).unwrap_or(0);
-        let to = committed.map(|l| l.index).unwrap_or(0);
-        let entries = self.log.entries(from..=to)?;
+    pub fn replay_log(&self) -> Result<u64, StoreError> {
+        let from = self.reader.last_applied()?.map(|l| l.index + 1).unwrap_or(0);
+        let entries = self.log.entries(from..)?;
         let n = entries.len() as u64;
-        self.state_machine.apply_entries(entries)?;
+        if n > 0 {
+            self.state_machine.apply_entries(entries)?;
+        }
         Ok(n)
     }
 
     /// Makes this store the only voter of a new configuration, keeping its state: applies
-    /// the committed entries not yet applied, drops the rest of the log, records `me` as
-    /// the only member (at the last applied log id) and a vote in the highest term seen,
-    /// and builds a snapshot of the result, from which managers that join catch up.
+    /// what its log holds ([`Self::replay_log`]), records `me` as the only member at the
+    /// last applied log id, builds a snapshot of the result (from which managers that join
+    /// catch up), then purges the log and records a vote in the highest term seen.
+    ///
+    /// Crash safety: the snapshot is built and synced before the log is purged, so an
+    /// interruption leaves a store that starts as the only member with its log intact, or
+    /// one that is fully re-formed; running this again finishes the job.
     ///
     /// # Errors
     /// A store that has applied nothing (nothing to keep), or a store error.
@@ -191,16 +190,12 @@ impl Store {
         let db = self.reader.db();
         let old: StoredMembership<NodeId, ManagerNode> = db.get_sealed(CF_SM_META, MEMBERSHIP)?.unwrap_or_default();
         let old_voters: BTreeSet<NodeId> = old.membership().voter_ids().collect();
-        let replayed = self.replay_committed()?;
+        let replayed = self.replay_log()?;
         let applied = self.reader.last_applied()?.ok_or_else(|| StoreError::Inconsistent {
             path: db.dir.clone(),
             reason: "this manager has applied nothing: there is no state to form a cluster from".into(),
         })?;
         let last_entry = self.log.last_entry_id()?;
-        let discarded = match last_entry {
-            Some(l) if l.index > applied.index => self.log.entries(applied.index + 1..)?.len() as u64,
-            _ => 0,
-        };
         let vote: Option<Vote<NodeId>> = db.get_sealed(CF_RAFT, VOTE)?;
         let term = [vote.map(|v| v.leader_id.term), last_entry.map(|l| l.leader_id.term), Some(applied.leader_id.term)]
             .into_iter()
@@ -208,21 +203,24 @@ impl Store {
             .max()
             .unwrap_or(0);
 
+        // 1. The new configuration, and a snapshot of the state under it.
         let membership = Membership::new(vec![BTreeSet::from([me])], BTreeMap::from([(me, node)]));
+        let mut batch = WriteBatch::default();
+        db.put_sealed(&mut batch, CF_SM_META, MEMBERSHIP, &StoredMembership::new(Some(applied), membership))?;
+        db.write(batch, true, "record the new configuration")?;
+        state_machine::build(db, self.state_machine.chunk_bytes())?;
+        // 2. Only then the log goes: everything in it is applied and in the snapshot.
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(db.cf(CF_LOG)?, 0u64.to_be_bytes(), u64::MAX.to_be_bytes());
         batch.delete_cf(db.cf(CF_LOG)?, u64::MAX.to_be_bytes());
         db.put_sealed(&mut batch, CF_RAFT, LAST_PURGED, &applied)?;
         db.put_sealed(&mut batch, CF_RAFT, COMMITTED, &Some(applied))?;
         db.put_sealed(&mut batch, CF_RAFT, VOTE, &Vote::new(term, me))?;
-        db.put_sealed(&mut batch, CF_SM_META, MEMBERSHIP, &StoredMembership::new(Some(applied), membership))?;
-        db.write(batch, true, "reform as the only member")?;
-        // The old snapshot carries the old configuration: replace it.
-        state_machine::build(db, self.state_machine.chunk_bytes())?;
+        db.write(batch, true, "purge the log of the old configuration")?;
         tracing::warn!(
-            applied = %applied, replayed, discarded, old_voters = ?old_voters,
+            applied = %applied, replayed, old_voters = ?old_voters,
             "store re-formed as the only member of a new configuration"
         );
-        Ok(Reformed { applied, replayed, discarded, old_voters })
+        Ok(Reformed { applied, replayed, old_voters })
     }
 }

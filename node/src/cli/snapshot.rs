@@ -34,7 +34,8 @@ pub(crate) enum SnapshotCmd {
         #[arg(long)]
         key_file: PathBuf,
     },
-    /// Show what a backup holds and check its digest (no key needed).
+    /// Show what a backup's header says and check the file's digest (no key needed; only
+    /// restore, with the key, authenticates what is inside).
     Inspect { file: PathBuf },
     /// Make a new one-manager cluster from a backup, in a new data dir, and serve it.
     Restore {
@@ -100,7 +101,8 @@ fn print_info(info: &BackupInfo, format: Format, passphrase: bool) {
             "secrets": c.secrets, "secret_versions": c.secret_versions, "services": c.services,
             "tasks": c.tasks, "nodes": c.nodes, "api_tokens": c.api_tokens,
             "admin_credentials": c.admin_credentials, "records": c.records,
-            "digest": "ok",
+            "digest": "intact",
+            "authenticated": false,
         }));
         return;
     }
@@ -114,7 +116,7 @@ fn print_info(info: &BackupInfo, format: Format, passphrase: bool) {
     println!("nodes:           {}", c.nodes);
     println!("api tokens:      {}", c.api_tokens);
     println!("admin creds:     {}", c.admin_credentials);
-    println!("digest:          ok");
+    println!("digest:          intact (the header is authenticated only with the key, by restore)");
 }
 
 /// A temporary file beside `dest`, removed unless [`Pending::keep`] moved it into place.
@@ -150,8 +152,8 @@ async fn save(file: &Path, key_file: &Path, opts: &ClientOpts) -> Result<(), Cli
     }
     let key = BackupKey::load(key_file).map_err(local)?;
     let client = opts.client()?;
-    let started = Instant::now();
-    let resp = client.snapshot_stream().await?;
+    // The destination first: a directory that cannot be written is found before the
+    // cluster exports anything.
     let tmp = file.with_file_name(format!(
         ".{}.{}.tmp",
         file.file_name().and_then(|n| n.to_str()).unwrap_or("backup"),
@@ -164,6 +166,8 @@ async fn save(file: &Path, key_file: &Path, opts: &ClientOpts) -> Result<(), Cli
         .open(&tmp)
         .map_err(|e| local(format!("create {}: {e}", tmp.display())))?;
     let pending = Pending { tmp: tmp.clone(), done: false };
+    let started = Instant::now();
+    let resp = client.snapshot_stream().await?;
     let mut body = resp.bytes_stream();
     let mut decoder = stream::Decoder::default();
     let mut out = Some(std::io::BufWriter::with_capacity(256 << 10, out));
@@ -187,7 +191,7 @@ async fn save(file: &Path, key_file: &Path, opts: &ClientOpts) -> Result<(), Cli
                     writer.as_mut().ok_or_else(|| cut("a chunk before the header".into()))?.chunk(&c).map_err(local)?;
                 }
                 stream::Frame::End { chunks, records } => break 'stream (chunks, records),
-                stream::Frame::Error(msg) => return Err(local(format!("the manager could not finish: {msg}"))),
+                stream::Frame::Error(msg) => return Err(cut(format!("the manager could not finish: {msg}"))),
             }
         }
     };

@@ -7,6 +7,7 @@
 //! key the cluster never sees; scheduled snapshots are sealed here, under the key file the
 //! operator gave this manager (read at each snapshot, never replicated).
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -89,13 +90,20 @@ impl From<coffer_raft_store::StoreError> for Stop {
 /// # Errors
 /// An unreadable key file, a store error, or a failed write.
 pub fn write_backup(reader: &StateReader, dir: &Path, key: &BackupKey) -> Result<PathBuf, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    // Only this manager's user reads them: a backup sealed under a passphrase can be
+    // attacked offline by whoever copies it.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("create {}: {e}", dir.display()))?;
     let now = now_millis();
     let tmp = dir.join(format!(".{FILE_PREFIX}{now}{FILE_SUFFIX}.tmp"));
     let result = (|| -> Result<(PathBuf, u64), String> {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&tmp)
             .map_err(|e| format!("create {}: {e}", tmp.display()))?;
         // Both callbacks need the writer: the first makes it, the second feeds it.

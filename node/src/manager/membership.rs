@@ -164,6 +164,12 @@ pub async fn remove(m: &Arc<Manager>, id: NodeId, force: bool) -> Result<(), OpE
         if v.contains(&id) && v.len() == 1 {
             return Err(OpError::precondition("the last voting manager cannot be removed"));
         }
+        if id == m.id {
+            return Err(OpError::precondition(format!(
+                "manager {} leads the cluster: stop it (another manager takes over), then remove it from another",
+                NodeHex(id)
+            )));
+        }
         if v.contains(&id) && !force {
             return Err(OpError::precondition(format!(
                 "manager {} votes: demote it first (`coffer node demote`), or, if it is dead and will not come \

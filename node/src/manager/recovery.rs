@@ -4,9 +4,14 @@
 //!
 //! Both make a store the only voter of a new Raft configuration and change the state
 //! outside the log before Raft starts (a restored cluster's new manager and admin
-//! credential and join tokens; old managers marked down). The snapshot built then carries
+//! credential and join tokens; the old managers removed). The snapshot built then carries
 //! those changes to every manager that joins, so no manager ever sees the state without
 //! them.
+//!
+//! Invariant: no manager of the old configuration is a member of the new one, and its
+//! certificate is refused by every manager of it. Marking them merely down would let an old
+//! manager that comes back (a healed partition, a copied data dir) speak Raft to the new
+//! cluster, with its own, diverging log.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,7 +20,7 @@ use anyhow::Context;
 use coffer_api::cluster::NodeRole as WireRole;
 use coffer_api::time::now_millis;
 use coffer_raft_store::backup::{BackupFile, BackupKey};
-use coffer_raft_store::model::{Command, NodeRole, NodeStatus};
+use coffer_raft_store::model::{Command, NodeRole};
 use coffer_raft_store::{ManagerNode, NodeId, Store, StoreOptions};
 use rand::Rng;
 
@@ -28,21 +33,15 @@ use crate::manager::raft_net::{post_postcard, Peers};
 use crate::trust::join_token::JoinToken;
 use crate::trust::pki;
 
-/// Managers of the old configuration that are not this one, and not removed, are marked
-/// down: they are no longer members, and a restarted old manager must not look healthy.
-fn mark_old_managers_down(store: &Store, me: NodeId, now: u64) -> anyhow::Result<Vec<Command>> {
+/// The managers of the old configuration but this one, removed: they are not members of
+/// the new one, and their certificates are refused from now on.
+fn remove_old_managers(store: &Store, me: NodeId, now: u64) -> anyhow::Result<Vec<Command>> {
     Ok(store
         .reader
         .nodes()?
         .into_iter()
         .filter(|n| n.role == NodeRole::Manager && !n.removed && n.id != me)
-        .map(|n| Command::UpdateNode {
-            id: n.id,
-            status: Some(NodeStatus::Down),
-            availability: None,
-            cert_serial: None,
-            at: now,
-        })
+        .map(|n| Command::RemoveNode { id: n.id, at: now })
         .collect())
 }
 
@@ -131,7 +130,7 @@ fn restore_into(
     // any more, and which may be why the cluster is being restored.
     let digest = pki::cert_digest(ca.cert_pem())?;
     let (worker_token, manager_token) = (JoinToken::generate(digest), JoinToken::generate(digest));
-    let mut cmds = mark_old_managers_down(&store, node_id, now)?;
+    let mut cmds = remove_old_managers(&store, node_id, now)?;
     cmds.extend([
         Command::PutNode(init::manager_record(config, node_id, advertise, serial, now)),
         Command::PutAdminCredential(admin),
@@ -162,8 +161,8 @@ fn restore_into(
 }
 
 /// `manager run --force-new-cluster`, before Raft starts: unless told otherwise, refuses
-/// while a quorum of the old configuration answers; then keeps every committed entry,
-/// marks the other managers down and makes this manager the only voter.
+/// while a quorum of the old configuration answers; then keeps every entry of its log,
+/// removes the other managers and makes this manager the only voter.
 ///
 /// # Errors
 /// A quorum that still answers (without `yes_i_know`), or a store error.
@@ -203,12 +202,12 @@ pub(crate) async fn force_new_cluster(
              those managers must be abandoned, add --yes-i-know)"
         );
     }
-    store.replay_committed()?;
-    let cmds = mark_old_managers_down(store, me, now_millis())?;
+    store.replay_log()?;
+    let cmds = remove_old_managers(store, me, now_millis())?;
     apply_all(store, &cmds)?;
     let r = store.reform_alone(me, ManagerNode { addr: advertise.to_string() })?;
     tracing::warn!(
-        applied = %r.applied, replayed = r.replayed, discarded = r.discarded, old_voters = r.old_voters.len(),
+        applied = %r.applied, replayed = r.replayed, old_voters = r.old_voters.len(),
         "forced a new cluster: this manager is its only voter; join others to it with a manager token"
     );
     Ok(())

@@ -168,7 +168,7 @@ async fn a_backup_saved_under_writes_restores_into_a_new_cluster() {
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert!(info["secrets"].as_u64().expect("secrets") >= 10 + before.len() as u64, "{info}");
     assert_eq!(info["services"], 1, "{info}");
-    assert_eq!(info["digest"], "ok");
+    assert_eq!(info["digest"], "intact");
 
     // Everything is lost: every manager and its data dir.
     // The operator's copy of the old admin bundle survives (it lives on their machine).
@@ -178,6 +178,7 @@ async fn a_backup_saved_under_writes_restores_into_a_new_cluster() {
         std::fs::copy(c.client_dir().join(f), old_client_dir.join(f)).expect("copy the bundle");
     }
     let root = c.root.path().to_path_buf();
+    let old_managers: Vec<u64> = c.managers.iter().map(|m| m.id).collect();
     let mut c = c;
     for m in &mut c.managers {
         m.kill();
@@ -214,13 +215,12 @@ async fn a_backup_saved_under_writes_restores_into_a_new_cluster() {
     assert_eq!(admin.secret("s0").await.expect("s0").used_by, vec!["api".to_string()]);
     // The old admin bundle is of the same CA and its credential was restored: it still works.
     admin_of(&old_client_dir, &managers[2].addr).secrets().await.expect("the old bundle works");
-    // Old managers are not members and are marked down.
+    // The old managers are removed: their certificates are refused by the new cluster.
+    for id in &old_managers {
+        assert!(admin.node(*id).await.expect("an old manager's record").removed, "old manager {id:x}");
+    }
     let nodes = admin.nodes().await.expect("nodes");
-    let down = nodes
-        .iter()
-        .filter(|n| n.role == coffer_api::cluster::NodeRole::Manager)
-        .filter(|n| n.status == coffer_api::cluster::NodeStatus::Down);
-    assert_eq!(down.count(), 3, "{nodes:?}");
+    assert_eq!(nodes.iter().filter(|n| n.role == coffer_api::cluster::NodeRole::Manager).count(), 3, "{nodes:?}");
 
     // The old worker, pointed at the new managers, gets its files again.
     let w = workers.remove(0);
@@ -353,11 +353,67 @@ async fn a_survivor_forms_a_new_cluster_after_quorum_loss() {
         newcomer.secret(name).await.unwrap_or_else(|e| panic!("{name} is lost: {e}"));
     }
     newcomer.create_secret("c1", &value("c1", 1), BTreeMap::new()).await.expect("a write through a newcomer");
-    let m2 = c.managers[1].id;
-    let nodes = admin.nodes().await.expect("nodes");
-    let m2 = nodes.iter().find(|n| n.id == m2).expect("m2 is listed");
-    assert_eq!(m2.status, coffer_api::cluster::NodeStatus::Down);
+    // The abandoned manager is removed: were it to come back, no manager would talk to it.
+    assert!(admin.node(c.managers[1].id).await.expect("m2's record").removed);
     assert_no_canary(&[&root]);
+}
+
+/// Regression: the managers a forced cluster left behind were only marked down, so when
+/// they came back (a healed partition) their certificates still passed on /raft/* and
+/// their leader's AppendEntries crashed the new cluster's Raft.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_managers_that_come_back_cannot_disturb_a_forced_cluster() {
+    let mut c = Cluster::start(bin(), 3, &[]).await.expect("cluster");
+    c.admin(0).create_secret("before", &value("before", 1), BTreeMap::new()).await.expect("create");
+    c.managers[0].kill();
+    c.managers[1].kill();
+    let dir3 = c.managers[2].dir.clone();
+    c.managers[2].terminate().expect("stop m3");
+    c.managers[2] = ManagerProc::restart(bin(), &dir3, &["--force-new-cluster"]).expect("force a new cluster");
+    let survivor = c.admin(2);
+    voters(&survivor, 1).await;
+    survivor.create_secret("after", &value("after", 1), BTreeMap::new()).await.expect("write");
+    // An old manager's certificate no longer passes on Raft RPC (a body it would accept
+    // would fail as garbage, with invalid_argument, after the check).
+    let dir1 = coffer_node::local::data_dir::DataDir::new(&c.managers[0].dir);
+    let kek = coffer_node::local::key_file::load(&dir1.key_file()).expect("kek");
+    let creds = coffer_node::trust::credentials::load_credentials(&dir1, &kek).expect("creds");
+    let cert = coffer_api::tls::certified_key(&creds.cert_pem, creds.key_pem.expose()).expect("cert");
+    let ca = std::fs::read_to_string(c.client_dir().join("ca.pem")).expect("ca");
+    let resolver = std::sync::Arc::new(coffer_api::tls::StaticCert(cert));
+    let old_cert = Client::with_tls(&ca, Some(resolver), &c.managers[2].addr).expect("client");
+    for rpc in ["/raft/append", "/raft/vote"] {
+        match old_cert.post::<_, serde_json::Value>(rpc, &serde_json::json!({})).await {
+            Err(coffer_api::client::ClientError::Api {
+                code: ErrorCode::PermissionDenied | ErrorCode::Unauthenticated,
+                ..
+            })
+            | Err(coffer_api::client::ClientError::Transport { .. }) => {}
+            other => panic!("{rpc} took an old manager's certificate: {other:?}"),
+        }
+    }
+    // The partition heals: the old two come back on their old data dirs, a quorum of the
+    // old configuration between them.
+    for i in 0..2 {
+        let dir = c.managers[i].dir.clone();
+        c.managers[i] = ManagerProc::restart(bin(), &dir, &[]).expect("an old manager restarts");
+    }
+    let old = c.admin(0);
+    eventually("the old two elect a leader of their own", DEADLINE, || async {
+        old.status().await.ok().and_then(|s| s.leader_id)
+    })
+    .await
+    .expect("old leader");
+    // Meanwhile the forced cluster keeps working, and stays alone.
+    for i in 0..20 {
+        survivor.create_secret(&format!("still-{i}"), b"v", BTreeMap::new()).await.expect("a write on the new cluster");
+    }
+    let s = survivor.status().await.expect("status");
+    assert!(s.healthy && s.members.len() == 1, "{s:?}");
+    assert!(!c.managers[2].exited(), "the forced cluster's manager died");
+    survivor.secret("before").await.expect("kept");
+    survivor.secret("after").await.expect("kept");
+    assert!(c.managers[2].log().matches("panicked").next().is_none(), "{}", c.managers[2].log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,10 +444,14 @@ async fn scheduled_snapshots_keep_the_newest_and_each_restores() {
     eventually("three scheduled snapshots", DEADLINE, || async { metrics().await.filter(|n| *n >= 3) })
         .await
         .expect("snapshots written");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&snaps), 0o700, "the snapshot dir is its user's only");
     let files: Vec<PathBuf> = std::fs::read_dir(&snaps).expect("ls").flatten().map(|e| e.path()).collect();
     let finished: Vec<&PathBuf> = files.iter().filter(|p| p.extension().is_some_and(|x| x == "backup")).collect();
     assert!(finished.len() <= 2 && !finished.is_empty(), "keep 2: {files:?}");
     for (i, f) in finished.iter().enumerate() {
+        assert_eq!(mode(f), 0o600, "{} is readable by others", f.display());
         let dir = c.root.path().join(format!("restored-{i}"));
         let (mut m, _) = ManagerProc::restore(bin(), &dir, f, &kf).expect("restore a scheduled snapshot");
         let a = admin_of(&dir.join("client"), &m.addr);

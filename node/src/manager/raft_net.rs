@@ -174,12 +174,26 @@ impl PeerClient {
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
+    /// openraft gives an AppendEntries its heartbeat interval to complete, and sends up to
+    /// `max_payload_entries` at once: 64 secrets of 500 KiB could never make it, and the
+    /// same batch was retried forever. A batch over [`APPEND_BYTES`] is sent in part, and
+    /// the part that was appended reported as a partial success: openraft sends the rest
+    /// next.
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        self.call("/raft/append", &rpc, &option).await
+        let keep = within_budget(&rpc.entries, APPEND_BYTES);
+        if keep == rpc.entries.len() {
+            return self.call("/raft/append", &rpc, &option).await;
+        }
+        rpc.entries.truncate(keep);
+        let last = rpc.entries.last().map(|e| e.log_id);
+        match self.call("/raft/append", &rpc, &option).await? {
+            AppendEntriesResponse::Success => Ok(AppendEntriesResponse::PartialSuccess(last)),
+            other => Ok(other),
+        }
     }
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
@@ -258,6 +272,36 @@ fn frame(payload: &[u8]) -> Bytes {
 /// The least time a whole snapshot transfer (stream and install) gets.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// The most bytes of entries one AppendEntries carries (at least one entry, whatever its
+/// size): small enough to be sent, synced and answered within a heartbeat interval on a
+/// busy machine, large enough that 64 entries of a few KiB go in one.
+const APPEND_BYTES: usize = 512 << 10;
+
+/// A cheap upper estimate of an entry's encoded size: its sealed value, if it carries one,
+/// and a bound for the rest of a command.
+fn approx_size(entry: &openraft::Entry<TypeConfig>) -> usize {
+    use coffer_raft_store::model::Command;
+    const REST: usize = 1024;
+    match &entry.payload {
+        openraft::EntryPayload::Normal(Command::CreateSecret { value, .. } | Command::RotateSecret { value, .. }) => {
+            value.0.len() + REST
+        }
+        _ => REST,
+    }
+}
+
+/// How many of `entries` (at least one) fit in `budget` bytes.
+fn within_budget(entries: &[openraft::Entry<TypeConfig>], budget: usize) -> usize {
+    let mut used = 0;
+    for (i, e) in entries.iter().enumerate() {
+        used += approx_size(e);
+        if used > budget && i > 0 {
+            return i;
+        }
+    }
+    entries.len()
+}
+
 /// Largest frame a receiver accepts (a chunk is ~1 MiB; anything far larger is garbage).
 const MAX_FRAME: usize = 64 << 20;
 
@@ -332,4 +376,34 @@ where
     let file =
         tokio::task::spawn_blocking(move || w.finish()).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     Ok((vote, Snapshot { meta, snapshot: Box::new(file) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coffer_raft_store::model::{Command, SealedBytes};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    fn secret(index: u64, bytes: usize) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::RotateSecret {
+                id: "s".into(),
+                value: SealedBytes(vec![0; bytes]),
+                size: 0,
+                at: 0,
+            }),
+        }
+    }
+
+    #[test]
+    fn large_batches_are_cut_to_the_byte_budget_and_never_to_nothing() {
+        let small: Vec<_> = (1..=64).map(|i| secret(i, 4096)).collect();
+        assert_eq!(within_budget(&small, APPEND_BYTES), 64, "64 entries of 4 KiB go at once");
+        let large: Vec<_> = (1..=64).map(|i| secret(i, 500 << 10)).collect();
+        assert_eq!(within_budget(&large, APPEND_BYTES), 1, "one 500 KiB entry at a time");
+        let huge = vec![secret(1, 4 << 20)];
+        assert_eq!(within_budget(&huge, APPEND_BYTES), 1, "an entry over the budget still goes");
+        assert_eq!(within_budget(&[], APPEND_BYTES), 0);
+    }
 }

@@ -142,7 +142,16 @@ impl Db {
         let mut batch = WriteBatch::default();
         batch.put_cf(meta, META_KEK_KIND, new_kek.kind().as_bytes());
         batch.put_cf(meta, META_DATA_KEY, new_kek.wrap(&key)?);
-        self.db.write_opt(batch, &synced()).map_err(StoreError::db("rewrap data key"))
+        self.db.write_opt(batch, &synced()).map_err(StoreError::db("rewrap data key"))?;
+        // The old wrapping must not stay behind in a write-ahead log or a table file, where
+        // whoever has the old key-encryption key (a key file beside the store) would find
+        // it: flush every column family (the logs that hold it become obsolete and are
+        // deleted) and rewrite the metadata's tables without it.
+        for name in ALL_CFS {
+            self.db.flush_cf(self.cf(name)?).map_err(StoreError::db(format!("flush {name} after rewrap")))?;
+        }
+        self.db.compact_range_cf(meta, None::<&[u8]>, None::<&[u8]>);
+        Ok(())
     }
 
     /// The kind of key-encryption key the store under `dir` was sealed with (`key-file`,

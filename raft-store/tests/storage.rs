@@ -749,3 +749,26 @@ async fn reforming_alone_keeps_every_entry_of_the_log() {
     assert_eq!(snap.meta.last_log_id, Some(log_id(1, 5)));
     assert_eq!(snap.meta.last_membership.membership().voter_ids().collect::<Vec<_>>(), vec![9]);
 }
+
+/// Regression: re-wrapping the data key (autolock turned on) left the old wrapping in the
+/// write-ahead log and in table files, where the key file beside the store opened it.
+#[tokio::test]
+async fn a_rewrapped_data_key_leaves_no_old_wrapping_on_disk() {
+    let dir = TempDir::new().expect("tempdir");
+    store_with_secrets(dir.path()).await;
+    let old = {
+        let raw = raw_db(dir.path());
+        let meta = raw.cf_handle("meta").expect("meta");
+        raw.get_cf(meta, b"data_key").expect("read").expect("a wrapped key")
+    };
+    {
+        let store = open_at(dir.path()).expect("open");
+        store.rewrap_data_key(&kek(7), &kek(8)).expect("rewrap");
+    }
+    for f in files_under(dir.path()) {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        assert!(!bytes.windows(old.len()).any(|w| w == old.as_slice()), "{} holds the old wrapping", f.display());
+    }
+    assert!(open_at(dir.path()).is_err(), "the old key opens nothing");
+    open(dir.path(), &kek(8), StoreOptions::default()).expect("the new key opens it");
+}

@@ -187,22 +187,26 @@ pub(crate) async fn cluster_status(opts: &ClientOpts) -> Result<(), CliError> {
     } else {
         println!("autolock:  off");
     }
-    println!("{:<12}  {:<22} {:<6} {:<8} {:<8}", "MEMBER", "ADDRESS", "VOTER", "MATCHED", "LOCKED");
+    println!("{:<12}  {:<22} {:<6} {:<8} {:<8} {:<8}", "MEMBER", "ADDRESS", "VOTER", "MATCHED", "LOCKED", "KEY GEN");
     for m in &s.members {
         let locked = match m.locked {
             Some(true) => "locked",
             Some(false) => "no",
             None => "-",
         };
-        let behind = s.autolock && m.unlock_generation.unwrap_or(0) < s.unlock_generation;
+        // The generation of the unlock key this member's store is sealed under (0: its key
+        // file); one behind the cluster's opens only with the key it was sealed under.
+        let generation = m.unlock_generation.unwrap_or(0);
+        let behind = s.autolock && generation < s.unlock_generation;
         println!(
-            "{:<12}  {:<22} {:<6} {:<8} {:<8}{}",
+            "{:<12}  {:<22} {:<6} {:<8} {:<8} {:<8}{}",
             node_short(m.id),
             m.addr,
             m.voter,
             opt(m.matched_index),
             locked,
-            if behind { "  needs the previous unlock key" } else { "" }
+            generation,
+            if behind { "  behind: opens with the key of its generation" } else { "" }
         );
     }
     Ok(())

@@ -73,6 +73,10 @@ pub(crate) fn seal(cluster: &ClusterRecord, generation: u64, key: &UnlockKey) ->
 
 /// On the leader: turns autolock on (a new unlock key), off, or rotates the key.
 pub(crate) async fn change(m: &Manager, enabled: bool, rotate: bool) -> Result<UnlockKeyIssued, OpError> {
+    // One change at a time: two rotations at once would both read generation N and commit
+    // two keys labelled N + 1, one of which nobody would end up holding.
+    let _one = m.autolock_lock.lock().await;
+    m.linearizable().await?;
     let cluster = m.cluster()?;
     let generation = current(&cluster)?.map(|(g, _)| g).unwrap_or(0);
     if !enabled {

@@ -74,6 +74,8 @@ pub struct Manager {
     pub(crate) store_key: std::sync::Mutex<autolock::StoreKey>,
     /// Serialises membership changes made by this manager while it leads.
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
+    /// Serialises autolock changes on the leader (each reads the generation it replaces).
+    pub(crate) autolock_lock: tokio::sync::Mutex<()>,
     /// Serialises joins on the leader: a hostname is checked and taken in one step.
     pub(crate) join_lock: tokio::sync::Mutex<()>,
     /// This manager's grant key for the term it leads (see `grants`).

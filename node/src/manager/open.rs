@@ -125,6 +125,7 @@ impl Manager {
             store_key: std::sync::Mutex::new(store_key),
             membership_lock: tokio::sync::Mutex::new(()),
             join_lock: tokio::sync::Mutex::new(()),
+            autolock_lock: tokio::sync::Mutex::new(()),
             grant_key: tokio::sync::Mutex::new(None),
             read_batch: ReadIndexBatch::default(),
             metrics: metrics::Metrics::default(),

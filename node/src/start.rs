@@ -146,6 +146,12 @@ pub fn restart_config(data_dir: &std::path::Path) -> anyhow::Result<ManagerConfi
     Ok(config)
 }
 
+/// A locked manager was asked to stop before anyone unlocked it: a clean stop, not a
+/// failure.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("stopped while locked, before it was unlocked")]
+pub struct StoppedLocked;
+
 /// Whether the manager of `data_dir` will start locked (autolock): it then serves only
 /// health, the CA and unlock until it gets its unlock key.
 ///
@@ -197,7 +203,7 @@ async fn serve_manager(
                 if let Some(s) = serving {
                     let _ = s.await;
                 }
-                anyhow::bail!("stopped before it was unlocked");
+                return Err(StoppedLocked.into());
             }
         }
     } else {

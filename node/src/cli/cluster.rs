@@ -20,8 +20,8 @@ pub(crate) enum ClusterCmd {
     /// Unlock a manager that restarted locked (autolock; --addr names it). The key is read
     /// from a prompt, or from standard input: `printf %s "$KEY" | coffer cluster unlock -`.
     Unlock {
-        /// `-`: read the key from standard input.
-        #[arg(value_parser = ["-"])]
+        /// `-`: read the key from standard input. (Never the key itself: every local user
+        /// can read a command's arguments.)
         stdin: Option<String>,
     },
     /// The unlock key (autolock).
@@ -81,6 +81,12 @@ pub(crate) async fn cluster(cmd: ClusterCmd, opts: &ClientOpts) -> Result<(), Cl
     match cmd {
         ClusterCmd::Status => crate::cli::nodes::cluster_status(opts).await,
         ClusterCmd::Unlock { stdin } => {
+            if stdin.as_deref().is_some_and(|a| a != "-") {
+                // Not echoed back: it may be the key.
+                return Err(CliError::Local(
+                    "give the unlock key on standard input (`-`) or at the prompt, never as an argument".into(),
+                ));
+            }
             let key = read_key(stdin.is_some())?;
             opts.client()?.unlock(key.trim()).await?;
             println!("unlocked {}", opts.addr);

@@ -293,6 +293,12 @@ pub(crate) async fn manager(cmd: ManagerCmd, format: Format) -> anyhow::Result<(
                 }
                 (None, None) => None,
             };
+            if force_new_cluster {
+                config.force_new_cluster = Some(crate::local::config::ForceNewCluster { yes_i_know });
+            }
+            config.validate()?;
+            let listener = start::bind(&config.listen).await?;
+            // Said once the port is bound: whoever reads it may unlock at once.
             if start::starts_locked(&data_dir)? {
                 let advertise = config.advertise.clone().unwrap_or_default();
                 match format {
@@ -302,12 +308,12 @@ pub(crate) async fn manager(cmd: ManagerCmd, format: Format) -> anyhow::Result<(
                     ),
                 }
             }
-            if force_new_cluster {
-                config.force_new_cluster = Some(crate::local::config::ForceNewCluster { yes_i_know });
+            match start::restart_manager(config, listener, shutdown).await {
+                Ok(running) => running,
+                // SIGTERM while locked: a clean stop (systemd must not count it a failure).
+                Err(e) if e.is::<start::StoppedLocked>() => return Ok(()),
+                Err(e) => return Err(e),
             }
-            config.validate()?;
-            let listener = start::bind(&config.listen).await?;
-            start::restart_manager(config, listener, shutdown).await?
         }
     };
     serve_until_stopped(running, format).await;

@@ -56,28 +56,37 @@ async fn from_backend(source: &UnlockSource) -> Result<UnlockKey, String> {
         }
         UnlockSource::Command(cmd) => {
             // The command line is the operator's configuration, not a secret; only its
-            // output is, and that never reaches a shell.
-            let run = tokio::process::Command::new("sh")
+            // output is, and that never reaches a shell. At most MAX_OUTPUT bytes are read.
+            use tokio::io::AsyncReadExt;
+            let mut child = tokio::process::Command::new("sh")
                 .arg("-c")
                 .arg(cmd)
                 .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
                 .kill_on_drop(true)
-                .output();
-            let out = tokio::time::timeout(COMMAND_TIMEOUT, run)
-                .await
-                .map_err(|_| format!("did not answer within {} s", COMMAND_TIMEOUT.as_secs()))?
+                .spawn()
                 .map_err(|e| format!("could not be started: {e}"))?;
-            let stdout = zeroize::Zeroizing::new(out.stdout);
-            if !out.status.success() {
-                let stderr = String::from_utf8_lossy(&out.stderr);
-                return Err(format!(
-                    "{} (stderr: {})",
-                    out.status,
-                    stderr.trim().chars().take(300).collect::<String>()
-                ));
-            }
-            if stdout.len() > MAX_OUTPUT {
-                return Err(format!("printed {} bytes; an unlock key is one line", stdout.len()));
+            let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+                return Err("no pipes to read".into());
+            };
+            let run = async {
+                let (mut stdout, mut stderr) = (zeroize::Zeroizing::new(Vec::new()), Vec::new());
+                let (mut out, mut err) = (out.take(MAX_OUTPUT as u64 + 1), err.take(4096));
+                let (a, b) = tokio::join!(out.read_to_end(&mut stdout), err.read_to_end(&mut stderr));
+                a.and(b).map_err(|e| format!("reading its output: {e}"))?;
+                if stdout.len() > MAX_OUTPUT {
+                    return Err(format!("printed more than {MAX_OUTPUT} bytes; an unlock key is one line"));
+                }
+                let status = child.wait().await.map_err(|e| e.to_string())?;
+                Ok::<_, String>((status, stdout, stderr))
+            };
+            let (status, stdout, stderr) = tokio::time::timeout(COMMAND_TIMEOUT, run)
+                .await
+                .map_err(|_| format!("did not answer within {} s", COMMAND_TIMEOUT.as_secs()))??;
+            if !status.success() {
+                let stderr = String::from_utf8_lossy(&stderr);
+                return Err(format!("{status} (stderr: {})", stderr.trim().chars().take(300).collect::<String>()));
             }
             zeroize::Zeroizing::new(String::from_utf8_lossy(&stdout).into_owned())
         }

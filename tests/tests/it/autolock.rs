@@ -105,7 +105,8 @@ async fn a_restarted_manager_is_locked_until_it_is_given_the_key() {
     let addr = c.managers[2].addr.clone();
     let locked = c.admin(2);
     for e in [locked.secrets().await.map(drop), locked.status().await.map(drop), locked.ready().await] {
-        assert_eq!(e.expect_err("a locked manager answers").code(), Some(ErrorCode::Locked));
+        let e = e.expect_err("a locked manager answers");
+        assert_eq!(e.code(), Some(ErrorCode::Locked), "{e}");
     }
     let ca = std::fs::read_to_string(c.client_dir().join("ca.pem")).expect("ca");
     let anon = Client::with_tls(&ca, None, &addr).expect("client");
@@ -118,6 +119,11 @@ async fn a_restarted_manager_is_locked_until_it_is_given_the_key() {
     let s = admin.status().await.expect("status");
     let me = s.members.iter().find(|m| m.addr == addr).expect("member");
     assert_eq!(me.locked, Some(true), "{s:?}");
+
+    // The key as an argument is refused, and not echoed.
+    let out = coffer_tests::coffer(bin(), &["cluster", "unlock", &key], &addr, &c.client_dir());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(&key[13..]), "the key was echoed");
 
     // A wrong key is refused, paced, and changes nothing on disk.
     let before = contents(&dir);
@@ -200,9 +206,12 @@ async fn a_key_command_unlocks_a_restarted_manager_and_a_failing_one_leaves_it_l
     assert!(c.managers[0].log().contains("no key here"), "the backend's stderr is in the log");
     assert_eq!(c.admin(0).ready().await.expect_err("locked").code(), Some(ErrorCode::Locked));
 
+    // SIGTERM while locked is a clean stop (a service manager must not count it a failure).
+    let status = c.managers[0].terminate().expect("stop while locked");
+    assert!(status.success(), "{status}");
+
     // A backend that gives the key: no person needed. (The key comes from a file outside the
     // data dir, standing in for a KMS; the command line holds no secret.)
-    c.managers[0].kill();
     let outside = tempfile::tempdir().expect("tempdir");
     let kf = outside.path().join("unlock-key");
     std::fs::write(&kf, &key).expect("write");

@@ -189,8 +189,28 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// `coffer secret ls | head`: when the reader of our standard output goes away, `println!`
+/// panics on the broken pipe. That is the reader's choice, not our failure: stop quietly,
+/// with the status a shell gives a process ended by SIGPIPE, instead of printing a panic.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 /// Parses `std::env::args` and runs the command.
 pub fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

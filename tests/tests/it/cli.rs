@@ -89,3 +89,27 @@ async fn a_new_users_session_with_secrets_and_services() {
     let bad = cli.run(&["service", "create", "web", "--secret", "source=nope,mode=999"], None);
     assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
 }
+
+/// Regression: `coffer secret ls | head -1` panicked on the broken pipe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_to_a_reader_that_goes_away_is_no_panic() {
+    let c = Cluster::start(bin(), 1, &[]).await.expect("cluster");
+    let admin = c.admin(0);
+    for i in 0..200 {
+        admin.create_secret(&format!("many-{i}"), b"v", std::collections::BTreeMap::new()).await.expect("create");
+    }
+    let mut child = Command::new(bin())
+        .args(["secret", "ls"])
+        .env("COFFER_ADDR", &c.managers[0].addr)
+        .env("COFFER_CLIENT_DIR", c.client_dir())
+        .env("COFFER_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn coffer");
+    drop(child.stdout.take()); // the reader goes away before the table is printed
+    let out = child.wait_with_output().expect("coffer finished");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+}

@@ -284,12 +284,14 @@ async fn a_manager_that_lost_its_quorum_still_stops_on_sigterm() {
         c.managers[i].kill();
     }
     drop(workers);
+    // (On a busy machine leadership may have moved just before the kills: then the one left
+    // is a follower without a leader, which must stop on SIGTERM just as well.)
     eventually("a proposal the lost quorum never commits", DEADLINE, || async {
         let s = admin.status().await.ok()?;
-        (s.last_log_index > s.committed_index).then_some(())
+        (s.last_log_index > s.committed_index || s.leader_id != Some(leader)).then_some(())
     })
     .await
-    .expect("the leader proposed a decision");
+    .expect("the leader proposed a decision, or lost its leadership");
     let status = c.managers[li].terminate().expect("the leader stops within the deadline without a quorum");
     assert!(status.success(), "{status:?}: {}", c.managers[li].log());
 }

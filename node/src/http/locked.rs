@@ -40,6 +40,9 @@ pub struct Unlocker {
 struct Pace {
     failures: u32,
     not_before: Option<Instant>,
+    /// One attempt at a time: the pause after a wrong key must not be raced by attempts
+    /// sent together.
+    in_flight: bool,
 }
 
 impl Unlocker {
@@ -93,20 +96,33 @@ async fn unlock(
         Some(_) => return Err(ApiError::forbidden("an admin client certificate of this cluster is needed")),
         None => return Err(ApiError::unauthenticated("an admin client certificate of this cluster is needed")),
     }
-    if let Some(at) = u.pace.lock().unwrap_or_else(|p| p.into_inner()).not_before {
+    let key = UnlockKey::parse(&body.key).map_err(|e| ApiError::invalid(e.to_string()))?;
+    {
+        let mut pace = u.pace.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        if now < at {
+        if let Some(at) = pace.not_before.filter(|at| now < *at) {
             return Err(ApiError::with_code(
                 ErrorCode::UnlockFailed,
                 format!("too soon after a wrong key; retry in {} s", (at - now).as_secs() + 1),
             ));
         }
+        if pace.in_flight {
+            return Err(ApiError::with_code(
+                ErrorCode::UnlockFailed,
+                "another unlock attempt is being checked; retry in a moment".into(),
+            ));
+        }
+        pace.in_flight = true;
     }
-    let key = UnlockKey::parse(&body.key).map_err(|e| ApiError::invalid(e.to_string()))?;
     let (reply, answer) = oneshot::channel();
-    u.tx.send(Attempt { key, reply }).await.map_err(|_| ApiError::unavailable("this manager is shutting down"))?;
-    let r = answer.await.map_err(|_| ApiError::unavailable("this manager is shutting down"))?;
+    let sent = u.tx.send(Attempt { key, reply }).await;
+    let r = match sent {
+        Ok(()) => answer.await.map_err(|_| ApiError::unavailable("this manager is shutting down")),
+        Err(_) => Err(ApiError::unavailable("this manager is shutting down")),
+    };
     let mut pace = u.pace.lock().unwrap_or_else(|p| p.into_inner());
+    pace.in_flight = false;
+    let r = r?;
     match r {
         Ok(()) => {
             *pace = Pace::default();

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use coffer_api::cluster::Availability;
 use coffer_api::services::{SecretRefSpec, ServiceCreate, ServiceUpdate};
@@ -50,21 +50,6 @@ fn task_dirs(w: &WorkerProc, svc: &str) -> Vec<PathBuf> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn files_under(dir: &Path, skip: &[PathBuf], out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
-    for e in rd.flatten() {
-        let p = e.path();
-        if skip.iter().any(|s| p.starts_with(s)) {
-            continue;
-        }
-        if p.is_dir() {
-            files_under(&p, skip, out);
-        } else {
-            out.push(p);
-        }
-    }
 }
 
 fn leak_forms(value: &[u8]) -> Vec<Vec<u8>> {
@@ -201,8 +186,10 @@ async fn secrets_land_on_their_tasks_workers_follow_rotations_and_never_leak() {
         w.kill();
     }
     let skip: Vec<PathBuf> = workers.iter().map(|w| w.secrets.clone()).collect();
-    let mut files = Vec::new();
-    files_under(c.root.path(), &skip, &mut files);
+    let files: Vec<PathBuf> = coffer_tests::files_under(c.root.path())
+        .into_iter()
+        .filter(|p| !skip.iter().any(|s| p.starts_with(s)))
+        .collect();
     assert!(files.iter().any(|f| f.ends_with("audit.log")));
     for f in &files {
         let bytes = std::fs::read(f).expect("read");

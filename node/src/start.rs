@@ -188,15 +188,20 @@ async fn serve_manager(
         None => true,
     });
     let (swap, app) = gate(Router::new());
+    // The listener starts once there is a certificate to serve with: the locked one at
+    // once, else the manager's own when its store is open.
+    let locked_era = local.locked.then(CancellationToken::new);
     let mut serve = {
-        let (tls, limits, shutdown) = (local.server_tls.clone(), config.limits.clone(), shutdown.clone());
-        Some(move || tokio::spawn(http::server::serve_checked(listener, tls, app, limits, still_valid, shutdown)))
+        let (limits, shutdown, era) = (config.limits.clone(), shutdown.clone(), locked_era.clone());
+        Some(move |tls| {
+            tokio::spawn(http::server::serve_checked(listener, tls, app, limits, still_valid, era, shutdown))
+        })
     };
-    let (unlock, serving) = if local.locked {
+    let (unlock, serving) = if let (true, Some((_, early_tls))) = (local.locked, &local.early) {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let _ = swap
             .send_replace(http::locked::router(local.ca_pem.clone(), Unlocker::new(tx, &local.identity.cluster_id)));
-        let serving = serve.take().map(|f| f());
+        let serving = serve.take().map(|f| f(early_tls.clone()));
         match crate::manager::unlock::wait(&local, config.unlock.as_ref(), rx, &shutdown).await {
             Some(key) => (Some(key), serving),
             None => {
@@ -210,8 +215,8 @@ async fn serve_manager(
         (None, None)
     };
     let store_key = local.store_key(unlock.as_ref());
-    let manager = match Manager::open(config, &local, store_key, shutdown.clone()).await {
-        Ok(Opened { manager, .. }) => manager,
+    let (manager, server_tls) = match Manager::open(config, &local, store_key, shutdown.clone()).await {
+        Ok(Opened { manager, server_tls }) => (manager, server_tls),
         Err(e) => {
             shutdown.cancel();
             if let Some(s) = serving {
@@ -222,7 +227,12 @@ async fn serve_manager(
     };
     let _ = opened.set(manager.clone());
     let _ = swap.send_replace(http::router::router(manager.clone()));
-    let Some(serving) = serving.or_else(|| serve.take().map(|f| f())) else {
+    // Connections opened while locked show the locked certificate: close them once their
+    // requests are answered.
+    if let Some(era) = locked_era {
+        era.cancel();
+    }
+    let Some(serving) = serving.or_else(|| serve.take().map(|f| f(server_tls))) else {
         anyhow::bail!("the listener is already served");
     };
     let m = manager.clone();

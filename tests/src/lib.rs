@@ -202,7 +202,8 @@ impl ManagerProc {
         let (p, events) = Self::spawn(bin, dir, &args)?;
         let done = events.iter().find(|e| e["event"] == "restored").context("no restored event")?;
         let token = |key: &str| done[key].as_str().map(str::to_string).with_context(|| format!("no {key}"));
-        let tokens = Tokens { worker: token("worker_token")?, manager: token("manager_token")?, unlock_key: None };
+        let unlock_key = done["unlock_key"].as_str().map(str::to_string);
+        let tokens = Tokens { worker: token("worker_token")?, manager: token("manager_token")?, unlock_key };
         Ok((p, tokens))
     }
 

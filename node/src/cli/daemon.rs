@@ -384,6 +384,9 @@ pub(crate) fn print_init(s: &InitSummary, format: Format, event: &str) {
     println!("  manager: {}", s.manager_token.as_str());
     println!();
     if let Some(key) = &s.unlock_key {
+        if event == "restored" {
+            println!("Autolock was on in the backup. A new unlock key (the backup's opens nothing here):");
+        }
         println!("Unlock key (autolock; shown once, stored nowhere: a restarted manager waits for it):");
         println!("  {}", key.as_str());
         println!();

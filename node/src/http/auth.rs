@@ -98,6 +98,9 @@ pub(crate) fn still_valid(m: &Manager, id: &PeerIdentity) -> bool {
         return false;
     }
     match (id.role, id.node_id) {
+        // A locked manager's certificate is refused by rustls as a client certificate
+        // already (its EKU is ServerAuth alone); it is no caller of anything either way.
+        (Role::Locked, _) => false,
         (Role::Admin, _) => check_admin_credential(m, id).is_ok(),
         // A serial this manager does not know yet may be a renewal it has not applied:
         // the request's own check looks again on a current view. Known retired ones go.

@@ -37,6 +37,10 @@ const ANONYMOUS_STREAMS: u32 = 4;
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub std::net::SocketAddr);
 
+/// How long a connection accepted while locked may take to finish what it has in flight
+/// once the manager is unlocked.
+const UNLOCKED_CLOSE_WITHIN: Duration = Duration::from_secs(10);
+
 /// Whether a certificate's identity is still one of the cluster's (not a removed node, not
 /// a revoked or replaced credential). Chains are checked by rustls; this is the rest.
 pub type StillValid = Arc<dyn Fn(&PeerIdentity) -> bool + Send + Sync>;
@@ -49,16 +53,22 @@ pub async fn serve(
     limits: ConnectionLimits,
     shutdown: CancellationToken,
 ) {
-    serve_checked(listener, tls, app, limits, Arc::new(|_: &PeerIdentity| true), shutdown).await
+    serve_checked(listener, tls, app, limits, Arc::new(|_: &PeerIdentity| true), None, shutdown).await
 }
 
 /// [`serve`], with certificates that are no longer valid given no connection slot.
+///
+/// `locked`: while a manager is locked (autolock), it serves with its locked certificate.
+/// Connections accepted before `locked` is cancelled (when the manager is unlocked) are then
+/// closed gracefully, so that clients, which pool connections, reconnect and see the
+/// manager's own certificate.
 pub async fn serve_checked(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: Router,
     limits: ConnectionLimits,
     still_valid: StillValid,
+    locked: Option<CancellationToken>,
     shutdown: CancellationToken,
 ) {
     let acceptor = TlsAcceptor::from(tls);
@@ -85,6 +95,7 @@ pub async fn serve_checked(
             budgets: budgets.clone(),
             limits: limits.clone(),
             still_valid: still_valid.clone(),
+            locked: locked.clone().filter(|t| !t.is_cancelled()),
             shutdown: shutdown.clone(),
         };
         conns.spawn(conn.serve(tcp, peer));
@@ -100,6 +111,8 @@ struct Connection {
     budgets: Arc<Budgets>,
     limits: Arc<ConnectionLimits>,
     still_valid: StillValid,
+    /// Set on a connection accepted while the manager was locked.
+    locked: Option<CancellationToken>,
     shutdown: CancellationToken,
 }
 
@@ -167,15 +180,35 @@ impl Connection {
             .keep_alive_interval(Some(idle))
             .keep_alive_timeout(idle);
         let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
+        tokio::pin!(conn);
         let evicted = async {
             match evicted {
                 Some(t) => t.cancelled().await,
                 None => std::future::pending().await,
             }
         };
+        let unlocked = async {
+            match &self.locked {
+                Some(t) => t.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            r = conn => if let Err(e) = r { tracing::debug!(error = %e, "connection ended with an error") },
-            _ = evicted => {}
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = evicted => return,
+            _ = self.shutdown.cancelled() => return,
+            _ = unlocked => {}
+        }
+        // Unlocked: finish what is in flight (the unlock request's answer among it), then close.
+        conn.as_mut().graceful_shutdown();
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = tokio::time::sleep(UNLOCKED_CLOSE_WITHIN) => {}
             _ = self.shutdown.cancelled() => {}
         }
     }

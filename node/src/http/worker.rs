@@ -170,7 +170,7 @@ async fn record_heartbeat(m: &Manager, node: NodeId) -> Result<(), ApiError> {
     }
     let (id, addr) = m.leader().ok_or_else(|| ApiError::unavailable("this manager knows no leader"))?;
     let url = format!("https://{addr}/raft/heartbeat");
-    post_postcard::<_, ()>(&m.peers.get(), &url, Some(id), &node, Duration::from_secs(2))
+    post_postcard::<_, ()>(&m.peers, &url, Some(id), &node, Duration::from_secs(2))
         .await
         .map_err(|e| ApiError::unavailable(format!("cannot reach the leader: {e}")))
 }

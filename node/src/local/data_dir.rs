@@ -1,11 +1,15 @@
 //! The layout of a manager's (or worker's) data dir, in one place.
 //!
 //! ```text
-//! <data-dir>/kek                key-encryption key (mode 0600), absent under autolock
+//! <data-dir>/kek                key-encryption key (mode 0600); under autolock it opens
+//!                               only the locked certificate's key
 //! <data-dir>/node.json          who this node is: id, role, cluster id, addresses
 //! <data-dir>/tls/ca.pem         the cluster CA certificate
 //! <data-dir>/tls/node.pem       this node's certificate
-//! <data-dir>/tls/node.key.sealed this node's private key, sealed with the KEK
+//! <data-dir>/tls/node.key.sealed this node's private key and certificate, sealed with the
+//!                               KEK its store is sealed with (the unlock key's under autolock)
+//! <data-dir>/tls/locked.sealed  under autolock: the powerless certificate a locked manager
+//!                               serves with, and its key, sealed with `kek`
 //! <data-dir>/raft/              the RocksDB store and its snapshots (managers)
 //! <data-dir>/client/            admin client bundle written by `manager init`
 //! ```
@@ -54,6 +58,10 @@ impl DataDir {
 
     pub fn node_key(&self) -> PathBuf {
         self.tls_dir().join("node.key.sealed")
+    }
+
+    pub fn locked_cert(&self) -> PathBuf {
+        self.tls_dir().join("locked.sealed")
     }
 
     pub fn client_dir(&self) -> PathBuf {

@@ -6,10 +6,11 @@
 //! Turning autolock on or off and rotating the unlock key are commits; every manager then
 //! re-wraps its own store ([`follow`]): a manager that is down or locked does so once it is
 //! unlocked (with the key its store is sealed under) and has applied the change, and
-//! records the generation it has reached, which `cluster status` shows.
+//! records the generation it has reached, which `cluster status` shows. Its TLS key follows
+//! its store's key (`tls_keys`), so that a copy of a data dir yields no manager certificate.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use coffer_api::cluster::UnlockKeyIssued;
 use coffer_api::error::CodedError;
@@ -22,6 +23,9 @@ use crate::manager::error::OpError;
 use crate::manager::Manager;
 
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+/// How often the TLS files are checked against the store's key when nothing changed (the
+/// locked certificate is renewed at half its life).
+const SETTLE_EVERY: Duration = Duration::from_secs(3600);
 
 /// The key-encryption key a manager's store is sealed under right now, and the unlock key
 /// it was derived from (none: the key file).
@@ -137,12 +141,14 @@ fn generation_of(m: &Manager, have: &StoreKey) -> Result<u64, OpError> {
 /// records the generation reached. Runs on every manager while it runs.
 pub(crate) async fn follow(m: Arc<Manager>) {
     let mut last_error = None;
+    // When the TLS files were last brought in line with the store's key (none yet).
+    let mut settled: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = m.shutdown.cancelled() => return,
             _ = tokio::time::sleep(FOLLOW_EVERY) => {}
         }
-        match follow_once(&m).await {
+        match follow_once(&m, &mut settled).await {
             Ok(()) => last_error = None,
             // Said once, not twice a second while a quorum is gone.
             Err(e) if last_error.as_ref() != Some(&e.message) => {
@@ -154,8 +160,9 @@ pub(crate) async fn follow(m: Arc<Manager>) {
     }
 }
 
-async fn follow_once(m: &Arc<Manager>) -> Result<(), OpError> {
+async fn follow_once(m: &Arc<Manager>, settled: &mut Option<Instant>) -> Result<(), OpError> {
     let have = m.store_key.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut previous = None;
     if let Some((generation, want)) = wanted(m, &have)? {
         let (reader, old, new) = (m.reader.clone(), have.kek.clone(), want.kek.clone());
         tokio::task::spawn_blocking(move || reader.rewrap_data_key(old.as_ref(), new.as_ref()))
@@ -164,6 +171,18 @@ async fn follow_once(m: &Arc<Manager>) -> Result<(), OpError> {
             .map_err(|e| OpError::internal("re-wrapping the store key", e))?;
         tracing::info!(generation, kind = want.kek.kind(), "this manager's store key is re-wrapped");
         *m.store_key.lock().unwrap_or_else(|p| p.into_inner()) = want;
+        previous = Some(have.kek);
+        *settled = None;
+    }
+    // The TLS key follows the store's key: at start, after each re-wrap, and now and then
+    // to renew the locked certificate.
+    if settled.is_none_or(|at| at.elapsed() >= SETTLE_EVERY) {
+        let m2 = m.clone();
+        tokio::task::spawn_blocking(move || crate::manager::tls_keys::settle(&m2, previous.as_deref()))
+            .await
+            .map_err(|e| OpError::internal("re-sealing the TLS key", e))?
+            .map_err(|e| OpError::internal("re-sealing the TLS key", e))?;
+        *settled = Some(Instant::now());
     }
     // Record the generation reached (again after a restart that lost the first attempt).
     let have = m.store_key.lock().unwrap_or_else(|p| p.into_inner()).clone();

@@ -220,8 +220,7 @@ pub async fn wait_applied_everywhere(m: &Manager) {
     for (id, addr) in peers {
         let url = format!("https://{addr}/raft/applied");
         loop {
-            let applied =
-                post_postcard::<_, Option<u64>>(&m.peers.get(), &url, Some(id), &(), Duration::from_secs(1)).await;
+            let applied = post_postcard::<_, Option<u64>>(&m.peers, &url, Some(id), &(), Duration::from_secs(1)).await;
             match applied {
                 Ok(Some(a)) if a >= index => break,
                 Err(PeerError::Unreachable(_)) => break,

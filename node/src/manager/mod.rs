@@ -46,6 +46,7 @@ pub mod recovery;
 pub(crate) mod renew;
 pub(crate) mod scheduler;
 pub(crate) mod status;
+pub(crate) mod tls_keys;
 pub mod unlock;
 pub(crate) mod values;
 
@@ -67,11 +68,14 @@ pub struct Manager {
     pub(crate) ca_pem: String,
     pub(crate) config: ManagerConfig,
     pub(crate) data_dir: DataDir,
-    /// The key file's KEK: seals this node's TLS key (and the store's data key, unless
-    /// autolock is on).
+    /// The key file's KEK: seals the store's data key and this node's TLS key unless
+    /// autolock is on, and the locked certificate's key if it is.
     pub(crate) kek: Arc<dyn KeyEncryptionKey>,
-    /// What the store's data key is wrapped under now (autolock changes it while running).
+    /// What the store's data key, and this node's TLS key, are sealed under now (autolock
+    /// changes it while running).
     pub(crate) store_key: std::sync::Mutex<autolock::StoreKey>,
+    /// Serialises writes of the sealed TLS key (renewal, re-sealing after a re-wrap).
+    pub(crate) node_key_lock: std::sync::Mutex<()>,
     /// Serialises membership changes made by this manager while it leads.
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
     /// Serialises autolock changes on the leader (each reads the generation it replaces).
@@ -192,7 +196,7 @@ impl Manager {
             self.metrics.writes_forwarded.inc();
             let url = format!("https://{}/raft/propose", leader.1);
             return match post_postcard::<_, coffer_raft_store::Response>(
-                &self.peers.get(),
+                &self.peers,
                 &url,
                 Some(leader.0),
                 &cmd,
@@ -253,7 +257,7 @@ impl Manager {
 
     async fn remote_read_index(&self, leader: &(NodeId, String)) -> Result<Option<u64>, OpError> {
         let url = format!("https://{}/raft/read-index", leader.1);
-        post_postcard::<_, Result<Option<u64>, String>>(&self.peers.get(), &url, Some(leader.0), &(), FORWARD_TIMEOUT)
+        post_postcard::<_, Result<Option<u64>, String>>(&self.peers, &url, Some(leader.0), &(), FORWARD_TIMEOUT)
             .await
             .map_err(forward_error)?
             .map_err(OpError::unavailable)
@@ -275,7 +279,7 @@ impl Manager {
             .send()
             .await
             .map_err(|e| OpError::unavailable(format!("forwarding to the leader: {e}")))?;
-        raft_net::check_peer(&resp, leader.0).map_err(forward_error)?;
+        self.peers.check(&resp, leader.0).map_err(forward_error)?;
         if resp.status().is_success() {
             resp.json().await.map_err(|e| OpError::unavailable(format!("leader's reply: {e}")))
         } else {

@@ -17,8 +17,8 @@ use crate::local::unlock_key::UnlockKey;
 use crate::manager::autolock::{self, StoreKey};
 use crate::manager::raft_net::{PeerNetwork, Peers};
 use crate::manager::read_index::ReadIndexBatch;
-use crate::manager::{audit, backup, metrics, recovery, scheduler, Manager};
-use crate::trust::credentials::load_credentials;
+use crate::manager::{audit, backup, metrics, recovery, scheduler, tls_keys, Manager};
+use crate::trust::credentials::{load_ca, load_credentials, load_locked_cert};
 use crate::trust::tls::{self, NodeCert};
 
 /// An opened manager, and the TLS configuration its listener serves with.
@@ -28,19 +28,20 @@ pub struct Opened {
     pub server_tls: Arc<rustls::ServerConfig>,
 }
 
-/// What a manager has before its store is open: identity, key file, TLS credentials. A
-/// manager that restarts locked (autolock) serves with these while it waits for its key.
+/// What a manager has before its store is open: identity, key file, the CA; and, while it is
+/// locked (autolock), the powerless certificate it serves with until it gets its key.
 pub struct Local {
     pub identity: NodeIdentity,
     pub data_dir: DataDir,
-    /// The key file's KEK: seals the node's TLS key, and the store's data key unless
-    /// autolock is on.
+    /// The key file's KEK: seals the store's data key and the node's TLS key unless
+    /// autolock is on, and the locked certificate's key if it is.
     pub kek: Arc<dyn KeyEncryptionKey>,
     pub ca_pem: String,
-    pub cert: Arc<NodeCert>,
-    pub server_tls: Arc<rustls::ServerConfig>,
     /// Whether the store is sealed under the unlock key (autolock): it opens only with it.
     pub locked: bool,
+    /// While locked: the certificate the listener serves with, replaced by the manager's own
+    /// once the store is open, and the listener's configuration.
+    pub early: Option<(Arc<NodeCert>, Arc<rustls::ServerConfig>)>,
 }
 
 impl std::fmt::Debug for Local {
@@ -50,8 +51,8 @@ impl std::fmt::Debug for Local {
 }
 
 impl Local {
-    /// Reads the data dir of `config`: identity, key file, credentials; and whether the
-    /// store is locked.
+    /// Reads the data dir of `config`: identity, key file, CA; whether the store is locked,
+    /// and if it is, the certificate to serve with meanwhile.
     ///
     /// # Errors
     /// A data dir that cannot be read, or an invalid configuration.
@@ -61,12 +62,28 @@ impl Local {
         let data_dir = DataDir::new(&config.data_dir);
         let identity = NodeIdentity::load(&data_dir)?;
         let kek: Arc<dyn KeyEncryptionKey> = Arc::new(key_file::load(&data_dir.key_file())?);
-        let creds = load_credentials(&data_dir, kek.as_ref())?;
-        let cert = NodeCert::new(tls::certified_key(&creds.cert_pem, creds.key_pem.expose())?);
-        let server_tls = tls::server_config(&creds.ca_pem, cert.clone())?;
+        let ca_pem = load_ca(&data_dir)?;
         let kind = coffer_raft_store::kek_kind(&data_dir.store()).context("read the store's key kind")?;
         let locked = kind.as_deref() == Some(crate::local::unlock_key::KIND);
-        Ok(Self { identity, data_dir, kek, ca_pem: creds.ca_pem, cert, server_tls, locked })
+        let early = if locked {
+            let (cert_pem, key_pem) = match load_locked_cert(&data_dir, kek.as_ref())? {
+                Some(pair) => pair,
+                // Locked before it made its locked certificate (it stopped right after
+                // autolock was turned on): its own key is still under the key file.
+                None => {
+                    let c = load_credentials(&data_dir, kek.as_ref())
+                        .context("this manager has no certificate to serve with while it is locked")?;
+                    tracing::warn!("no locked certificate yet: serving with this manager's own until it is unlocked");
+                    (c.cert_pem, c.key_pem)
+                }
+            };
+            let cert = NodeCert::new(tls::certified_key(&cert_pem, key_pem.expose())?);
+            let server_tls = tls::server_config(&ca_pem, cert.clone())?;
+            Some((cert, server_tls))
+        } else {
+            None
+        };
+        Ok(Self { identity, data_dir, kek, ca_pem, locked, early })
     }
 
     /// The KEK that opens this manager's store: the key file's, or the one derived from
@@ -95,10 +112,22 @@ impl Manager {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Opened> {
         let (identity, data_dir) = (local.identity.clone(), local.data_dir.clone());
-        let cert = local.cert.clone();
-        let peers = Peers::new(tls::http_client(tls::client_config(&local.ca_pem, Some(cert.clone()))?)?);
         let mut store = coffer_raft_store::open(&data_dir.store(), store_key.kek.as_ref(), StoreOptions::default())
             .context("open the manager's store")?;
+        let keks = [store_key.kek.as_ref(), local.kek.as_ref()];
+        let (certified, _) =
+            tls_keys::load_or_issue(&data_dir, &identity, &keks, &store.reader, config.node_cert_validity())?;
+        let (cert, server_tls) = match &local.early {
+            Some((cert, server_tls)) => {
+                cert.replace(certified);
+                (cert.clone(), server_tls.clone())
+            }
+            None => {
+                let cert = NodeCert::new(certified);
+                (cert.clone(), tls::server_config(&local.ca_pem, cert)?)
+            }
+        };
+        let peers = Peers::new(tls::client_config(&local.ca_pem, Some(cert.clone()))?)?;
         if let Some(f) = config.force_new_cluster {
             recovery::force_new_cluster(&mut store, identity.node_id, &identity.advertise, &peers, f).await?;
         }
@@ -123,6 +152,7 @@ impl Manager {
             data_dir,
             kek: local.kek.clone(),
             store_key: std::sync::Mutex::new(store_key),
+            node_key_lock: std::sync::Mutex::new(()),
             membership_lock: tokio::sync::Mutex::new(()),
             join_lock: tokio::sync::Mutex::new(()),
             autolock_lock: tokio::sync::Mutex::new(()),
@@ -136,7 +166,7 @@ impl Manager {
             shutdown,
             tasks: TaskTracker::new(),
         });
-        Ok(Opened { manager, server_tls: local.server_tls.clone() })
+        Ok(Opened { manager, server_tls })
     }
 
     /// Starts the manager's own background work (scheduler, certificate renewal), owned

@@ -29,23 +29,60 @@ use crate::trust::pki::{self, Role};
 
 /// The pooled mutual-TLS client for calls to other managers. Replaced when this manager's
 /// certificate is renewed: pooled connections keep presenting the certificate they were
-/// opened with, which the cluster refuses once its grace period is over.
+/// opened with, which the cluster refuses once its grace period is over. Also replaced
+/// when a peer turns out to be locked (autolock): a pooled connection to its locked
+/// listener would keep showing the locked certificate after it is unlocked.
 #[derive(Debug, Clone)]
-pub(crate) struct Peers(std::sync::Arc<std::sync::RwLock<reqwest::Client>>);
+pub(crate) struct Peers(std::sync::Arc<PeersInner>);
+
+#[derive(Debug)]
+pub(crate) struct PeersInner {
+    client: std::sync::RwLock<reqwest::Client>,
+    /// What a fresh pool is made from (the certificate resolver in it follows renewals).
+    config: rustls::ClientConfig,
+    last_reset: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// At most one fresh pool per this long, however many calls meet a locked peer.
+const RESET_SPACING: Duration = Duration::from_secs(1);
 
 impl Peers {
-    pub(crate) fn new(client: reqwest::Client) -> Self {
-        Self(std::sync::Arc::new(std::sync::RwLock::new(client)))
+    /// A pool over `config`, which a fresh pool is made from when a peer turns out locked.
+    pub(crate) fn new(config: rustls::ClientConfig) -> Result<Self, crate::trust::tls::TlsError> {
+        let client = crate::trust::tls::http_client(config.clone())?;
+        Ok(Self(std::sync::Arc::new(PeersInner {
+            client: std::sync::RwLock::new(client),
+            config,
+            last_reset: std::sync::Mutex::new(None),
+        })))
     }
 
     /// The current client (a cheap handle on its pool).
     pub(crate) fn get(&self) -> reqwest::Client {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0.client.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Starts a new pool: connections from now on present the current certificate.
     pub(crate) fn replace(&self, client: reqwest::Client) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = client;
+        *self.0.client.write().unwrap_or_else(|p| p.into_inner()) = client;
+    }
+
+    /// Checks that `resp` came from manager `target`; a locked manager's answer also drops
+    /// the pool (at most once per [`RESET_SPACING`]), so that its next connection, once it is
+    /// unlocked, reaches the manager's own certificate.
+    pub(crate) fn check(&self, resp: &reqwest::Response, target: NodeId) -> Result<(), PeerError> {
+        let r = check_peer(resp, target);
+        if let Err(PeerError::Locked(_)) = &r {
+            let mut last = self.0.last_reset.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_none_or(|at| at.elapsed() >= RESET_SPACING) {
+                *last = Some(std::time::Instant::now());
+                match crate::trust::tls::http_client(self.0.config.clone()) {
+                    Ok(client) => self.replace(client),
+                    Err(e) => tracing::warn!(error = %e, "cannot make a new peer client"),
+                }
+            }
+        }
+        r
     }
 }
 
@@ -85,6 +122,8 @@ pub enum PeerError {
     Network(String),
     #[error("peer answered HTTP {status}: {body}")]
     Status { status: u16, body: String },
+    #[error("{0}")]
+    Locked(String),
 }
 
 /// Checks that the server we reached is manager `target` of our CA.
@@ -95,6 +134,9 @@ pub fn check_peer(resp: &reqwest::Response, target: NodeId) -> Result<(), PeerEr
         .and_then(|t| t.peer_certificate())
         .ok_or_else(|| PeerError::Network("no peer certificate".into()))?;
     let id = pki::parse_peer(der).map_err(|e| PeerError::Network(format!("peer certificate: {e}")))?;
+    if id.role == Role::Locked {
+        return Err(PeerError::Locked(format!("manager {target} is locked (autolock)")));
+    }
     if id.role != Role::Manager || id.node_id != Some(target) {
         return Err(PeerError::Network(format!("expected manager {target}, reached {} {:?}", id.name, id.role)));
     }
@@ -102,15 +144,16 @@ pub fn check_peer(resp: &reqwest::Response, target: NodeId) -> Result<(), PeerEr
 }
 
 /// POSTs a postcard body and decodes a postcard reply, checking the peer's identity.
-pub async fn post_postcard<Req: Serialize, Resp: DeserializeOwned>(
-    client: &reqwest::Client,
+pub(crate) async fn post_postcard<Req: Serialize, Resp: DeserializeOwned>(
+    peers: &Peers,
     url: &str,
     target: Option<NodeId>,
     body: &Req,
     timeout: Duration,
 ) -> Result<Resp, PeerError> {
     let bytes = postcard::to_allocvec(body).map_err(|e| PeerError::Network(format!("encode: {e}")))?;
-    let resp = client
+    let resp = peers
+        .get()
         .post(url)
         .header("content-type", "application/octet-stream")
         .body(bytes)
@@ -119,7 +162,7 @@ pub async fn post_postcard<Req: Serialize, Resp: DeserializeOwned>(
         .await
         .map_err(classify)?;
     if let Some(t) = target {
-        check_peer(&resp, t)?;
+        peers.check(&resp, t)?;
     }
     let status = resp.status();
     let body = resp.bytes().await.map_err(classify)?;
@@ -158,7 +201,7 @@ impl PeerClient {
     ) -> RpcResult<Resp> {
         let url = format!("{}{path}", self.base);
         match post_postcard::<_, Result<Resp, RaftError<NodeId>>>(
-            &self.peers.get(),
+            &self.peers,
             &url,
             Some(self.target),
             req,
@@ -238,7 +281,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 .send()
                 .await
                 .map_err(classify)?;
-            check_peer(&resp, self.target)?;
+            self.peers.check(&resp, self.target)?;
             let status = resp.status();
             let bytes = resp.bytes().await.map_err(classify)?;
             if !status.is_success() {

@@ -28,6 +28,8 @@ use crate::local::config::{ForceNewCluster, ManagerConfig};
 use crate::local::data_dir::{DataDir, NodeIdentity};
 use crate::local::ids::NodeHex;
 use crate::local::key_file;
+use crate::local::unlock_key::UnlockKey;
+use crate::manager::autolock;
 use crate::manager::init::{self, cluster_ca, InitSummary};
 use crate::manager::raft_net::{post_postcard, Peers};
 use crate::trust::join_token::JoinToken;
@@ -137,6 +139,18 @@ fn restore_into(
         Command::SetJoinTokenHash { role: NodeRole::Worker, hash: worker_token.hash() },
         Command::SetJoinTokenHash { role: NodeRole::Manager, hash: manager_token.hash() },
     ]);
+    // Under autolock, a new unlock key: the backup's may be one that was since rotated
+    // because it leaked, and the restored cluster's stores are new anyway.
+    let unlock_key = if cluster.autolock {
+        let generation =
+            autolock::current(&cluster).map_err(|e| anyhow::anyhow!("{}", e.message))?.map_or(0, |(g, _)| g);
+        let key = UnlockKey::generate();
+        let wrapped = autolock::seal(&cluster, generation + 1, &key).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        cmds.push(Command::SetAutolock { enabled: true, wrapped_unlock: Some(wrapped) });
+        Some(key.reveal())
+    } else {
+        None
+    };
     apply_all(&store, &cmds)?;
     let reformed = store.reform_alone(node_id, ManagerNode { addr: advertise.to_string() })?;
     drop(store);
@@ -156,7 +170,7 @@ fn restore_into(
         worker_token: worker_token.reveal(),
         manager_token: manager_token.reveal(),
         client_dir: dir.client_dir(),
-        unlock_key: None,
+        unlock_key,
     })
 }
 
@@ -188,8 +202,7 @@ pub(crate) async fn force_new_cluster(
     let alone = voters.is_empty();
     for (id, addr) in &voters {
         let url = format!("https://{addr}/raft/applied");
-        let r = post_postcard::<_, Option<u64>>(&peers.get(), &url, Some(*id), &(), std::time::Duration::from_secs(2))
-            .await;
+        let r = post_postcard::<_, Option<u64>>(peers, &url, Some(*id), &(), std::time::Duration::from_secs(2)).await;
         if r.is_ok() {
             answering += 1;
             tracing::warn!(node_id = %NodeHex(*id), %addr, "a manager of the old configuration answers");

@@ -9,18 +9,10 @@ use crate::trust::pki::Role;
 
 /// Runs until shutdown, renewing this manager's certificate when it is due.
 pub async fn keep_renewed(m: Arc<Manager>) {
-    let (dir, kek, cert, shutdown) = (m.data_dir.clone(), m.kek.clone(), m.cert.clone(), m.shutdown.clone());
-    let fresh = m.clone();
-    let renewed = move || {
-        let config = crate::trust::tls::client_config(&fresh.ca_pem, Some(fresh.cert.clone()));
-        match config.and_then(crate::trust::tls::http_client) {
-            Ok(client) => fresh.peers.replace(client),
-            Err(e) => tracing::warn!(error = %e, "cannot make a new peer client after a renewal"),
-        }
-    };
+    let (dir, cert, shutdown) = (m.data_dir.clone(), m.cert.clone(), m.shutdown.clone());
+    let (saver, fresh) = (m.clone(), m.clone());
     crate::trust::renewal::keep_renewed(
         dir,
-        kek,
         cert,
         shutdown,
         |csr_pem| {
@@ -33,7 +25,20 @@ pub async fn keep_renewed(m: Arc<Manager>) {
                 }
             }
         },
-        renewed,
+        move |cert_pem: &str, key: &_| crate::manager::tls_keys::save_renewed(&saver, cert_pem, key),
+        move || fresh.refresh_peer_client(),
     )
     .await
+}
+
+impl Manager {
+    /// A new pooled client for calls to other managers, presenting the current certificate
+    /// (pooled connections keep presenting the one they were opened with).
+    pub(crate) fn refresh_peer_client(&self) {
+        let config = crate::trust::tls::client_config(&self.ca_pem, Some(self.cert.clone()));
+        match config.and_then(crate::trust::tls::http_client) {
+            Ok(client) => self.peers.replace(client),
+            Err(e) => tracing::warn!(error = %e, "cannot make a new peer client after a certificate change"),
+        }
+    }
 }

@@ -9,13 +9,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use coffer_raft_store::seal::KeyEncryptionKey;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 use crate::local::data_dir::DataDir;
-use crate::trust::credentials::{load_credentials, save_node_cert};
-use crate::trust::pki::{self, NodeKey};
+use crate::trust::credentials::node_cert_pem;
+use crate::trust::pki::{self, NodeKey, PrivateKeyPem};
 use crate::trust::tls::{self, NodeCert};
 
 /// When to renew a certificate valid from `not_before` to `not_after` (Unix seconds).
@@ -29,49 +28,48 @@ fn now_unix() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-/// Makes a new key, has `request` turn its CSR into a certificate, then stores the pair
-/// and swaps it into `cert`.
-async fn renew_once<F, Fut>(
-    dir: &DataDir,
-    kek: &dyn KeyEncryptionKey,
-    cert: &NodeCert,
-    request: &mut F,
-) -> anyhow::Result<()>
+/// Makes a new key, has `request` turn its CSR into a certificate, then has `save` store
+/// the pair and swaps it into `cert`.
+async fn renew_once<F, Fut, S>(cert: &NodeCert, request: &mut F, save: &mut S) -> anyhow::Result<()>
 where
     F: FnMut(String) -> Fut,
     Fut: Future<Output = anyhow::Result<String>>,
+    S: FnMut(&str, &PrivateKeyPem) -> anyhow::Result<()>,
 {
     let key = NodeKey::generate()?;
     let cert_pem = request(key.csr_pem(&[])?).await?;
     let key_pem = key.key_pem();
     let certified = tls::certified_key(&cert_pem, key_pem.expose())?;
-    save_node_cert(dir, kek, &cert_pem, &key_pem)?;
+    save(&cert_pem, &key_pem)?;
     cert.replace(certified);
     Ok(())
 }
 
 /// Runs until shutdown, renewing the node's certificate whenever it is due. `request`
 /// sends a CSR to the cluster and returns the signed certificate (a manager asks the
-/// leader; a worker posts `/v1/renew` to any manager). Managers and workers share this.
+/// leader; a worker posts `/v1/renew` to any manager); `save` seals and writes the new pair
+/// (a manager under autolock seals it with its unlock key's KEK, not the key file's).
+/// Managers and workers share this.
 ///
 /// `renewed` runs after each renewal, once new connections present the new certificate: the
 /// node drops its pooled connections there, since they keep presenting the old one, which
 /// the cluster refuses after a short grace period.
-pub async fn keep_renewed<F, Fut, R>(
+pub async fn keep_renewed<F, Fut, S, R>(
     dir: DataDir,
-    kek: Arc<dyn KeyEncryptionKey>,
     cert: Arc<NodeCert>,
     shutdown: CancellationToken,
     mut request: F,
+    mut save: S,
     mut renewed: R,
 ) where
     F: FnMut(String) -> Fut,
     Fut: Future<Output = anyhow::Result<String>>,
+    S: FnMut(&str, &PrivateKeyPem) -> anyhow::Result<()>,
     R: FnMut(),
 {
     loop {
-        let due = match load_credentials(&dir, kek.as_ref()) {
-            Ok(creds) => match tls::certs_from_pem(&creds.cert_pem).ok().and_then(|c| pki::parse_peer(&c[0]).ok()) {
+        let due = match node_cert_pem(&dir) {
+            Ok(cert_pem) => match tls::certs_from_pem(&cert_pem).ok().and_then(|c| pki::parse_peer(&c[0]).ok()) {
                 Some(id) => renewal_due(pki::issued_at(id.not_before_unix).min(id.not_after_unix), id.not_after_unix),
                 None => {
                     tracing::error!("cannot read this node's certificate; renewal stops");
@@ -90,7 +88,7 @@ pub async fn keep_renewed<F, Fut, R>(
         }
         let mut backoff = Duration::from_secs(1);
         loop {
-            match renew_once(&dir, kek.as_ref(), &cert, &mut request).await {
+            match renew_once(&cert, &mut request, &mut save).await {
                 Ok(()) => {
                     renewed();
                     tracing::info!("renewed this node's certificate");

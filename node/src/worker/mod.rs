@@ -114,12 +114,13 @@ impl Worker {
             Ok(c) => fresh.replace(c),
             Err(e) => tracing::warn!(error = %e, "cannot make a new client after a renewal"),
         };
+        let (dir, kek) = (self.data_dir.clone(), self.kek.clone());
         let renew = crate::trust::renewal::keep_renewed(
             self.data_dir.clone(),
-            self.kek.clone(),
             self.cert.clone(),
             shutdown.clone(),
             move |csr| request_renewal(client.clone(), managers.clone(), csr),
+            move |cert_pem: &str, key: &_| crate::trust::credentials::save_node_cert(&dir, kek.as_ref(), cert_pem, key),
             renewed,
         );
         tasks.spawn(renew.in_current_span());

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use coffer_api::client::Client;
 use coffer_api::error::ErrorCode;
@@ -19,10 +20,15 @@ const CANARY: &str = "CANARY-autolock-51c2";
 
 /// `coffer cluster unlock -` at `addr`, the key on standard input.
 fn unlock(c: &Cluster, addr: &str, key: &str) -> std::process::Output {
+    unlock_with(&c.client_dir(), addr, key)
+}
+
+/// [`unlock`] with the admin bundle of `client_dir`.
+fn unlock_with(client_dir: &Path, addr: &str, key: &str) -> std::process::Output {
     let mut child = Command::new(bin())
         .args(["cluster", "unlock", "-"])
         .env("COFFER_ADDR", addr)
-        .env("COFFER_CLIENT_DIR", c.client_dir())
+        .env("COFFER_CLIENT_DIR", client_dir)
         .env("COFFER_LOG", "warn")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -53,7 +59,7 @@ async fn sealed_under(admin: &Client, n: usize, generation: u64) {
 
 /// No file in `dir` opens the store of `dir`: neither as a key file nor as an unlock key.
 fn no_file_opens_the_store(dir: &Path) {
-    let store = dir.join("store");
+    let store = dir.join("raft");
     for f in files_under(dir) {
         if f.starts_with(&store) {
             continue;
@@ -69,6 +75,32 @@ fn no_file_opens_the_store(dir: &Path) {
                     f.display()
                 );
             }
+        }
+    }
+}
+
+/// A copy of a locked manager's data dir yields no certificate the cluster takes from a
+/// manager: its own TLS key does not open under the key file beside it, and the locked
+/// certificate that does is refused as a caller by the live manager at `live`.
+async fn no_manager_credential_in(dir: &Path, ca: &str, live: &str) {
+    use coffer_node::local::data_dir::DataDir;
+    use coffer_node::trust::credentials;
+    let d = DataDir::new(dir);
+    let kek = coffer_node::local::key_file::load(&d.key_file()).expect("the key file");
+    assert!(credentials::load_credentials(&d, &kek).is_err(), "the manager's TLS key opens under the key file");
+    let (cert, key) = credentials::load_locked_cert(&d, &kek).expect("readable").expect("a locked certificate");
+    let certified = coffer_api::tls::certified_key(&cert, key.expose()).expect("a key pair");
+    let resolver = Arc::new(coffer_api::tls::StaticCert(certified));
+    let as_locked = Client::with_tls(ca, Some(resolver.clone()), live).expect("client");
+    let e = as_locked.status().await.expect_err("a locked certificate is no caller");
+    assert_ne!(e.code(), Some(ErrorCode::Locked), "{e}");
+    // Nor a manager's: the Raft endpoints (a proposal, a leader operation) refuse it.
+    let raw =
+        coffer_api::tls::http_client(coffer_api::tls::client_config(ca, Some(resolver)).expect("tls")).expect("client");
+    for path in ["/raft/op", "/raft/propose", "/raft/append"] {
+        match raw.post(format!("https://{live}{path}")).body(vec![0u8; 16]).send().await {
+            Err(_) => {}
+            Ok(r) => assert!(r.status().is_client_error(), "{path} answered {}", r.status()),
         }
     }
 }
@@ -101,6 +133,8 @@ async fn a_restarted_manager_is_locked_until_it_is_given_the_key() {
     let dir = c.managers[2].dir.clone();
     c.managers[2].kill();
     no_file_opens_the_store(&dir);
+    let ca = std::fs::read_to_string(c.client_dir().join("ca.pem")).expect("ca");
+    no_manager_credential_in(&dir, &ca, &c.managers[0].addr).await;
     c.managers[2] = ManagerProc::restart_locked(bin(), &dir, &[]).expect("restart, locked");
     let addr = c.managers[2].addr.clone();
     let locked = c.admin(2);
@@ -108,7 +142,6 @@ async fn a_restarted_manager_is_locked_until_it_is_given_the_key() {
         let e = e.expect_err("a locked manager answers");
         assert_eq!(e.code(), Some(ErrorCode::Locked), "{e}");
     }
-    let ca = std::fs::read_to_string(c.client_dir().join("ca.pem")).expect("ca");
     let anon = Client::with_tls(&ca, None, &addr).expect("client");
     assert_eq!(anon.ready().await.expect_err("not ready").code(), Some(ErrorCode::Locked));
     let out = coffer_tests::coffer(bin(), &["secret", "ls"], &addr, &c.client_dir());
@@ -265,12 +298,19 @@ async fn after_a_rotation_the_old_key_unlocks_nothing() {
             .await
             .expect("unlocked with the new key");
         c.managers[i].wait_serving().expect("serving");
+        // Its TLS key had followed its store to the new key (no fallback was needed).
+        assert!(!c.managers[i].log().contains("issued itself"), "{}", c.managers[i].log());
     }
     // Turning autolock off puts each store back under its key file: restarts need no key.
     c.admin(0).set_autolock(false).await.expect("off");
     sealed_under(&c.admin(0), 3, 0).await;
     let dir = c.managers[1].dir.clone();
     c.managers[1].kill();
+    // Its TLS key is back under the key file, and the locked certificate is gone.
+    let d = coffer_node::local::data_dir::DataDir::new(&dir);
+    let kek = coffer_node::local::key_file::load(&d.key_file()).expect("the key file");
+    coffer_node::trust::credentials::load_credentials(&d, &kek).expect("the TLS key opens under the key file");
+    assert!(!d.locked_cert().exists(), "a locked certificate without autolock");
     c.managers[1] = ManagerProc::restart(bin(), &dir, &[]).expect("restarts unlocked");
     let metrics = c.admin(0).metrics().await.expect("metrics");
     for m in &mut c.managers {
@@ -279,5 +319,46 @@ async fn after_a_rotation_the_old_key_unlocks_nothing() {
     for k in [&old, &new] {
         assert!(!metrics.contains(&k[13..]));
         assert_key_nowhere(c.root.path(), k);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_autolocked_backup_comes_with_a_new_unlock_key() {
+    let mut c = Cluster::start_with_init(bin(), 1, &["--autolock"], &[]).await.expect("cluster");
+    let old = c.tokens.unlock_key.clone().expect("unlock key");
+    let admin = c.admin(0);
+    sealed_under(&admin, 1, 1).await;
+    admin.create_secret("db", CANARY.as_bytes(), BTreeMap::new()).await.expect("create");
+    let outside = tempfile::tempdir().expect("tempdir");
+    let kf = outside.path().join("backup.key");
+    let file = outside.path().join("cluster.backup");
+    let out = coffer_tests::coffer(bin(), &["snapshot", "keygen", kf.to_str().expect("utf-8")], "-", outside.path());
+    assert!(out.status.success(), "keygen: {}", String::from_utf8_lossy(&out.stderr));
+    let args = ["snapshot", "save", file.to_str().expect("utf-8"), "--key-file", kf.to_str().expect("utf-8")];
+    let out = coffer_tests::coffer(bin(), &args, &c.managers[0].addr, &c.client_dir());
+    assert!(out.status.success(), "save: {}", String::from_utf8_lossy(&out.stderr));
+    c.managers[0].kill();
+
+    let dir = c.root.path().join("restored");
+    let (mut restored, tokens) = ManagerProc::restore(bin(), &dir, &file, &kf).expect("restore");
+    let new = tokens.unlock_key.clone().expect("a restore of an autolocked backup prints a new unlock key");
+    assert_ne!(new, old);
+    let restored_admin = Client::from_dir(&dir.join("client"), &restored.addr).expect("admin bundle");
+    sealed_under(&restored_admin, 1, 2).await;
+    restored.kill();
+    no_file_opens_the_store(&dir);
+    let mut restored = ManagerProc::restart_locked(bin(), &dir, &[]).expect("locked");
+    let unlock_at = |key: &str| unlock_with(&dir.join("client"), &restored.addr, key).status.success();
+    assert!(!unlock_at(&old), "the backup's unlock key opened the restored store");
+    eventually("the new key", DEADLINE, || async { unlock_at(&new).then_some(()) }).await.expect("unlocked");
+    restored.wait_serving().expect("serving");
+    let restored_admin = Client::from_dir(&dir.join("client"), &restored.addr).expect("admin bundle");
+    eventually("the restored secret", DEADLINE, || async { restored_admin.secret("db").await.ok() })
+        .await
+        .expect("restored");
+    restored.kill();
+    for k in [&old, &new] {
+        assert_key_nowhere(c.root.path(), k);
+        assert_key_nowhere(outside.path(), k);
     }
 }

@@ -113,8 +113,11 @@ impl ClusterCa {
         // Only managers serve TLS. A worker's certificate (and anyone who holds the worker
         // token can get one, with the SAN of its choice) must never pass as a server: its
         // EKU is ClientAuth alone, so rustls refuses it on the client side of a handshake.
+        // A locked manager's certificate serves and nothing else: its key sits beside the
+        // store under the key file, so whoever copies the data dir has it.
         params.extended_key_usages = match role {
             Role::Manager => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+            Role::Locked => vec![ExtendedKeyUsagePurpose::ServerAuth],
             _ => vec![ExtendedKeyUsagePurpose::ClientAuth],
         };
         let cert = params.signed_by(&csr.public_key, &self.issuer).map_err(|e| PkiError::Cert(e.to_string()))?;

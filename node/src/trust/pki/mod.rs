@@ -13,7 +13,7 @@
 //! contain key material.
 //!
 //! Identity lives in the subject of a certificate: CN = node id (decimal) or admin name,
-//! OU = role ([`OU_MANAGER`], [`OU_WORKER`], [`OU_ADMIN`]), O = cluster id. The CA decides
+//! OU = role ([`OU_MANAGER`], [`OU_WORKER`], [`OU_ADMIN`], [`OU_LOCKED`]), O = cluster id. The CA decides
 //! all of it; whatever a CSR asks for is ignored.
 
 use std::fmt;
@@ -41,6 +41,9 @@ pub const OU_MANAGER: &str = "coffer-manager";
 pub const OU_WORKER: &str = "coffer-worker";
 /// The OU of an admin client certificate.
 pub const OU_ADMIN: &str = "coffer-admin";
+/// The OU of the certificate a locked manager serves with (autolock): it proves which
+/// manager answers, and nothing more.
+pub const OU_LOCKED: &str = "coffer-locked";
 
 /// Common name of the cluster root CA.
 const CA_COMMON_NAME: &str = "Coffer Root CA";
@@ -83,6 +86,11 @@ pub enum Role {
     Worker,
     /// An operator's client certificate.
     Admin,
+    /// A locked manager's server certificate (autolock). Its key is sealed under the key
+    /// file beside the store, so a copy of the data dir yields it: it must grant nothing.
+    /// Its EKU is ServerAuth alone (rustls refuses it as a client certificate), and no
+    /// endpoint accepts the role.
+    Locked,
 }
 
 impl Role {
@@ -92,6 +100,7 @@ impl Role {
             Role::Manager => "manager",
             Role::Worker => "worker",
             Role::Admin => "admin",
+            Role::Locked => "locked manager",
         }
     }
 
@@ -101,11 +110,12 @@ impl Role {
             Role::Manager => OU_MANAGER,
             Role::Worker => OU_WORKER,
             Role::Admin => OU_ADMIN,
+            Role::Locked => OU_LOCKED,
         }
     }
 
     fn from_ou(ou: &str) -> Option<Self> {
-        [Role::Manager, Role::Worker, Role::Admin].into_iter().find(|r| r.ou() == ou)
+        [Role::Manager, Role::Worker, Role::Admin, Role::Locked].into_iter().find(|r| r.ou() == ou)
     }
 }
 
@@ -306,6 +316,18 @@ mod tests {
         verify_client(&ca, &cert.cert_pem).expect("worker as a client");
         let manager = ca.sign_csr(&csr, 8, Role::Manager, CLUSTER, &["127.0.0.1".into()], DAY).expect("sign CSR");
         assert!(verify_server(&ca, &manager.cert_pem, "127.0.0.1").is_ok());
+    }
+
+    #[test]
+    fn a_locked_managers_certificate_serves_but_is_no_client() {
+        let ca = ClusterCa::generate(CLUSTER).expect("generate CA");
+        let csr = NodeKey::generate().expect("generate node key").csr_pem(&[]).expect("CSR");
+        let cert = ca.sign_csr(&csr, 9, Role::Locked, CLUSTER, &["127.0.0.1".into()], DAY).expect("sign CSR");
+        let peer = parse_peer(&der(&cert.cert_pem)).expect("parse peer");
+        assert_eq!((peer.role, peer.node_id), (Role::Locked, Some(9)));
+        assert!(verify_server(&ca, &cert.cert_pem, "127.0.0.1").is_ok());
+        let e = verify_client(&ca, &cert.cert_pem).expect_err("a locked certificate as a client");
+        assert!(format!("{e:?}").contains("ClientAuth"), "{e:?}");
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub fn parse_peer(cert_der: &[u8]) -> Result<PeerIdentity, PkiError> {
     let role = Role::from_ou(ou).ok_or_else(|| PkiError::Parse("the OU is not a Coffer role".into()))?;
     let node_id = match role {
         Role::Admin => None,
-        Role::Manager | Role::Worker => Some(
+        Role::Manager | Role::Worker | Role::Locked => Some(
             name.parse::<u64>()
                 .ok()
                 .filter(|id| id.to_string() == name)

@@ -216,6 +216,11 @@ impl Client {
         self.get("/v1/cluster/status").await
     }
 
+    /// A digest of the applied state of the manager this client talks to.
+    pub async fn state_digest(&self) -> Result<crate::cluster::StateDigestInfo, ClientError> {
+        self.get("/v1/cluster/digest").await
+    }
+
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClientError> {
         self.get::<NodeList>("/v1/nodes").await.map(|l| l.nodes)
     }

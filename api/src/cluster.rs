@@ -171,6 +171,19 @@ pub struct ClusterStatus {
     pub healthy: bool,
 }
 
+/// `GET /v1/cluster/digest`: a digest of this manager's applied state. Two managers at the
+/// same applied index must show the same digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StateDigestInfo {
+    pub node_id: u64,
+    /// The index of the last entry applied (none before the first).
+    pub applied_index: Option<u64>,
+    /// SHA-256 of the state-machine records in key order, lowercase hex.
+    pub sha256: String,
+    /// How many records the state holds.
+    pub records: u64,
+}
+
 /// `POST /v1/admins`: issue (or re-issue) an admin credential for an operator's key. The
 /// key stays with the operator: only its CSR is sent. Re-issuing a name replaces the
 /// certificate the cluster accepts for it.

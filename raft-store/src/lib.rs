@@ -23,6 +23,7 @@ mod apply;
 pub mod backup;
 pub mod codec;
 mod db;
+mod digest;
 mod error;
 mod keys;
 mod log_store;
@@ -39,6 +40,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use db::STORE_FORMAT;
+pub use digest::StateDigest;
 pub use error::StoreError;
 pub use log_store::LogStore;
 pub use model::{Command, Response};

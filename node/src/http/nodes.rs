@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use coffer_api::cluster::{
     Availability, ClusterStatus, JoinTokenResponse, NodeInfo, NodeList, NodeRole as WireRole, NodeUpdate, RaftRole,
+    StateDigestInfo,
 };
 use coffer_api::error::{CodedError, ErrorBody};
 use std::collections::BTreeMap;
@@ -24,6 +25,18 @@ use crate::manager::leader_ops::{LeaderOp, OpResult};
 use crate::manager::Manager;
 
 type S = State<Arc<Manager>>;
+
+#[utoipa::path(get, operation_id = "clusterDigest", path = "/v1/cluster/digest", tag = "cluster", responses((status = 200, body = StateDigestInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+/// A digest of this manager's applied state (its own, not the leader's: it is for telling
+/// whether managers agree).
+pub async fn digest(State(m): S, _a: AdminCaller) -> Result<Json<StateDigestInfo>, ApiError> {
+    let reader = m.reader.clone();
+    let d = tokio::task::spawn_blocking(move || reader.digest())
+        .await
+        .map_err(|e| ApiError::internal("computing the state digest", e))??;
+    let sha256 = d.sha256.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Json(StateDigestInfo { node_id: m.id, applied_index: d.applied_index, sha256, records: d.records }))
+}
 
 #[utoipa::path(get, operation_id = "clusterStatus", path = "/v1/cluster/status", tag = "cluster", responses((status = 200, body = ClusterStatus), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn status(State(m): S, _a: AdminCaller) -> Result<Json<ClusterStatus>, ApiError> {

@@ -19,7 +19,7 @@ use coffer_raft_store::model::{AdminCredentialRecord, Command};
 use crate::http::auth::{AdminCaller, AdminWriter};
 use crate::http::error::ApiError;
 use crate::http::extract::ApiJson;
-use crate::manager::init::cluster_ca;
+use crate::manager::values::cluster_ca;
 use crate::manager::Manager;
 
 type S = State<Arc<Manager>>;

@@ -24,7 +24,6 @@ use zeroize::Zeroizing;
 use crate::local::config::ManagerConfig;
 use crate::local::data_dir::{write_atomic, DataDir, NodeIdentity};
 use crate::local::key_file;
-use crate::manager::error::OpError;
 use crate::manager::Manager;
 use crate::trust::credentials::save_node_tls;
 use crate::trust::join::hostname;
@@ -60,17 +59,6 @@ impl std::fmt::Debug for InitSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InitSummary").field("cluster_id", &self.cluster_id).field("addr", &self.addr).finish()
     }
-}
-
-/// The cluster CA with its key, opened from the replicated cluster record.
-pub fn cluster_ca(cluster: &ClusterRecord) -> Result<ClusterCa, OpError> {
-    let key = KeyBytes::from_slice(&cluster.value_key.0)
-        .ok_or_else(|| OpError::internal("reading the cluster key", "wrong length"))?;
-    let key = Sealer::new(&key)
-        .open(&Aad::new("ca-key", cluster.id.as_bytes()), &cluster.ca_key.0)
-        .map_err(|e| OpError::internal("opening the CA key", e))?;
-    let key_pem = std::str::from_utf8(&key).map_err(|e| OpError::internal("reading the CA key", e))?;
-    ClusterCa::from_pem(&cluster.ca_cert_pem, key_pem).map_err(|e| OpError::internal("loading the CA", e))
 }
 
 /// `manager init`: a new cluster in `config.data_dir`, for a listener bound at `bound`.

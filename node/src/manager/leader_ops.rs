@@ -18,7 +18,7 @@ use crate::manager::error::OpError;
 use coffer_api::error::CodedError;
 use coffer_api::time::now_millis;
 
-use crate::manager::init::cluster_ca;
+use crate::manager::values::cluster_ca;
 use crate::manager::Manager;
 use crate::manager::{autolock, membership};
 use crate::trust::join_token::JoinToken;

@@ -30,8 +30,9 @@ use crate::local::ids::NodeHex;
 use crate::local::key_file;
 use crate::local::unlock_key::UnlockKey;
 use crate::manager::autolock;
-use crate::manager::init::{self, cluster_ca, InitSummary};
+use crate::manager::init::{self, InitSummary};
 use crate::manager::raft_net::{post_postcard, Peers};
+use crate::manager::values::cluster_ca;
 use crate::trust::join_token::JoinToken;
 use crate::trust::pki;
 

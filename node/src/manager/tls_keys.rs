@@ -22,7 +22,7 @@ use coffer_raft_store::StateReader;
 use rustls::sign::CertifiedKey;
 
 use crate::local::data_dir::{DataDir, NodeIdentity};
-use crate::manager::init::cluster_ca;
+use crate::manager::values::cluster_ca;
 use crate::manager::Manager;
 use crate::trust::credentials::{
     load_credentials, load_locked_cert, remove_locked_cert, save_locked_cert, save_node_cert,

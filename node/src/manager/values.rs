@@ -11,6 +11,7 @@ use coffer_raft_store::seal::{Aad, KeyBytes, Sealer};
 use zeroize::Zeroizing;
 
 use crate::manager::error::OpError;
+use crate::trust::pki::ClusterCa;
 
 /// Why a value could not be sealed or opened. Never holds the value.
 #[derive(Debug, thiserror::Error)]
@@ -54,4 +55,15 @@ impl ValueSealer {
     pub fn open(&self, secret_id: &str, sealed: &SealedBytes) -> Result<Zeroizing<Vec<u8>>, ValueError> {
         self.0.open(&Self::aad(secret_id), &sealed.0).map_err(|e| ValueError::Open(e.to_string()))
     }
+}
+
+/// The cluster CA with its key, opened from the replicated cluster record.
+pub fn cluster_ca(cluster: &ClusterRecord) -> Result<ClusterCa, OpError> {
+    let key = KeyBytes::from_slice(&cluster.value_key.0)
+        .ok_or_else(|| OpError::internal("reading the cluster key", "wrong length"))?;
+    let key = Sealer::new(&key)
+        .open(&Aad::new("ca-key", cluster.id.as_bytes()), &cluster.ca_key.0)
+        .map_err(|e| OpError::internal("opening the CA key", e))?;
+    let key_pem = std::str::from_utf8(&key).map_err(|e| OpError::internal("reading the CA key", e))?;
+    ClusterCa::from_pem(&cluster.ca_cert_pem, key_pem).map_err(|e| OpError::internal("loading the CA", e))
 }

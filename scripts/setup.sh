@@ -18,5 +18,17 @@ if ! dpkg -s libclang-dev >/dev/null 2>&1; then
   fi
 fi
 
+# The fault harness's hosts are network namespaces joined by a bridge, cut with iptables.
+if ! command -v ip >/dev/null 2>&1 || ! command -v iptables >/dev/null 2>&1; then
+  echo "setup: installing iproute2 and iptables (the fault harness's network)" >&2
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 iptables >/dev/null
+  else
+    sudo apt-get update -qq
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 iptables >/dev/null
+  fi
+fi
+
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/coffer/target}"
 mkdir -p "$CARGO_TARGET_DIR"

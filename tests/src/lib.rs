@@ -58,6 +58,36 @@ pub struct Tokens {
     pub unlock_key: Option<String>,
 }
 
+pub mod chaos;
+
+/// Where a node process runs: on this host's loopback, or on a host of a fault run's
+/// network (its own namespace and address).
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    pub host: Option<chaos::net::Host>,
+}
+
+impl Launch {
+    fn command(&self, bin: &Path) -> Command {
+        match &self.host {
+            Some(h) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &h.netns]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        }
+    }
+
+    /// The address to listen on, port 0.
+    fn listen(&self) -> String {
+        match &self.host {
+            Some(h) => format!("{}:0", h.ip),
+            None => "127.0.0.1:0".to_string(),
+        }
+    }
+}
+
 /// One manager process.
 #[derive(Debug)]
 pub struct ManagerProc {
@@ -72,7 +102,7 @@ impl ManagerProc {
     /// Spawns `coffer ARGS --format=json` and waits for its `serving` event; returns the
     /// events printed before it.
     fn spawn(bin: &Path, dir: &Path, args: &[&str]) -> anyhow::Result<(Self, Vec<serde_json::Value>)> {
-        Self::spawn_until(bin, dir, args, "serving")
+        Self::spawn_until(&Launch::default(), bin, dir, args, "serving")
     }
 
     /// `coffer manager run EXTRA` on a data dir under autolock: returns once the manager
@@ -81,7 +111,7 @@ impl ManagerProc {
         let d = dir.to_str().context("utf-8 path")?;
         let mut args = vec!["manager", "run", "--data-dir", d];
         args.extend_from_slice(extra);
-        Self::spawn_until(bin, dir, &args, "locked").map(|(p, _)| p)
+        Self::spawn_until(&Launch::default(), bin, dir, &args, "locked").map(|(p, _)| p)
     }
 
     /// Waits for the `serving` event of a manager that was locked; sets its id.
@@ -104,13 +134,19 @@ impl ManagerProc {
     }
 
     fn spawn_until(
+        launch: &Launch,
         bin: &Path,
         dir: &Path,
         args: &[&str],
         until: &str,
     ) -> anyhow::Result<(Self, Vec<serde_json::Value>)> {
-        let log = std::fs::File::create(dir.with_extension("log")).context("create log file")?;
-        let mut child = Command::new(bin)
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.with_extension("log"))
+            .context("open the log file")?;
+        let mut child = launch
+            .command(bin)
             .args(args)
             .arg("--format=json")
             .env("COFFER_LOG", "info,openraft=warn")
@@ -146,11 +182,17 @@ impl ManagerProc {
 
     /// `coffer manager init` on 127.0.0.1:0.
     pub fn init(bin: &Path, dir: &Path, extra: &[&str]) -> anyhow::Result<(Self, Tokens)> {
+        Self::init_on(&Launch::default(), bin, dir, extra)
+    }
+
+    /// `coffer manager init` where `launch` says.
+    pub fn init_on(launch: &Launch, bin: &Path, dir: &Path, extra: &[&str]) -> anyhow::Result<(Self, Tokens)> {
         let d = dir.to_str().context("utf-8 path")?;
         let host = host_of(dir)?;
-        let mut args = vec!["manager", "init", "--data-dir", d, "--listen", "127.0.0.1:0", "--hostname", &host];
+        let listen = launch.listen();
+        let mut args = vec!["manager", "init", "--data-dir", d, "--listen", &listen, "--hostname", &host];
         args.extend_from_slice(extra);
-        let (p, events) = Self::spawn(bin, dir, &args)?;
+        let (p, events) = Self::spawn_until(launch, bin, dir, &args, "serving")?;
         let init = events.iter().find(|e| e["event"] == "initialized").context("no initialized event")?;
         let token = |key: &str| init[key].as_str().map(str::to_string).with_context(|| format!("no {key}"));
         let unlock_key = init["unlock_key"].as_str().map(str::to_string);
@@ -160,15 +202,28 @@ impl ManagerProc {
 
     /// `coffer manager join` on 127.0.0.1:0.
     pub fn join(bin: &Path, dir: &Path, token: &str, join: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::join_on(&Launch::default(), bin, dir, token, join, extra)
+    }
+
+    /// `coffer manager join` where `launch` says.
+    pub fn join_on(
+        launch: &Launch,
+        bin: &Path,
+        dir: &Path,
+        token: &str,
+        join: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let d = dir.to_str().context("utf-8 path")?;
         let host = host_of(dir)?;
+        let listen = launch.listen();
         let mut args = vec![
             "manager",
             "join",
             "--data-dir",
             d,
             "--listen",
-            "127.0.0.1:0",
+            &listen,
             "--token",
             token,
             "--join",
@@ -177,7 +232,7 @@ impl ManagerProc {
             &host,
         ];
         args.extend_from_slice(extra);
-        Self::spawn(bin, dir, &args).map(|(p, _)| p)
+        Self::spawn_until(launch, bin, dir, &args, "serving").map(|(p, _)| p)
     }
 
     /// `coffer snapshot restore FILE` into the new data dir `dir`, on 127.0.0.1:0; returns the
@@ -209,10 +264,15 @@ impl ManagerProc {
 
     /// `coffer manager run`: restart from the data dir.
     pub fn restart(bin: &Path, dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::restart_on(&Launch::default(), bin, dir, extra)
+    }
+
+    /// `coffer manager run` where `launch` says.
+    pub fn restart_on(launch: &Launch, bin: &Path, dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
         let d = dir.to_str().context("utf-8 path")?;
         let mut args = vec!["manager", "run", "--data-dir", d];
         args.extend_from_slice(extra);
-        Self::spawn(bin, dir, &args).map(|(p, _)| p)
+        Self::spawn_until(launch, bin, dir, &args, "serving").map(|(p, _)| p)
     }
 
     pub fn pid(&self) -> u32 {
@@ -412,9 +472,13 @@ impl WorkerProc {
         }
     }
 
-    fn spawn(bin: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Child> {
-        let log = std::fs::File::create(dir.with_extension("log")).context("create log file")?;
-        let mut cmd = Command::new(bin);
+    fn spawn(launch: &Launch, bin: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.with_extension("log"))
+            .context("open the log file")?;
+        let mut cmd = launch.command(bin);
         cmd.args(args)
             .arg("--format=json")
             .env("COFFER_LOG", "info")
@@ -429,13 +493,25 @@ impl WorkerProc {
 
     /// `coffer worker join`, secrets on tmpfs.
     pub fn join(bin: &Path, dir: &Path, token: &str, join: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::join_on(&Launch::default(), bin, dir, token, join, extra)
+    }
+
+    /// `coffer worker join` where `launch` says, secrets on tmpfs.
+    pub fn join_on(
+        launch: &Launch,
+        bin: &Path,
+        dir: &Path,
+        token: &str,
+        join: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let secrets = tmpfs_dir("secrets");
         let d = dir.to_str().context("utf-8 path")?;
         let s = secrets.to_str().context("utf-8 path")?;
         let host = host_of(dir)?;
         let mut args = vec!["worker", "join", "--data-dir", d, "--join", join, "--secrets-dir", s, "--hostname", &host];
         args.extend_from_slice(extra);
-        let child = Self::spawn(bin, dir, &args, &[("COFFER_JOIN_TOKEN", token)])?;
+        let child = Self::spawn(launch, bin, dir, &args, &[("COFFER_JOIN_TOKEN", token)])?;
         Self::wait_running(child, dir, &secrets)
     }
 
@@ -449,7 +525,7 @@ impl WorkerProc {
         let d = dir.to_str().context("utf-8 path")?;
         let mut args = vec!["worker", "run", "--data-dir", d];
         args.extend_from_slice(extra);
-        let child = Self::spawn(bin, dir, &args, &[])?;
+        let child = Self::spawn(&Launch::default(), bin, dir, &args, &[])?;
         Self::wait_running(child, dir, secrets)
     }
 

@@ -3,6 +3,7 @@
 
 mod api;
 mod autolock;
+mod chaos;
 mod cli;
 mod cluster;
 mod flood;

@@ -88,7 +88,7 @@ pub fn client_config(ca_pem: &str, cert: Option<Arc<dyn ResolvesClientCert>>) ->
 }
 
 /// A reqwest client over `config`, with pooled connections (one TLS handshake per peer,
-/// not per request).
+/// not per request), checked with HTTP/2 pings while requests are in flight.
 pub fn http_client(config: ClientConfig) -> Result<reqwest::Client, TlsError> {
     reqwest::Client::builder()
         .use_preconfigured_tls(config)
@@ -96,6 +96,11 @@ pub fn http_client(config: ClientConfig) -> Result<reqwest::Client, TlsError> {
         .pool_idle_timeout(std::time::Duration::from_secs(90))
         .tcp_nodelay(true)
         .connect_timeout(std::time::Duration::from_secs(3))
+        // A pooled connection to a peer that went away (a partition, a paused process)
+        // keeps every request on it waiting for its own timeout, up to 40 s for a worker's
+        // long poll: HTTP/2 pings find it dead within seconds, and the pool drops it.
+        .http2_keep_alive_interval(std::time::Duration::from_secs(2))
+        .http2_keep_alive_timeout(std::time::Duration::from_secs(4))
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))
 }

@@ -295,3 +295,21 @@ async fn a_manager_that_lost_its_quorum_still_stops_on_sigterm() {
     let status = c.managers[li].terminate().expect("the leader stops within the deadline without a quorum");
     assert!(status.success(), "{status:?}: {}", c.managers[li].log());
 }
+
+/// Found by the fault harness: a worker cut off together with the leader waited out its
+/// 15 s grant and 40 s poll timeouts on a pooled connection that was dead, so files lagged
+/// 16 s and more after the heal. Clients now ping their HTTP/2 connections while requests
+/// are in flight: a request to a peer that stopped answering fails within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_to_a_manager_that_stopped_answering_fails_long_before_its_timeout() {
+    let c = Cluster::start(bin(), 1, &[]).await.expect("cluster");
+    let admin = c.admin(0).with_timeout(std::time::Duration::from_secs(40));
+    admin.status().await.expect("a first call opens the pooled connection");
+    send_signal(c.managers[0].pid(), libc::SIGSTOP);
+    let began = std::time::Instant::now();
+    let e = admin.status().await.expect_err("a paused manager answers nothing");
+    let took = began.elapsed();
+    send_signal(c.managers[0].pid(), libc::SIGCONT);
+    assert!(took < std::time::Duration::from_secs(20), "failed only after {took:?} (its timeout is 40 s): {e}");
+    eventually("the manager again", DEADLINE, || async { admin.status().await.ok() }).await.expect("answers");
+}

@@ -4,8 +4,11 @@
 //! runs in a network namespace of its own.
 //!
 //! ```text
-//! coffer-chaos --profile quick|full|full5|soak [--seed N] [--bin PATH]
+//! coffer-chaos --profile quick|full|full5|soak [--seed N] [--faults K1,K2] [--bin PATH]
 //! ```
+//!
+//! `--faults` draws only from the named faults (as the report names them); with
+//! `COFFER_CHAOS_KEEP=1` the data dirs and the nodes' logs are kept for a post-mortem.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,13 +17,13 @@ use coffer_tests::chaos::{self, Profile};
 
 fn usage(problem: &str) -> ExitCode {
     eprintln!("coffer-chaos: {problem}");
-    eprintln!("usage: coffer-chaos --profile quick|full|full5|soak [--seed N] [--bin PATH]");
+    eprintln!("usage: coffer-chaos --profile quick|full|full5|soak [--seed N] [--faults K1,K2] [--bin PATH]");
     ExitCode::from(2)
 }
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
-    let (mut profile, mut seed, mut bin) = (None, None, None);
+    let (mut profile, mut seed, mut bin, mut faults) = (None, None, None, None);
     while let Some(a) = args.next() {
         let mut value = |what: &str| args.next().ok_or_else(|| format!("{what} needs a value"));
         let parsed = match a.as_str() {
@@ -29,16 +32,27 @@ fn main() -> ExitCode {
                 v.parse::<u64>().map(|s| seed = Some(s)).map_err(|_| format!("--seed {v:?} is not a whole number"))
             }),
             "--bin" => value("--bin").map(|v| bin = Some(PathBuf::from(v))),
+            "--faults" => value("--faults")
+                .and_then(|v| {
+                    v.split(',')
+                        .map(chaos::FaultKind::parse)
+                        .collect::<anyhow::Result<Vec<_>>>()
+                        .map_err(|e| e.to_string())
+                })
+                .map(|k| faults = Some(k)),
             other => Err(format!("unknown argument {other:?}")),
         };
         if let Err(e) = parsed {
             return usage(&e);
         }
     }
-    let profile = match Profile::named(profile.as_deref().unwrap_or("quick")) {
+    let mut profile = match Profile::named(profile.as_deref().unwrap_or("quick")) {
         Ok(p) => p,
         Err(e) => return usage(&e.to_string()),
     };
+    if let Some(kinds) = faults {
+        profile.kinds = kinds;
+    }
     let bin = bin.or_else(|| {
         let here = std::env::current_exe().ok()?;
         let dir = here.parent()?;

@@ -1,7 +1,9 @@
 //! The fault harness: a cluster of real `coffer` managers, each on a host of its own (a
 //! network namespace, see [`net`]), concurrent clients recording every call, faults injected
 //! on a schedule drawn from a seed, and at the end a linearizability check of each secret's
-//! history and the invariants every run must keep.
+//! history and the invariants every run must keep. The clients create, rotate, inspect and
+//! list secrets (the calls checked), and update the service and make and revoke API tokens
+//! (load that must not break them).
 //!
 //! Faults: `kill -9` and restart (leader, follower, two at once), pause (SIGSTOP/SIGCONT;
 //! leader, follower), isolate one manager (leader, follower), a partition that leaves the
@@ -43,6 +45,8 @@ pub struct Profile {
     pub secrets: usize,
     /// How long a fault holds before it is healed.
     pub hold: Duration,
+    /// The faults drawn from (all by default).
+    pub kinds: Vec<FaultKind>,
 }
 
 impl Profile {
@@ -61,6 +65,7 @@ impl Profile {
             clients: 6,
             secrets: 3,
             hold: Duration::from_secs(3),
+            kinds: KINDS.to_vec(),
         };
         Ok(match name {
             "quick" => base,
@@ -102,6 +107,19 @@ const KINDS: [FaultKind; 11] = [
     FaultKind::WorkerCutOff,
 ];
 
+impl FaultKind {
+    /// Parses a fault's name as the report prints it (`KillLeader`, `IsolateFollower`, ...).
+    ///
+    /// # Errors
+    /// An unknown name, with the known ones.
+    pub fn parse(name: &str) -> anyhow::Result<Self> {
+        KINDS.iter().copied().find(|k| format!("{k:?}") == name).ok_or_else(|| {
+            let known: Vec<String> = KINDS.iter().map(|k| format!("{k:?}")).collect();
+            anyhow::anyhow!("unknown fault {name:?}: one of {}", known.join(", "))
+        })
+    }
+}
+
 /// What a run found.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -120,6 +138,8 @@ pub struct Report {
     pub stale_files: Vec<String>,
     /// The longest time from a heal to the next acknowledged write.
     pub longest_resume: Duration,
+    /// The longest time from a heal to every task file at the then latest version.
+    pub longest_delivery: Duration,
 }
 
 impl Report {
@@ -154,7 +174,12 @@ impl std::fmt::Display for Report {
             self.stale_files.len(),
             self.canary_in.len()
         )?;
-        writeln!(f, "  longest time to resume writes after a heal: {:.1} s", self.longest_resume.as_secs_f64())?;
+        writeln!(
+            f,
+            "  longest after a heal: {:.1} s to resume writes, {:.1} s to deliver the latest version to every task",
+            self.longest_resume.as_secs_f64(),
+            self.longest_delivery.as_secs_f64()
+        )?;
         let all = [&self.anomalies, &self.lost_writes, &self.diverged, &self.crashed, &self.stale_files];
         for a in all.into_iter().flatten() {
             writeln!(f, "  {a}")?;
@@ -226,8 +251,8 @@ impl Rig {
     }
 
     /// The index of the leader, as the first manager that answers sees it.
-    async fn leader(&self) -> anyhow::Result<usize> {
-        eventually("a leader", DEADLINE, || async {
+    async fn leader(&self, within: Duration) -> anyhow::Result<usize> {
+        eventually("a leader", within, || async {
             for i in 0..self.addrs.len() {
                 if self.managers[i].is_none() || self.paused[i] {
                     continue;
@@ -279,9 +304,9 @@ impl Rig {
         Ok(())
     }
 
-    async fn inject(&mut self, kind: FaultKind, rng: &mut StdRng) -> anyhow::Result<()> {
+    /// Injects `kind`, given the index of the leader.
+    fn inject(&mut self, kind: FaultKind, leader: usize, rng: &mut StdRng) -> anyhow::Result<()> {
         let n = self.addrs.len();
-        let leader = self.leader().await?;
         let follower = (leader + rng.gen_range(1..n)) % n;
         match kind {
             FaultKind::KillLeader => self.kill(leader),
@@ -299,9 +324,14 @@ impl Rig {
                 self.net.partition(&side)?;
             }
             FaultKind::OneWayDropToLeader => self.net.drop_from(Some(follower), leader)?,
+            // Every manager killed and started again at once (the others stay down until
+            // the heal).
             FaultKind::RestartAll => {
                 for i in 0..n {
                     self.kill(i);
+                }
+                for i in 0..n {
+                    self.restart(i)?;
                 }
             }
             FaultKind::WorkerCutOff if !self.workers.is_empty() => {
@@ -361,6 +391,27 @@ async fn client(id: usize, admins: Vec<Client>, w: Arc<Workload>) {
         // what is checked (and a manager must not crash on them).
         if roll >= 95 {
             other(admin, roll, workers, others).await;
+            continue;
+        }
+        // A list reads every secret at once: one read of each, with the list's times
+        // (checked per secret, not for atomicity across them).
+        if roll >= 80 {
+            let invoke = start.elapsed().as_nanos() as u64;
+            let Ok(all) = admin.secrets().await else { continue };
+            let ret = Some(start.elapsed().as_nanos() as u64);
+            let mut h = history.lock().unwrap_or_else(|p| p.into_inner());
+            for name in names {
+                let output = Some(all.iter().find(|s| &s.name == name).map_or(SecretAnswer::Missing, |s| {
+                    SecretAnswer::Versions(s.versions.iter().map(|v| v.size).collect())
+                }));
+                h.entry(name.clone()).or_default().push(Op {
+                    client: id,
+                    invoke,
+                    ret,
+                    input: SecretCall::Read,
+                    output,
+                });
+            }
             continue;
         }
         let call = if roll < 10 {
@@ -488,20 +539,34 @@ pub async fn run(bin: &Path, profile: &Profile, seed: u64) -> anyhow::Result<Rep
 
     // One fault at a time: inject, hold, heal, wait for writes, next.
     for _ in 0..profile.faults {
-        let kind = KINDS[rng.gen_range(0..KINDS.len())];
-        rig.inject(kind, &mut rng).await.with_context(|| format!("inject {kind:?}"))?;
+        let kind = profile.kinds[rng.gen_range(0..profile.kinds.len())];
+        let leader = rig.leader(DEADLINE).await.with_context(|| format!("before {kind:?}"))?;
+        rig.inject(kind, leader, &mut rng).with_context(|| format!("inject {kind:?}"))?;
         eprintln!("chaos: {:>6.1} s  {kind:?}", w.start.elapsed().as_secs_f64());
         *report.faults.entry(format!("{kind:?}")).or_default() += 1;
         tokio::time::sleep(profile.hold).await;
         rig.heal()?;
         let took = resumed(acked, acked.load(Ordering::Relaxed)).await.with_context(|| format!("after {kind:?}"))?;
         report.longest_resume = report.longest_resume.max(took);
+        if profile.workers > 0 {
+            match rig.delivered(&names[0], profile.workers).await {
+                Ok(took) => report.longest_delivery = report.longest_delivery.max(took),
+                Err(e) => report.stale_files.push(format!("after {kind:?}: {e}")),
+            }
+        }
     }
     // Overlapping faults: a new one every so often, each healed at a random later point.
     let soak_until = Instant::now() + profile.soak;
     while Instant::now() < soak_until {
-        let kind = KINDS[rng.gen_range(0..KINDS.len())];
-        rig.inject(kind, &mut rng).await.with_context(|| format!("inject {kind:?}"))?;
+        let kind = profile.kinds[rng.gen_range(0..profile.kinds.len())];
+        // Faults on top of faults may leave no leader (a quorum down or cut off): then
+        // everything is healed before the next.
+        let Ok(leader) = rig.leader(Duration::from_secs(10)).await else {
+            rig.heal()?;
+            eprintln!("chaos: {:>6.1} s  no leader: healed", w.start.elapsed().as_secs_f64());
+            continue;
+        };
+        rig.inject(kind, leader, &mut rng).with_context(|| format!("inject {kind:?}"))?;
         eprintln!("chaos: {:>6.1} s  {kind:?} (overlapping)", w.start.elapsed().as_secs_f64());
         *report.faults.entry(format!("{kind:?}")).or_default() += 1;
         tokio::time::sleep(Duration::from_millis(rng.gen_range(500..3000))).await;
@@ -564,6 +629,12 @@ pub async fn run(bin: &Path, profile: &Profile, seed: u64) -> anyhow::Result<Rep
         .filter(|f| std::fs::read(f).unwrap_or_default().windows(CANARY.len()).any(|w| w == CANARY.as_bytes()))
         .map(|f| f.display().to_string())
         .collect();
+    // For a post-mortem: COFFER_CHAOS_KEEP=1 keeps the data dirs and the nodes' logs.
+    if std::env::var_os("COFFER_CHAOS_KEEP").is_some() {
+        drop(rig.workers.drain(..));
+        let Rig { root, .. } = rig;
+        eprintln!("chaos: data dirs and logs kept in {}", root.keep().display());
+    }
     Ok(report)
 }
 
@@ -632,11 +703,10 @@ async fn check_end_state(
     Ok(views.swap_remove(0))
 }
 
-/// Once healed, every task of the service holds the latest version of `secret` (the size of
-/// a value says which), and there are as many tasks as replicas.
-async fn check_worker_files(rig: &Rig, secret: &str, latest: Option<u32>, replicas: usize, report: &mut Report) {
-    let files = || -> Vec<(PathBuf, u64)> {
-        rig.workers
+impl Rig {
+    /// The service's task files for `secret` on every worker, with their sizes.
+    fn task_files(&self, secret: &str) -> Vec<(PathBuf, u64)> {
+        self.workers
             .iter()
             .flat_map(|w| std::fs::read_dir(&w.secrets).into_iter().flatten().flatten())
             .map(|e| e.path())
@@ -647,15 +717,39 @@ async fn check_worker_files(rig: &Rig, secret: &str, latest: Option<u32>, replic
                 (f, len)
             })
             .collect()
-    };
+    }
+
+    /// After a heal: how long until every task file holds the version of `secret` that was
+    /// latest when this was called, or a later one (grants redeemed again).
+    async fn delivered(&self, secret: &str, replicas: usize) -> anyhow::Result<Duration> {
+        let began = Instant::now();
+        let admin = self.admin(0)?;
+        let from = eventually("the latest version", DEADLINE, || async { admin.secret(secret).await.ok() })
+            .await?
+            .latest_version;
+        eventually("task files at the latest version", DEADLINE, || async {
+            let info = admin.secret(secret).await.ok()?;
+            let sizes: Vec<u64> =
+                info.versions.iter().filter(|v| v.version >= from).map(|v| u64::from(v.size)).collect();
+            let files = self.task_files(secret);
+            (files.len() == replicas && files.iter().all(|(_, len)| sizes.contains(len))).then_some(())
+        })
+        .await?;
+        Ok(began.elapsed())
+    }
+}
+
+/// Once healed, every task of the service holds the latest version of `secret` (the size of
+/// a value says which), and there are as many tasks as replicas.
+async fn check_worker_files(rig: &Rig, secret: &str, latest: Option<u32>, replicas: usize, report: &mut Report) {
     let want = latest.map_or(0, u64::from);
     let settled = eventually("worker files at the latest version", DEADLINE, || async {
-        let fs = files();
+        let fs = rig.task_files(secret);
         (fs.len() == replicas && fs.iter().all(|(_, len)| *len == want)).then_some(())
     })
     .await;
     if settled.is_err() {
-        let fs = files();
+        let fs = rig.task_files(secret);
         report.stale_files.push(format!("{} task files, {replicas} replicas, latest size {want}: {fs:?}", fs.len()));
     }
 }

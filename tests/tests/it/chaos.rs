@@ -31,6 +31,7 @@ fn bad_arguments_to_the_harness_get_a_clear_error() {
         (&["--profile", "fast"][..], "unknown profile \"fast\""),
         (&["--seed"][..], "--seed needs a value"),
         (&["--bogus"][..], "unknown argument \"--bogus\""),
+        (&["--faults", "KillLeader,Meteor"][..], "unknown fault \"Meteor\": one of KillLeader"),
     ] {
         let out = run(args).expect("run coffer-chaos");
         assert_eq!(out.status.code(), Some(2), "{args:?}");

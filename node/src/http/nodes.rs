@@ -44,7 +44,7 @@ pub async fn status(State(m): S, _a: AdminCaller) -> Result<Json<ClusterStatus>,
     // Ask the other members whether they are locked (autolock): a locked manager answers
     // nothing else, and this is what tells an operator which ones wait for a key.
     let probes = s.members.iter().filter(|x| x.id != m.id).map(|x| {
-        let (client, url) = (m.peers.get(), format!("https://{}/readyz", x.addr));
+        let (client, url) = (m.peers.probe(), format!("https://{}/readyz", x.addr));
         async move {
             let r = client.get(url).timeout(std::time::Duration::from_secs(1)).send().await.ok()?;
             let ok = r.status().is_success();

@@ -127,7 +127,10 @@ impl Manager {
                 (cert.clone(), tls::server_config(&local.ca_pem, cert)?)
             }
         };
-        let peers = Peers::new(tls::client_config(&local.ca_pem, Some(cert.clone()))?)?;
+        let peers = Peers::new(
+            tls::http_client(tls::peer_client_config(&local.ca_pem, cert.clone())?)?,
+            tls::http_client(tls::client_config(&local.ca_pem, None)?)?,
+        );
         if let Some(f) = config.force_new_cluster {
             recovery::force_new_cluster(&mut store, identity.node_id, &identity.advertise, &peers, f).await?;
         }

@@ -29,32 +29,21 @@ use crate::trust::pki::{self, Role};
 
 /// The pooled mutual-TLS client for calls to other managers. Replaced when this manager's
 /// certificate is renewed: pooled connections keep presenting the certificate they were
-/// opened with, which the cluster refuses once its grace period is over. Also replaced
-/// when a peer turns out to be locked (autolock): a pooled connection to its locked
-/// listener would keep showing the locked certificate after it is unlocked.
+/// opened with, which the cluster refuses once its grace period is over. Its handshakes
+/// accept only a manager's certificate (`tls::peer_client_config`); `probe` is anonymous
+/// and takes any server of the cluster CA, for asking a peer whether it is locked.
 #[derive(Debug, Clone)]
 pub(crate) struct Peers(std::sync::Arc<PeersInner>);
 
 #[derive(Debug)]
 pub(crate) struct PeersInner {
     client: std::sync::RwLock<reqwest::Client>,
-    /// What a fresh pool is made from (the certificate resolver in it follows renewals).
-    config: rustls::ClientConfig,
-    last_reset: std::sync::Mutex<Option<std::time::Instant>>,
+    probe: reqwest::Client,
 }
 
-/// At most one fresh pool per this long, however many calls meet a locked peer.
-const RESET_SPACING: Duration = Duration::from_secs(1);
-
 impl Peers {
-    /// A pool over `config`, which a fresh pool is made from when a peer turns out locked.
-    pub(crate) fn new(config: rustls::ClientConfig) -> Result<Self, crate::trust::tls::TlsError> {
-        let client = crate::trust::tls::http_client(config.clone())?;
-        Ok(Self(std::sync::Arc::new(PeersInner {
-            client: std::sync::RwLock::new(client),
-            config,
-            last_reset: std::sync::Mutex::new(None),
-        })))
+    pub(crate) fn new(client: reqwest::Client, probe: reqwest::Client) -> Self {
+        Self(std::sync::Arc::new(PeersInner { client: std::sync::RwLock::new(client), probe }))
     }
 
     /// The current client (a cheap handle on its pool).
@@ -62,27 +51,19 @@ impl Peers {
         self.0.client.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// An anonymous client that accepts a locked manager's certificate: for `/readyz` only.
+    pub(crate) fn probe(&self) -> reqwest::Client {
+        self.0.probe.clone()
+    }
+
     /// Starts a new pool: connections from now on present the current certificate.
     pub(crate) fn replace(&self, client: reqwest::Client) {
         *self.0.client.write().unwrap_or_else(|p| p.into_inner()) = client;
     }
 
-    /// Checks that `resp` came from manager `target`; a locked manager's answer also drops
-    /// the pool (at most once per [`RESET_SPACING`]), so that its next connection, once it is
-    /// unlocked, reaches the manager's own certificate.
+    /// Checks that `resp` came from manager `target`.
     pub(crate) fn check(&self, resp: &reqwest::Response, target: NodeId) -> Result<(), PeerError> {
-        let r = check_peer(resp, target);
-        if let Err(PeerError::Locked(_)) = &r {
-            let mut last = self.0.last_reset.lock().unwrap_or_else(|p| p.into_inner());
-            if last.is_none_or(|at| at.elapsed() >= RESET_SPACING) {
-                *last = Some(std::time::Instant::now());
-                match crate::trust::tls::http_client(self.0.config.clone()) {
-                    Ok(client) => self.replace(client),
-                    Err(e) => tracing::warn!(error = %e, "cannot make a new peer client"),
-                }
-            }
-        }
-        r
+        check_peer(resp, target)
     }
 }
 
@@ -122,8 +103,6 @@ pub enum PeerError {
     Network(String),
     #[error("peer answered HTTP {status}: {body}")]
     Status { status: u16, body: String },
-    #[error("{0}")]
-    Locked(String),
 }
 
 /// Checks that the server we reached is manager `target` of our CA.
@@ -134,9 +113,6 @@ pub fn check_peer(resp: &reqwest::Response, target: NodeId) -> Result<(), PeerEr
         .and_then(|t| t.peer_certificate())
         .ok_or_else(|| PeerError::Network("no peer certificate".into()))?;
     let id = pki::parse_peer(der).map_err(|e| PeerError::Network(format!("peer certificate: {e}")))?;
-    if id.role == Role::Locked {
-        return Err(PeerError::Locked(format!("manager {target} is locked (autolock)")));
-    }
     if id.role != Role::Manager || id.node_id != Some(target) {
         return Err(PeerError::Network(format!("expected manager {target}, reached {} {:?}", id.name, id.role)));
     }

@@ -35,7 +35,7 @@ impl Manager {
     /// A new pooled client for calls to other managers, presenting the current certificate
     /// (pooled connections keep presenting the one they were opened with).
     pub(crate) fn refresh_peer_client(&self) {
-        let config = crate::trust::tls::client_config(&self.ca_pem, Some(self.cert.clone()));
+        let config = crate::trust::tls::peer_client_config(&self.ca_pem, self.cert.clone());
         match config.and_then(crate::trust::tls::http_client) {
             Ok(client) => self.peers.replace(client),
             Err(e) => tracing::warn!(error = %e, "cannot make a new peer client after a certificate change"),

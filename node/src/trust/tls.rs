@@ -82,6 +82,64 @@ pub fn server_config(ca_pem: &str, cert: Arc<NodeCert>) -> Result<Arc<ServerConf
     Ok(Arc::new(cfg))
 }
 
+/// The client config of a manager's calls to other managers: the cluster CA, this node's
+/// certificate, and a server that must show a *manager's* certificate. A locked manager's
+/// (autolock) is refused in the handshake, before a request is sent: its key lies beside its
+/// store, so whoever copied a data dir could pose with it, and a connection pooled while a
+/// peer was locked would go on showing it after the unlock.
+pub fn peer_client_config(ca_pem: &str, cert: Arc<NodeCert>) -> Result<ClientConfig, TlsError> {
+    let mut cfg = client_config(ca_pem, Some(cert))?;
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots(ca_pem)?, provider())
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    cfg.dangerous().set_certificate_verifier(Arc::new(ManagerServer(inner)));
+    Ok(cfg)
+}
+
+/// Chain, name and validity checked by webpki; then the role.
+#[derive(Debug)]
+struct ManagerServer(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ManagerServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        match crate::trust::pki::parse_peer(end_entity) {
+            Ok(id) if id.role == crate::trust::pki::Role::Manager => Ok(verified),
+            Ok(id) => Err(rustls::Error::General(format!("the server is a {}, not a manager", id.role.word()))),
+            Err(e) => Err(rustls::Error::General(format!("the server's certificate: {e}"))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
 /// For the first step of a join only: accepts any server certificate, so that a joiner
 /// can download the CA certificate and check it against the digest in its token before
 /// it sends anything secret. Nothing else may use it.

@@ -130,14 +130,22 @@ impl Net {
 }
 
 /// Removes what runs of processes that no longer exist left behind (a run killed by a
-/// signal cannot clean up after itself): their hosts' processes, namespaces and bridges.
+/// signal cannot clean up after itself): their hosts' processes, namespaces and bridges, and
+/// their workers' secrets dirs on tmpfs (`coffer-it-PID-...`).
 fn reap_stale() {
+    let dead = |pid: &str| !pid.is_empty() && !Path::new(&format!("/proc/{pid}")).exists();
+    for e in std::fs::read_dir("/dev/shm").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.strip_prefix("coffer-it-").and_then(|r| r.split('-').next()).is_some_and(dead) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let ns = line.split_whitespace().next().unwrap_or_default();
         let mut parts = ns.strip_prefix("cf-").unwrap_or_default().split('-');
         let (Some(pid), Some(id)) = (parts.next(), parts.next()) else { continue };
-        if pid.is_empty() || Path::new(&format!("/proc/{pid}")).exists() {
+        if !dead(pid) {
             continue;
         }
         if let Ok(pids) = Command::new("ip").args(["netns", "pids", ns]).output() {

@@ -279,7 +279,7 @@ impl Manager {
             .send()
             .await
             .map_err(|e| OpError::unavailable(format!("forwarding to the leader: {e}")))?;
-        self.peers.check(&resp, leader.0).map_err(forward_error)?;
+        raft_net::check_peer(&resp, leader.0).map_err(forward_error)?;
         if resp.status().is_success() {
             resp.json().await.map_err(|e| OpError::unavailable(format!("leader's reply: {e}")))
         } else {

@@ -60,11 +60,6 @@ impl Peers {
     pub(crate) fn replace(&self, client: reqwest::Client) {
         *self.0.client.write().unwrap_or_else(|p| p.into_inner()) = client;
     }
-
-    /// Checks that `resp` came from manager `target`.
-    pub(crate) fn check(&self, resp: &reqwest::Response, target: NodeId) -> Result<(), PeerError> {
-        check_peer(resp, target)
-    }
 }
 
 /// Creates one [`PeerClient`] per target; all share the manager's [`Peers`].
@@ -138,7 +133,7 @@ pub(crate) async fn post_postcard<Req: Serialize, Resp: DeserializeOwned>(
         .await
         .map_err(classify)?;
     if let Some(t) = target {
-        peers.check(&resp, t)?;
+        check_peer(&resp, t)?;
     }
     let status = resp.status();
     let body = resp.bytes().await.map_err(classify)?;
@@ -257,7 +252,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 .send()
                 .await
                 .map_err(classify)?;
-            self.peers.check(&resp, self.target)?;
+            check_peer(&resp, self.target)?;
             let status = resp.status();
             let bytes = resp.bytes().await.map_err(classify)?;
             if !status.is_success() {

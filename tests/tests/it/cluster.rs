@@ -305,7 +305,16 @@ async fn a_pooled_connection_to_a_manager_that_stopped_answering_fails_long_befo
     let c = Cluster::start(bin(), 1, &[]).await.expect("cluster");
     let admin = c.admin(0).with_timeout(std::time::Duration::from_secs(40));
     admin.status().await.expect("a first call opens the pooled connection");
-    send_signal(c.managers[0].pid(), libc::SIGSTOP);
+    let pid = c.managers[0].pid();
+    send_signal(pid, libc::SIGSTOP);
+    // A stop reaches every thread of the process soon, not at once: wait until it has.
+    let stopped = || {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+        tasks
+            .map(|t| std::fs::read_to_string(t.path().join("stat")).unwrap_or_default())
+            .all(|stat| stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('T')))
+    };
+    eventually("the manager stopped", DEADLINE, || async { stopped().then_some(()) }).await.expect("stopped");
     let began = std::time::Instant::now();
     let e = admin.status().await.expect_err("a paused manager answers nothing");
     let took = began.elapsed();

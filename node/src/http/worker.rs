@@ -215,13 +215,14 @@ pub async fn redeem(
     ApiJson(req): ApiJson<RedeemRequest>,
 ) -> Result<Json<Redeemed>, ApiError> {
     let node = worker(&caller)?;
-    // Checked against a linearizable view: a grant whose term was superseded, whose task
-    // moved or whose versions changed is refused as soon as that change is committed,
-    // even here on a follower that has not applied it yet. A deposed leader cannot get a
-    // read index from a quorum, so it cannot honour its own old grants either.
+    // Checked against a linearizable view: a grant whose term was superseded or whose task
+    // moved is refused as soon as that change is committed, even here on a follower that
+    // has not applied it yet, and a version rotated since the grant was issued is served
+    // at its new version. A deposed leader cannot get a read index from a quorum, so it
+    // cannot honour its own old grants either.
     m.linearizable().await?;
-    let body = match grants::verify(&m, node, &req.grant) {
-        Ok(body) => body,
+    let ok = match grants::verify(&m, node, &req.grant) {
+        Ok(ok) => ok,
         Err(e) => {
             m.metrics.redemptions_refused.inc();
             grants::audit_refusal(&m, node, &req.grant, &e).await;
@@ -231,14 +232,14 @@ pub async fn redeem(
     let sealer = m.value_sealer()?;
     // Read everything first, audit, then answer: no value leaves without its record.
     let mut sealed = Vec::new();
-    for (id, version) in &body.versions {
+    for (id, version) in &ok.versions {
         let v = m
             .reader
             .secret_value(id, *version)?
             .ok_or_else(|| ApiError::not_found(format!("secret {id} version {version} is gone")))?;
         sealed.push((id.clone(), *version, v));
     }
-    grants::audit(&m, &body).await?;
+    grants::audit(&m, &ok).await?;
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut secrets = Vec::new();
     for (id, version, v) in sealed {
@@ -246,7 +247,7 @@ pub async fn redeem(
         secrets.push(RedeemedSecret { secret_id: id, version, data: b64.encode(plain.as_slice()) });
     }
     m.metrics.redemptions_ok.inc();
-    Ok(Json(Redeemed { task_id: body.task_id, secrets }))
+    Ok(Json(Redeemed { task_id: ok.body.task_id, secrets }))
 }
 
 #[utoipa::path(get, operation_id = "listServiceTasks", path = "/v1/services/{service}/tasks", tag = "services",

@@ -104,14 +104,29 @@ impl Drop for TmpFile {
     }
 }
 
-/// Writes every secret of `task` into `dir`, atomically per file. Files of references the
-/// task no longer has are removed first (a target may become a directory of a new one).
+/// Writes every secret of `task` into `dir`, atomically per file, and returns `task` with
+/// the versions written. Files of references the task no longer has are removed first (a
+/// target may become a directory of a new one).
+///
+/// A redemption returns the versions the task references when it is redeemed, which may
+/// be newer than those of the assignment this worker holds (a rotation committed since):
+/// values are matched by secret, and the version redeemed is the one written. A secret of
+/// the assignment that the redemption lacks (its reference was dropped since) fails the
+/// whole task before anything is written; the next assignment no longer has it.
 pub(crate) fn write_task(
     dir: &Path,
     task: &AssignedTask,
     redeemed: &Redeemed,
     old_targets: &BTreeSet<String>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<AssignedTask> {
+    let mut written = task.clone();
+    for s in &mut written.secrets {
+        let value =
+            redeemed.secrets.iter().find(|r| r.secret_id == s.secret_id).with_context(|| {
+                format!("the redemption lacks secret {} (its reference was dropped)", s.secret_name)
+            })?;
+        s.version = value.version;
+    }
     let now: BTreeSet<&str> = task.secrets.iter().map(|s| s.target.as_str()).collect();
     for t in old_targets.iter().filter(|t| !now.contains(t.as_str())) {
         let _ = std::fs::remove_file(dir.join(t));
@@ -123,12 +138,12 @@ pub(crate) fn write_task(
     let access = DirAccess::of(task);
     access.apply(dir)?;
     let b64 = base64::engine::general_purpose::STANDARD;
-    for s in &task.secrets {
+    for s in &written.secrets {
         let value = redeemed
             .secrets
             .iter()
-            .find(|r| r.secret_id == s.secret_id && r.version == s.version)
-            .with_context(|| format!("the redeemed grant lacks secret {}", s.secret_name))?;
+            .find(|r| r.secret_id == s.secret_id)
+            .with_context(|| format!("the redemption lacks secret {}", s.secret_name))?;
         let bytes = Zeroizing::new(b64.decode(&value.data).context("redeemed value is not base64")?);
         // Targets are validated by the manager; check again before touching the disk.
         if s.target.split('/').any(|p| p.is_empty() || p == "." || p == "..") || s.target.starts_with('/') {
@@ -162,7 +177,7 @@ pub(crate) fn write_task(
         std::fs::rename(&tmp, &path).with_context(|| format!("rename into {}", path.display()))?;
         guard.0 = None;
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Who may enter a task's directory (and its subdirectories). It stays the worker's own: a
@@ -333,6 +348,20 @@ mod tests {
         assert!(!root.path().join("tasks/escape").exists() && !root.path().join("escape").exists());
         assert!(!Path::new("/etc/coffer-escape").exists());
         assert!(files_in(&dir).is_empty(), "{:?}", files_in(&dir));
+    }
+
+    #[test]
+    fn a_version_rotated_since_the_assignment_is_written_and_recorded_as_written() {
+        let root = tempfile::TempDir::new().expect("tempdir");
+        let (uid, gid) = me(root.path());
+        let dir = root.path().join("api.0");
+        let t = task(vec![secret("s1", "db", uid, gid, 0o400)]);
+        let mut newer = redeemed(&[("s1", b"v7")]);
+        newer.secrets[0].version = 7;
+        let written = write_task(&dir, &t, &newer, &BTreeSet::new()).expect("write");
+        assert_eq!(std::fs::read(dir.join("db")).expect("read"), b"v7");
+        assert_eq!(written.secrets[0].version, 7, "the next assignment naming version 7 changes nothing");
+        assert_eq!(AssignedTask { secrets: vec![], ..written.clone() }, AssignedTask { secrets: vec![], ..t });
     }
 
     #[test]

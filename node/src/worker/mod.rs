@@ -25,7 +25,7 @@ use crate::local::key_file;
 use crate::trust::credentials::load_credentials;
 use crate::trust::join::Joiner;
 use crate::trust::tls::{self, NodeCert};
-use crate::worker::session::{Agent, Managers, SharedClient, CALL_TIMEOUT};
+use crate::worker::session::{Agent, Local, Managers, SharedClient, CALL_TIMEOUT};
 
 pub(crate) mod files;
 mod heartbeat;
@@ -153,7 +153,11 @@ impl Worker {
                                 _ = shutdown.cancelled() => return Ok(()),
                                 _ = tokio::time::sleep(retry) => {}
                             }
-                            retry = (retry * 2).min(Duration::from_secs(30));
+                            // The cluster's troubles (no leader for a while, a manager cut
+                            // off) heal on their own: ask again within 2 s of it. This
+                            // host's (a disk, an owner it cannot set) do not: back off.
+                            let cap = if e.downcast_ref::<Local>().is_some() { 30 } else { 2 };
+                            retry = (retry * 2).min(Duration::from_secs(cap));
                         }
                     }
                 }

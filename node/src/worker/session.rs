@@ -19,6 +19,14 @@ use crate::worker::settings::WorkerSettings;
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 pub(crate) const POLL_TIMEOUT: Duration = Duration::from_secs(40);
 
+/// A failure of this host (the disk, an owner that cannot be set), not of the cluster:
+/// asking the cluster again soon changes nothing, so it is retried slowly. Anything else
+/// (no leader yet, a manager cut off, an assignment that was stale) heals on its own and
+/// is retried soon.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub(crate) struct Local(pub anyhow::Error);
+
 /// The worker's client (credentials and connection pool), replaced when its certificate is
 /// renewed: pooled connections keep presenting the certificate they were opened with.
 #[derive(Debug, Clone)]
@@ -168,7 +176,7 @@ impl Agent {
         let gone: Vec<String> = self.written.keys().filter(|k| !wanted.contains_key(k.as_str())).cloned().collect();
         for id in gone {
             if let Some(old) = self.written.remove(&id) {
-                remove_task_dir(&old.dir)?;
+                remove_task_dir(&old.dir).map_err(Local)?;
                 tracing::info!(task = %id, service = %old.task.service_name, "task left this node; its secrets were removed");
                 self.on_change(&old.dir, &old.task).await;
             }
@@ -201,9 +209,9 @@ impl Agent {
             .get(&task.task_id)
             .map(|x| x.task.secrets.iter().map(|s| s.target.clone()).collect())
             .unwrap_or_default();
-        write_task(&dir, task, &redeemed, &old_targets)?;
+        let written = write_task(&dir, task, &redeemed, &old_targets).map_err(Local)?;
         tracing::info!(task = %task.task_id, service = %task.service_name, slot = task.slot, "secrets written");
-        self.written.insert(task.task_id.clone(), Written { task: task.clone(), dir: dir.clone() });
+        self.written.insert(task.task_id.clone(), Written { task: written, dir: dir.clone() });
         self.on_change(&dir, task).await;
         Ok(())
     }

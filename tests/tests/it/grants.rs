@@ -33,6 +33,24 @@ async fn redeem(at: &Client, g: &Grant) -> Result<Redeemed, ClientError> {
     at.post("/v1/worker/redeem", &RedeemRequest { grant: g.clone() }).await
 }
 
+/// Service `svc`, one replica on `node`, with `secret` at its default target.
+fn on_node(node: u64, secret: &str) -> ServiceCreate {
+    ServiceCreate {
+        name: "svc".into(),
+        replicas: Some(1),
+        constraints: vec![format!("node.id=={node}")],
+        secrets: vec![SecretRefSpec {
+            source: secret.into(),
+            target: None,
+            uid: None,
+            gid: None,
+            mode: None,
+            version: None,
+        }],
+        labels: BTreeMap::new(),
+    }
+}
+
 fn refused(r: Result<Redeemed, ClientError>, why: &str) {
     match r {
         Err(e) => {
@@ -52,21 +70,7 @@ async fn grants_are_useless_to_anyone_but_their_node_and_only_while_current() {
     let a = raw_worker(&c, &token).await;
     let b = raw_worker(&c, &token).await;
     admin.create_secret("s", b"grant-value", BTreeMap::new()).await.expect("secret");
-    let spec = |node: u64| ServiceCreate {
-        name: "svc".into(),
-        replicas: Some(1),
-        constraints: vec![format!("node.id=={node}")],
-        secrets: vec![SecretRefSpec {
-            source: "s".into(),
-            target: None,
-            uid: None,
-            gid: None,
-            mode: None,
-            version: None,
-        }],
-        labels: BTreeMap::new(),
-    };
-    admin.create_service(&spec(a.id)).await.expect("service");
+    admin.create_service(&on_node(a.id, "s")).await.expect("service");
     let task = task_of(&admin, "svc", a.id).await;
 
     let leader = c.leader_seen_by(0).await.expect("leader");
@@ -159,4 +163,45 @@ async fn grants_are_useless_to_anyone_but_their_node_and_only_while_current() {
     let e = redeem(&b.clients[other], &fresh).await.expect_err("removed node redeems");
     assert_eq!(e.code(), Some(ErrorCode::PermissionDenied));
     assert!(e.to_string().contains("removed"), "{e}");
+}
+
+/// Found by the fault harness: a grant named the versions the leader saw and was refused
+/// once the task's versions changed, so rotations faster than a grant's round trip voided
+/// every grant before its redemption and workers fell ever further behind. A grant issued
+/// before a rotation now redeems the rotated version, never the old one, and never a secret
+/// whose reference was dropped since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_issued_before_a_rotation_redeems_the_new_version_never_the_old() {
+    let c = Cluster::start(bin(), 3, &[]).await.expect("cluster");
+    let admin = c.admin(0);
+    let token = admin.rotate_token(NodeRole::Worker).await.expect("token").token;
+    let a = raw_worker(&c, &token).await;
+    admin.create_secret("hot", b"HOT-v1", BTreeMap::new()).await.expect("secret");
+    admin.create_service(&on_node(a.id, "hot")).await.expect("service");
+    let task = task_of(&admin, "svc", a.id).await;
+    let leader = c.leader_seen_by(0).await.expect("leader");
+    let li = c.index_of(leader).expect("leader index");
+    let fi = (li + 1) % 3;
+    let g = grant(&a.clients[li], &task).await.expect("grant for version 1");
+
+    let v2 = admin.rotate_secret("hot", b"HOT-v2").await.expect("rotate").version;
+    eventually("the task to be given version 2", DEADLINE, || async {
+        let t = admin.service_tasks("svc").await.ok()?.into_iter().next()?;
+        (t.secret_versions.iter().map(|(_, v)| *v).collect::<Vec<_>>() == vec![v2]).then_some(())
+    })
+    .await
+    .expect("task updated");
+    let got = redeem(&a.clients[fi], &g).await.expect("a rotation does not void the grant");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    assert_eq!(got.secrets.len(), 1);
+    assert_eq!((got.secrets[0].version, b64.decode(&got.secrets[0].data).expect("b64")), (v2, b"HOT-v2".to_vec()));
+    let log = std::fs::read_to_string(c.managers[fi].dir.join("audit.log")).unwrap_or_default();
+    let last: serde_json::Value = serde_json::from_str(log.lines().last().expect("audited")).expect("json");
+    assert_eq!(last["secrets"][0][1], v2, "the audit names the version returned: {last}");
+
+    // The reference goes: the same grant returns nothing of it.
+    let upd = ServiceUpdate { secret_rm: vec!["hot".into()], ..Default::default() };
+    admin.update_service("svc", &upd).await.expect("drop the reference");
+    let none = redeem(&a.clients[fi], &g).await.expect("the task is still the node's");
+    assert!(none.secrets.is_empty(), "a dropped reference was returned: {:?}", none.secrets.len());
 }

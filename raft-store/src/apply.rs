@@ -161,23 +161,21 @@ impl<'a> Txn<'a> {
             Command::RemoveSecret { id } => self.remove_secret(id)?,
             Command::CreateService { id, name, spec, at } => self.create_service(id, name, spec, *at)?,
             Command::UpdateService { id, expected_version, spec, at } => {
-                let Some(mut svc) = self.get::<ServiceRecord>(&keys::service(id))? else {
-                    return Ok(not_found(ObjectKind::Service, id));
-                };
-                if svc.spec_version != *expected_version {
-                    return Ok(Err(ApplyError::VersionConflict {
-                        expected: *expected_version,
-                        found: svc.spec_version,
-                    }));
+                self.update_service(id, *expected_version, spec, *at)?
+            }
+            Command::CreateServiceWithRuntime { id, name, spec, runtime, at } => {
+                let applied = self.create_service(id, name, spec, *at)?;
+                if applied.is_ok() {
+                    self.put(keys::service_runtime(id), runtime)?;
                 }
-                if let Err(e) = self.check_refs(spec)? {
-                    return Ok(Err(e));
+                applied
+            }
+            Command::UpdateServiceWithRuntime { id, expected_version, spec, runtime, at } => {
+                let applied = self.update_service(id, *expected_version, spec, *at)?;
+                if applied.is_ok() {
+                    self.put(keys::service_runtime(id), runtime)?;
                 }
-                svc.spec = spec.clone();
-                svc.spec_version += 1;
-                svc.updated_at = *at;
-                self.put(keys::service(id), &svc)?;
-                Ok(Applied::ServiceVersion { id: id.clone(), version: svc.spec_version })
+                applied
             }
             Command::RemoveService { id } => {
                 let Some(svc) = self.get::<ServiceRecord>(&keys::service(id))? else {
@@ -185,6 +183,7 @@ impl<'a> Txn<'a> {
                 };
                 self.delete(keys::service(id));
                 self.delete(keys::service_name(&svc.name));
+                self.delete(keys::service_runtime(id));
                 for (key, task) in self.scan::<TaskRecord>(keys::TASK)? {
                     if task.service_id == *id {
                         if let Some(n) = task.node_id {
@@ -418,6 +417,29 @@ impl<'a> Txn<'a> {
         self.put(keys::service(id), &record)?;
         self.put(keys::service_name(name), &id.to_string())?;
         Ok(Ok(Applied::ServiceVersion { id: id.into(), version: 1 }))
+    }
+
+    fn update_service(
+        &mut self,
+        id: &str,
+        expected_version: u64,
+        spec: &ServiceSpec,
+        at: Millis,
+    ) -> Result<Result<Applied, ApplyError>, StoreError> {
+        let Some(mut svc) = self.get::<ServiceRecord>(&keys::service(id))? else {
+            return Ok(not_found(ObjectKind::Service, id));
+        };
+        if svc.spec_version != expected_version {
+            return Ok(Err(ApplyError::VersionConflict { expected: expected_version, found: svc.spec_version }));
+        }
+        if let Err(e) = self.check_refs(spec)? {
+            return Ok(Err(e));
+        }
+        svc.spec = spec.clone();
+        svc.spec_version += 1;
+        svc.updated_at = at;
+        self.put(keys::service(id), &svc)?;
+        Ok(Ok(Applied::ServiceVersion { id: id.into(), version: svc.spec_version }))
     }
 
     /// Every referenced secret (and pinned version) must exist when the spec is committed.

@@ -19,6 +19,7 @@ pub(crate) const NODE_TASK: &[u8] = b"node-task/";
 pub(crate) const ADMIN: &[u8] = b"admin/";
 pub(crate) const RETIRING_CERT: &[u8] = b"retiring-cert/";
 pub(crate) const UNLOCK_GEN: &[u8] = b"unlock-gen/";
+pub(crate) const SERVICE_RUNTIME: &[u8] = b"service-runtime/";
 
 fn join(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + rest.len());
@@ -54,6 +55,10 @@ pub(crate) fn secret_value(id: &str, version: u32) -> Vec<u8> {
 
 pub(crate) fn service(id: &str) -> Vec<u8> {
     join(SERVICE, id.as_bytes())
+}
+
+pub(crate) fn service_runtime(id: &str) -> Vec<u8> {
+    join(SERVICE_RUNTIME, id.as_bytes())
 }
 
 pub(crate) fn service_name(name: &str) -> Vec<u8> {

@@ -167,6 +167,20 @@ pub struct ServiceSpec {
     pub labels: BTreeMap<String, String>,
 }
 
+/// What a service runs besides its secrets' files: the container a worker's runtime starts
+/// for each task, and the Docker API's spec of the service as its client last sent it
+/// (what Coffer does not act on, such as ports or resources, is kept and shown back).
+/// Stored apart from [`ServiceSpec`], whose encoding older logs fix.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRuntime {
+    pub image: Option<String>,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    /// The Docker `ServiceSpec` (JSON), without what the service's own fields say.
+    pub docker_spec: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceRecord {
     pub id: String,
@@ -357,6 +371,22 @@ pub enum Command {
         node: NodeId,
         generation: u64,
     },
+    /// `CreateService`, and what the service runs, in one commit.
+    CreateServiceWithRuntime {
+        id: String,
+        name: String,
+        spec: ServiceSpec,
+        runtime: ServiceRuntime,
+        at: Millis,
+    },
+    /// `UpdateService`, replacing what the service runs, in one commit.
+    UpdateServiceWithRuntime {
+        id: String,
+        expected_version: u64,
+        spec: ServiceSpec,
+        runtime: ServiceRuntime,
+        at: Millis,
+    },
 }
 
 impl Command {
@@ -373,6 +403,8 @@ impl Command {
                 | Command::CreateService { .. }
                 | Command::UpdateService { .. }
                 | Command::RemoveService { .. }
+                | Command::CreateServiceWithRuntime { .. }
+                | Command::UpdateServiceWithRuntime { .. }
                 | Command::PutTask(_)
                 | Command::RemoveTask { .. }
         )
@@ -405,6 +437,8 @@ impl Command {
             Command::RenewNodeCert { .. } => "renew_node_cert",
             Command::SetAutolock { .. } => "set_autolock",
             Command::SetUnlockGeneration { .. } => "set_unlock_generation",
+            Command::CreateServiceWithRuntime { .. } => "create_service_with_runtime",
+            Command::UpdateServiceWithRuntime { .. } => "update_service_with_runtime",
         }
     }
 }

@@ -101,6 +101,12 @@ impl StateReader {
         self.get(&keys::service(id))
     }
 
+    /// What service `id` runs (image, command, environment, a Docker spec), if it was
+    /// created or last updated with one.
+    pub fn service_runtime(&self, id: &str) -> Result<Option<ServiceRuntime>, StoreError> {
+        self.get(&keys::service_runtime(id))
+    }
+
     pub fn service_by_name(&self, name: &str) -> Result<Option<ServiceRecord>, StoreError> {
         match self.get::<String>(&keys::service_name(name))? {
             Some(id) => self.service(&id),

@@ -574,6 +574,58 @@ async fn tasks_are_indexed_by_node_and_placement_changes_are_signalled() {
     assert!(store.reader.tasks().expect("read").is_empty());
 }
 
+#[tokio::test]
+async fn what_a_service_runs_commits_with_its_spec_and_goes_with_it() {
+    use coffer_raft_store::model::ServiceRuntime;
+    let dir = tempfile::TempDir::new().expect("tempdir");
+    let mut store = open_at(dir.path()).expect("open");
+    let spec = ServiceSpec { replicas: 1, constraints: vec![], secrets: vec![], labels: BTreeMap::new() };
+    let runtime = |image: &str| ServiceRuntime {
+        image: Some(image.into()),
+        command: vec!["sleep".into()],
+        args: vec!["1d".into()],
+        env: vec!["MODE=prod".into()],
+        docker_spec: Some(r#"{"EndpointSpec":{"Ports":[]}}"#.into()),
+    };
+    let create = |id: &str, name: &str, image: &str| Command::CreateServiceWithRuntime {
+        id: id.into(),
+        name: name.into(),
+        spec: spec.clone(),
+        runtime: runtime(image),
+        at: 1,
+    };
+    let update = |expected_version, image: &str| Command::UpdateServiceWithRuntime {
+        id: "svc1".into(),
+        expected_version,
+        spec: ServiceSpec { replicas: 3, ..spec.clone() },
+        runtime: runtime(image),
+        at: 2,
+    };
+    let applied = store
+        .state_machine
+        .apply(vec![
+            entry(1, create("svc1", "web", "nginx:1")),
+            // A second service of the same name is refused, and leaves no runtime behind.
+            entry(2, create("svc2", "web", "evil:1")),
+            entry(3, update(1, "nginx:2")),
+            // A stale update changes neither the spec nor the runtime.
+            entry(4, update(1, "nginx:3")),
+        ])
+        .await
+        .expect("apply");
+    assert!(matches!(applied[1].0, Err(ApplyError::NameTaken { .. })), "{:?}", applied[1]);
+    assert!(matches!(applied[3].0, Err(ApplyError::VersionConflict { .. })), "{:?}", applied[3]);
+    assert_eq!(store.reader.service_runtime("svc2").expect("read"), None);
+    assert_eq!(store.reader.service_runtime("svc1").expect("read"), Some(runtime("nginx:2")));
+    let svc = store.reader.service("svc1").expect("read").expect("service");
+    assert_eq!((svc.spec.replicas, svc.spec_version), (3, 2));
+    drop(store);
+    let mut store = open_at(dir.path()).expect("reopen");
+    assert_eq!(store.reader.service_runtime("svc1").expect("read"), Some(runtime("nginx:2")), "survives reopen");
+    store.state_machine.apply(vec![entry(5, Command::RemoveService { id: "svc1".into() })]).await.expect("apply");
+    assert_eq!(store.reader.service_runtime("svc1").expect("read"), None);
+}
+
 // ---------------------------------------------------------------------------------------
 // backups, restore, and re-forming a store alone
 

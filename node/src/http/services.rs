@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use coffer_api::error::{ErrorBody, ErrorCode};
 use coffer_api::services::{SecretRefInfo, SecretRefSpec, ServiceCreate, ServiceInfo, ServiceList, ServiceUpdate};
-use coffer_raft_store::model::{Applied, ApplyError, Command, SecretRef, ServiceRecord, ServiceSpec};
+use coffer_raft_store::model::{Applied, ApplyError, Command, SecretRef, ServiceRecord, ServiceRuntime, ServiceSpec};
 
 use crate::http::error::ApiError;
 use coffer_api::error::CodedError;
@@ -31,7 +31,7 @@ type S = State<Arc<Manager>>;
 /// local user could read a world-readable file.
 const DEFAULT_MODE: u32 = 0o400;
 
-fn resolve(m: &Manager, spec: &SecretRefSpec) -> Result<SecretRef, ApiError> {
+pub(crate) fn resolve(m: &Manager, spec: &SecretRefSpec) -> Result<SecretRef, ApiError> {
     validate::name("secret", &spec.source)?;
     let secret = m
         .reader
@@ -79,7 +79,7 @@ fn check_constraints(c: &[String]) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn info(m: &Manager, s: ServiceRecord) -> Result<ServiceInfo, ApiError> {
+pub(crate) fn info(m: &Manager, s: ServiceRecord) -> Result<ServiceInfo, ApiError> {
     let secrets = s
         .spec
         .secrets
@@ -128,21 +128,36 @@ pub async fn create(
     _w: Writer,
     ApiJson(req): ApiJson<ServiceCreate>,
 ) -> Result<(StatusCode, Json<ServiceInfo>), ApiError> {
+    Ok((StatusCode::CREATED, Json(create_service(&m, req, None).await?)))
+}
+
+/// Creates a service, with what it runs when `runtime` is given (the Docker API's), in one
+/// commit. The caller has checked that it may write.
+pub(crate) async fn create_service(
+    m: &Manager,
+    req: ServiceCreate,
+    runtime: Option<ServiceRuntime>,
+) -> Result<ServiceInfo, ApiError> {
     validate::name("service", &req.name)?;
     let replicas = req.replicas.unwrap_or(1);
     validate::replicas(replicas)?;
     validate::labels(&req.labels)?;
     check_constraints(&req.constraints)?;
     m.linearizable().await?;
-    let secrets = req.secrets.iter().map(|s| resolve(&m, s)).collect::<Result<Vec<_>, _>>()?;
+    let secrets = req.secrets.iter().map(|s| resolve(m, s)).collect::<Result<Vec<_>, _>>()?;
     check_targets(&secrets)?;
     let id = new_id();
     let at = now_millis();
     let spec = ServiceSpec { replicas, constraints: req.constraints, secrets, labels: req.labels };
-    m.propose(Command::CreateService { id: id.clone(), name: req.name.clone(), spec: spec.clone(), at }).await?;
+    let (name, spec2) = (req.name.clone(), spec.clone());
+    let cmd = match runtime {
+        Some(runtime) => Command::CreateServiceWithRuntime { id: id.clone(), name, spec: spec2, runtime, at },
+        None => Command::CreateService { id: id.clone(), name, spec: spec2, at },
+    };
+    m.propose(cmd).await?;
     tracing::info!(service = %req.name, %id, "service created");
     let rec = ServiceRecord { id, name: req.name, spec, spec_version: 1, created_at: at, updated_at: at };
-    Ok((StatusCode::CREATED, Json(info(&m, rec)?)))
+    info(m, rec)
 }
 
 #[utoipa::path(get, operation_id = "listServices", path = "/v1/services", tag = "services", responses((status = 200, body = ServiceList)))]
@@ -178,20 +193,7 @@ pub async fn update(
     if let Some(c) = &req.constraints {
         check_constraints(c)?;
     }
-    // Without an expected version, a concurrent change is retried on the new spec.
-    let attempts = if req.expected_version.is_some() { 1 } else { 3 };
-    for attempt in 1..=attempts {
-        m.linearizable().await?;
-        let current = find_service(&m, &key)?;
-        if let Some(v) = req.expected_version {
-            if v != current.spec_version {
-                return Err(ApiError::with_code(
-                    ErrorCode::Conflict,
-                    format!("service changed meanwhile: expected spec version {v}, found {}", current.spec_version),
-                ));
-            }
-        }
-        let mut spec = current.spec.clone();
+    let change = |m: &Manager, current: &ServiceRecord, spec: &mut ServiceSpec| {
         if let Some(r) = req.replicas {
             spec.replicas = r;
         }
@@ -212,21 +214,56 @@ pub async fn update(
             }
         }
         for add in &req.secret_add {
-            spec.secrets.push(resolve(&m, add)?);
+            spec.secrets.push(resolve(m, add)?);
         }
+        Ok(())
+    };
+    update_service(&m, &key, req.expected_version, change, None).await.map(Json)
+}
+
+/// Changes a service's spec with `change` (applied to the current spec) and, when
+/// `runtime` is given, replaces what it runs, in one commit. With `expected_version`, a
+/// concurrent change makes it fail with `conflict`; without, it is retried on the new spec.
+/// The caller has checked that it may write.
+pub(crate) async fn update_service<F>(
+    m: &Manager,
+    key: &str,
+    expected_version: Option<u64>,
+    change: F,
+    runtime: Option<ServiceRuntime>,
+) -> Result<ServiceInfo, ApiError>
+where
+    F: Fn(&Manager, &ServiceRecord, &mut ServiceSpec) -> Result<(), ApiError>,
+{
+    let attempts = if expected_version.is_some() { 1 } else { 3 };
+    for attempt in 1..=attempts {
+        m.linearizable().await?;
+        let current = find_service(m, key)?;
+        if let Some(v) = expected_version {
+            if v != current.spec_version {
+                return Err(ApiError::with_code(
+                    ErrorCode::Conflict,
+                    format!("service changed meanwhile: expected spec version {v}, found {}", current.spec_version),
+                ));
+            }
+        }
+        let mut spec = current.spec.clone();
+        change(m, &current, &mut spec)?;
+        validate::replicas(spec.replicas)?;
+        check_constraints(&spec.constraints)?;
+        validate::labels(&spec.labels)?;
         check_targets(&spec.secrets)?;
         let at = now_millis();
-        let cmd = Command::UpdateService {
-            id: current.id.clone(),
-            expected_version: current.spec_version,
-            spec: spec.clone(),
-            at,
+        let (id, expected_version, spec2) = (current.id.clone(), current.spec_version, spec.clone());
+        let cmd = match &runtime {
+            Some(r) => Command::UpdateServiceWithRuntime { id, expected_version, spec: spec2, runtime: r.clone(), at },
+            None => Command::UpdateService { id, expected_version, spec: spec2, at },
         };
         match m.write(cmd).await? {
             Ok(Applied::ServiceVersion { version, .. }) => {
                 tracing::info!(service = %current.name, version, "service updated");
                 let rec = ServiceRecord { spec, spec_version: version, updated_at: at, ..current };
-                return info(&m, rec).map(Json);
+                return info(m, rec);
             }
             Ok(other) => return Err(ApiError::internal("updating a service", format!("unexpected result {other:?}"))),
             Err(ApplyError::VersionConflict { .. }) if attempt < attempts => continue,

@@ -30,5 +30,14 @@ if ! command -v ip >/dev/null 2>&1 || ! command -v iptables >/dev/null 2>&1; the
   fi
 fi
 
+# The Docker-compatible API is tested with the real docker CLI (no engine needed for that).
+if ! command -v docker >/dev/null 2>&1; then
+  echo "setup: installing the docker CLI (the Docker-compatible API's tests run it)" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-cli >/dev/null 2>&1 \
+    || $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null
+fi
+
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/coffer/target}"
 mkdir -p "$CARGO_TARGET_DIR"

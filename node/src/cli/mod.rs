@@ -21,6 +21,7 @@ use crate::local::data_dir::DataDir;
 use crate::local::store_check;
 
 mod admins;
+mod client;
 mod cluster;
 mod daemon;
 mod exit;
@@ -79,6 +80,10 @@ impl std::fmt::Debug for ClientOpts {
 }
 
 impl ClientOpts {
+    pub(crate) fn client_dir(&self) -> Option<PathBuf> {
+        self.client_dir.clone()
+    }
+
     /// The client these options describe: the admin bundle, or an API token with the
     /// bundle's CA.
     pub(crate) fn client(&self) -> Result<Client, CliError> {
@@ -166,6 +171,11 @@ enum Top {
     /// Offline tools for a stopped manager's store.
     #[command(subcommand)]
     Store(StoreCmd),
+    /// The admin bundle for other clients (the docker CLI).
+    Client {
+        #[command(subcommand)]
+        cmd: client::ClientCmd,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -257,5 +267,6 @@ async fn run(cli: Cli) -> ExitCode {
             node_outcome(snapshot::restore(cmd, opts.format).await)
         }
         Top::Snapshot { cmd } => client_outcome(snapshot::snapshot(cmd, opts).await),
+        Top::Client { cmd } => client_outcome(client::client(cmd, opts)),
     }
 }

@@ -9,6 +9,7 @@ pub(crate) mod admins;
 pub(crate) mod auth;
 pub(crate) mod autolock;
 pub(crate) mod budget;
+pub(crate) mod docker;
 pub(crate) mod error;
 pub(crate) mod extract;
 pub mod fuzz;

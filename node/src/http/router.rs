@@ -80,8 +80,19 @@ pub fn router(m: Arc<Manager>) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(m.clone(), guard_body))
         .layer(axum::middleware::from_fn(trace_request));
+    // The Docker Engine API's subset, under the same layers (body limits, tracing).
+    let docker = crate::http::docker::routes()
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(m.clone(), guard_body))
+        .layer(axum::middleware::from_fn(trace_request));
     raft.merge(api)
-        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .merge(docker)
+        .fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
+            if crate::http::docker::unserved(uri.path()) {
+                return crate::http::docker::not_implemented(method, uri).await;
+            }
+            ApiError::not_found("no such endpoint").into_response()
+        })
         .method_not_allowed_fallback(|| async {
             ApiError::with_code(
                 coffer_api::error::ErrorCode::InvalidArgument,

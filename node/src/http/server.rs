@@ -165,7 +165,9 @@ impl Connection {
         let evicted = anonymous.as_ref().map(|a| a.evicted.clone());
         // An anonymous connection gets few HTTP/2 streams: each may carry a body.
         let streams = if anonymous.is_some() { ANONYMOUS_STREAMS } else { MAX_STREAMS };
-        let svc = self.app.map_request(move |mut req: Request<Incoming>| {
+        let svc = self.app.map_request(move |req: Request<Incoming>| {
+            // Docker clients put the API version in front of every path.
+            let mut req = crate::http::docker::unversion(req);
             req.extensions_mut().insert(Caller(caller.clone()));
             req.extensions_mut().insert(PeerAddr(peer));
             req

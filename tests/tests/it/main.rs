@@ -6,6 +6,7 @@ mod autolock;
 mod chaos;
 mod cli;
 mod cluster;
+mod docker;
 mod flood;
 mod grants;
 mod layout;

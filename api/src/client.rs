@@ -53,6 +53,40 @@ fn refusal(status: reqwest::StatusCode, bytes: &[u8]) -> ClientError {
     }
 }
 
+/// The lines of `GET /v1/events`, decoded as they arrive.
+#[derive(Debug)]
+pub struct EventStream {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+    addr: String,
+}
+
+impl EventStream {
+    /// The next change; `None` when the manager ended the stream.
+    ///
+    /// # Errors
+    /// A cut connection, or a line that is not an event.
+    pub async fn next(&mut self) -> Result<Option<crate::events::ChangeEvent>, ClientError> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return serde_json::from_slice(&line).map(Some).map_err(|e| ClientError::Transport {
+                    addr: self.addr.clone(),
+                    reason: format!("unexpected event line: {e}"),
+                });
+            }
+            match self.resp.chunk().await {
+                Ok(Some(bytes)) => self.buf.extend_from_slice(&bytes),
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(ClientError::Transport { addr: self.addr.clone(), reason: e.to_string() }),
+            }
+        }
+    }
+}
+
 /// One client per manager address; connections are pooled and reused.
 #[derive(Clone)]
 pub struct Client {
@@ -170,6 +204,25 @@ impl Client {
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
+        }
+        let bytes = resp.bytes().await.map_err(transport)?;
+        Err(refusal(status, &bytes))
+    }
+
+    /// `GET /v1/events`: the changes after `since` (or from now on), as they are applied.
+    ///
+    /// # Errors
+    /// Transport failures and refusals (`gone` when `since` is no longer kept).
+    pub async fn events(&self, since: Option<u64>) -> Result<EventStream, ClientError> {
+        let transport = |e: reqwest::Error| ClientError::Transport { addr: self.addr.clone(), reason: e.to_string() };
+        let path = match since {
+            Some(s) => format!("/v1/events?since={s}"),
+            None => "/v1/events".to_string(),
+        };
+        let resp = self.request(reqwest::Method::GET, &path).send().await.map_err(transport)?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(EventStream { resp, buf: Vec::new(), addr: self.addr.clone() });
         }
         let bytes = resp.bytes().await.map_err(transport)?;
         Err(refusal(status, &bytes))

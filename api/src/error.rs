@@ -35,6 +35,9 @@ pub enum ErrorCode {
     /// The unlock key given does not open this manager (or came too soon after a wrong one).
     UnlockFailed,
     Internal,
+    /// The changes asked for (`/v1/events?since=`) are no longer kept on this manager:
+    /// relist, then resume from a later index.
+    Gone,
 }
 
 impl ErrorCode {
@@ -53,6 +56,7 @@ impl ErrorCode {
             ErrorCode::UnlockFailed => 403,
             ErrorCode::NotLeader => 421,
             ErrorCode::Internal => 500,
+            ErrorCode::Gone => 410,
         }
     }
 }

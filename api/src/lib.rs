@@ -17,6 +17,7 @@
 pub mod client;
 pub mod cluster;
 pub mod error;
+pub mod events;
 pub mod rules;
 pub mod secrets;
 pub mod services;

@@ -18,21 +18,67 @@ use zeroize::Zeroizing;
 use crate::codec;
 use crate::db::{decode_at, Db, CF_SM};
 use crate::error::StoreError;
+use crate::events::{ChangeAction, ChangeKind};
 use crate::keys;
 use crate::model::*;
 use crate::NodeId;
 
 type Overlay = BTreeMap<Vec<u8>, Option<Zeroizing<Vec<u8>>>>;
 
+/// A change a command made, for watchers: kind, action, object id and, when the command
+/// names it, the object's name.
+pub(crate) type Changed = (ChangeKind, ChangeAction, String, Option<String>);
+
 pub(crate) struct Txn<'a> {
     db: &'a Db,
     staged: Overlay,
     pending: Overlay,
+    /// Changes of the current command (dropped with its writes if it is refused), and of
+    /// the accepted commands not yet taken.
+    pending_changes: Vec<Changed>,
+    changes: Vec<Changed>,
 }
 
 impl<'a> Txn<'a> {
     pub(crate) fn new(db: &'a Db) -> Self {
-        Self { db, staged: Overlay::new(), pending: Overlay::new() }
+        Self { db, staged: Overlay::new(), pending: Overlay::new(), pending_changes: Vec::new(), changes: Vec::new() }
+    }
+
+    fn changed(&mut self, kind: ChangeKind, action: ChangeAction, id: &str, name: Option<&str>) {
+        self.pending_changes.push((kind, action, id.to_string(), name.map(str::to_string)));
+    }
+
+    /// The changes of the commands accepted since the last call.
+    pub(crate) fn take_changes(&mut self) -> Vec<Changed> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// What an accepted command changed, where the command alone says it.
+    fn changes_of(&mut self, cmd: &Command) {
+        use ChangeAction::*;
+        use ChangeKind::*;
+        match cmd {
+            Command::CreateSecret { id, name, .. } => self.changed(Secret, Create, id, Some(name)),
+            Command::RotateSecret { id, .. } | Command::SetSecretLabels { id, .. } => {
+                self.changed(Secret, Update, id, None)
+            }
+            Command::RemoveSecret { id } => self.changed(Secret, Remove, id, None),
+            Command::CreateService { id, name, .. } | Command::CreateServiceWithRuntime { id, name, .. } => {
+                self.changed(Service, Create, id, Some(name))
+            }
+            Command::UpdateService { id, .. } | Command::UpdateServiceWithRuntime { id, .. } => {
+                self.changed(Service, Update, id, None)
+            }
+            Command::RemoveService { id } => self.changed(Service, Remove, id, None),
+            Command::RemoveTask { id } => self.changed(Task, Remove, id, None),
+            Command::RemoveNode { id, .. } => self.changed(Node, Remove, &id.to_string(), None),
+            Command::UpdateNode { id, .. } | Command::SetNodeSpec { id, .. } | Command::RenewNodeCert { id, .. } => {
+                self.changed(Node, Update, &id.to_string(), None)
+            }
+            // PutNode and PutTask say whether they create (in `apply_inner`); the rest
+            // (cluster settings, tokens, authorities, credentials) are not watched objects.
+            _ => {}
+        }
     }
 
     /// A node that exists and was not removed, or why not: a change to a removed node is
@@ -94,9 +140,13 @@ impl<'a> Txn<'a> {
     pub(crate) fn apply(&mut self, cmd: &Command) -> Result<Response, StoreError> {
         let result = self.apply_inner(cmd)?;
         if result.is_ok() {
+            self.changes_of(cmd);
             self.commit_pending();
+            let accepted = std::mem::take(&mut self.pending_changes);
+            self.changes.extend(accepted);
         } else {
             self.pending.clear();
+            self.pending_changes.clear();
         }
         Ok(Response(result))
     }
@@ -122,6 +172,9 @@ impl<'a> Txn<'a> {
                 NodeRole::Manager => c.manager_token_hash = *hash,
             })?,
             Command::PutNode(node) => {
+                let existed = self.get::<NodeRecord>(&keys::node(node.id))?.is_some();
+                let action = if existed { ChangeAction::Update } else { ChangeAction::Create };
+                self.changed(ChangeKind::Node, action, &node.id.to_string(), Some(&node.hostname));
                 self.put(keys::node(node.id), node)?;
                 done
             }
@@ -189,6 +242,7 @@ impl<'a> Txn<'a> {
                         if let Some(n) = task.node_id {
                             self.delete(keys::node_task(n, &task.id));
                         }
+                        self.changed(ChangeKind::Task, ChangeAction::Remove, &task.id, None);
                         self.delete(key);
                     }
                 }
@@ -206,7 +260,10 @@ impl<'a> Txn<'a> {
                     }
                 }
                 // The per-node index follows the task's placement.
-                if let Some(old) = self.get::<TaskRecord>(&keys::task(&task.id))?.and_then(|t| t.node_id) {
+                let old = self.get::<TaskRecord>(&keys::task(&task.id))?;
+                let action = if old.is_some() { ChangeAction::Update } else { ChangeAction::Create };
+                self.changed(ChangeKind::Task, action, &task.id, None);
+                if let Some(old) = old.and_then(|t| t.node_id) {
                     self.delete(keys::node_task(old, &task.id));
                 }
                 if let Some(n) = task.node_id {

@@ -54,6 +54,8 @@ pub struct Db {
     /// Bumped whenever applied state that places tasks changes (tasks, services, secret
     /// versions, nodes): watchers that only care about placement wake only for that.
     pub(crate) placement: tokio::sync::watch::Sender<u64>,
+    /// The changes applied since this process opened the store, for watchers.
+    pub(crate) events: crate::events::EventLog,
 }
 
 impl Db {
@@ -86,6 +88,7 @@ impl Db {
             dir: dir.to_path_buf(),
             snapshot_lock: std::sync::Mutex::new(()),
             placement: tokio::sync::watch::channel(0).0,
+            events: crate::events::EventLog::new(),
         }))
     }
 

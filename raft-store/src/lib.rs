@@ -11,6 +11,7 @@
 //!   last-applied id; snapshots built from and installed into RocksDB.
 //! - `snapshot`: the sealed, chunked snapshot file ([`SnapshotFile`]).
 //! - [`StateReader`] (`reader`): read access to the applied state for `node`.
+//! - [`events`]: the changes applied since the store was opened, for watchers.
 //! - [`model`]: the records of DESIGN.md §3 and the [`Command`]s that change them.
 //! - [`backup`]: backup files under an operator's key, and the stream that carries an
 //!   export; `recover`: export, [`restore`], and re-forming a store as the only member
@@ -25,6 +26,7 @@ pub mod codec;
 mod db;
 mod digest;
 mod error;
+pub mod events;
 mod keys;
 mod log_store;
 pub mod model;

@@ -107,6 +107,19 @@ impl StateReader {
         self.get(&keys::service_runtime(id))
     }
 
+    /// Watches the changes this manager applies, after `since` or from now.
+    ///
+    /// # Errors
+    /// [`crate::events::Gone`] when a change after `since` is no longer known here.
+    pub fn watch_changes(&self, since: Option<u64>) -> Result<crate::events::Subscription, crate::events::Gone> {
+        self.db.events.subscribe(since)
+    }
+
+    /// Watches from the oldest change this manager still keeps.
+    pub fn watch_kept_changes(&self) -> crate::events::Subscription {
+        self.db.events.subscribe_kept()
+    }
+
     pub fn service_by_name(&self, name: &str) -> Result<Option<ServiceRecord>, StoreError> {
         match self.get::<String>(&keys::service_name(name))? {
             Some(id) => self.service(&id),

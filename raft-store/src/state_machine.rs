@@ -58,6 +58,9 @@ impl StateMachine {
             tracing::warn!(snapshot = %id, "resuming an interrupted snapshot install");
             load_into_db(&sm.db, &snap)?;
         }
+        // Watchers may resume only after what this process applies itself.
+        let (last, _) = sm.applied()?;
+        sm.db.events.reset(last.map(|l| l.index).unwrap_or(0));
         Ok(sm)
     }
 
@@ -80,6 +83,7 @@ impl StateMachine {
         let mut last = None;
         let mut membership = None;
         let mut placement = false;
+        let mut changes = Vec::new();
         for entry in entries {
             last = Some(entry.log_id);
             replies.push(match &entry.payload {
@@ -90,6 +94,8 @@ impl StateMachine {
                     if let Err(e) = &r.0 {
                         tracing::debug!(log_id = %entry.log_id, command = cmd.kind(), error = %e, "command refused");
                     }
+                    let index = entry.log_id.index;
+                    changes.extend(txn.take_changes().into_iter().map(|c| (index, c)));
                     r
                 }
                 EntryPayload::Membership(m) => {
@@ -114,6 +120,16 @@ impl StateMachine {
         if placement {
             self.db.placement_changed();
         }
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.db.events.publish(
+            changes
+                .into_iter()
+                .map(|(index, (kind, action, id, name))| crate::events::Change { index, at_ms, kind, action, id, name })
+                .collect(),
+        );
         Ok(replies)
     }
 }
@@ -238,6 +254,8 @@ fn install(db: &Db, chunk_bytes: usize, snap: &SnapshotFile) -> Result<(), Store
         w.finish()?
     };
     load_into_db(db, &own)?;
+    // The state arrived whole: watchers of what came before must relist.
+    db.events.reset(own.meta().last_log_id.map(|l| l.index).unwrap_or(0));
     snapshot::remove_others(&dir, own.path());
     if snap.path().parent() == Some(dir.join("incoming").as_path()) {
         let _ = std::fs::remove_file(snap.path());

@@ -24,6 +24,7 @@ mod admins;
 mod client;
 mod cluster;
 mod daemon;
+mod events;
 mod exit;
 mod nodes;
 mod output;
@@ -171,6 +172,12 @@ enum Top {
     /// Offline tools for a stopped manager's store.
     #[command(subcommand)]
     Store(StoreCmd),
+    /// Follow the cluster's changes (secrets, services, tasks, nodes; never values).
+    Events {
+        /// Resume after this index: the last one printed before a cut.
+        #[arg(long)]
+        since: Option<u64>,
+    },
     /// The admin bundle for other clients (the docker CLI).
     Client {
         #[command(subcommand)]
@@ -268,5 +275,6 @@ async fn run(cli: Cli) -> ExitCode {
         }
         Top::Snapshot { cmd } => client_outcome(snapshot::snapshot(cmd, opts).await),
         Top::Client { cmd } => client_outcome(client::client(cmd, opts)),
+        Top::Events { since } => client_outcome(events::events(since, opts).await),
     }
 }

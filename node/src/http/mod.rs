@@ -11,6 +11,7 @@ pub(crate) mod autolock;
 pub(crate) mod budget;
 pub(crate) mod docker;
 pub(crate) mod error;
+pub(crate) mod events;
 pub(crate) mod extract;
 pub mod fuzz;
 pub(crate) mod health;

@@ -4,7 +4,7 @@
 
 use utoipa::OpenApi;
 
-use crate::http::{admins, autolock, docker, nodes, secrets, services, snapshot, tokens, worker};
+use crate::http::{admins, autolock, docker, events, nodes, secrets, services, snapshot, tokens, worker};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -19,6 +19,7 @@ use crate::http::{admins, autolock, docker, nodes, secrets, services, snapshot, 
         nodes::promote, nodes::demote, nodes::rotate_token,
         admins::issue, admins::list, admins::revoke,
         snapshot::save,
+        events::events,
         autolock::update, autolock::rotate, autolock::unlock,
         docker::ping, docker::version, docker::info, docker::swarm,
         docker::secrets::create, docker::secrets::list, docker::secrets::inspect, docker::secrets::update,
@@ -26,7 +27,7 @@ use crate::http::{admins, autolock, docker, nodes, secrets, services, snapshot, 
         docker::services::create, docker::services::list, docker::services::inspect, docker::services::update,
         docker::services::remove,
         docker::nodes::list, docker::nodes::inspect, docker::nodes::update, docker::nodes::remove,
-        docker::nodes::list_tasks, docker::nodes::inspect_task,
+        docker::nodes::list_tasks, docker::nodes::inspect_task, docker::events::events,
     ),
     tags(
         (name = "secrets", description = "Secrets; values never come back out of this API"),
@@ -34,6 +35,8 @@ use crate::http::{admins, autolock, docker, nodes, secrets, services, snapshot, 
         (name = "tokens", description = "API tokens (admin certificate only)"),
         (name = "worker", description = "The worker session (worker certificates only)"),
         (name = "cluster", description = "Nodes, join tokens and cluster status (admin certificate only)"),
+        (name = "events", description = "Committed changes to secrets (never values), services, tasks and nodes, \
+            resumable by Raft index"),
         (name = "docker", description = "The Docker Engine API v1.41's secrets, services, tasks and nodes, for the \
             docker CLI and Swarm tooling: every path also answers under `/v1.NN/` (25 <= NN <= 41). Docker's field \
             names and `{\"message\"}` errors; other Engine paths answer 501."),

@@ -67,6 +67,7 @@ pub fn router(m: Arc<Manager>) -> Router {
         .route("/v1/admins", post(admins::issue).get(admins::list))
         .route("/v1/admins/{name}", delete(admins::revoke))
         .route("/v1/snapshot", get(snapshot::save))
+        .route("/v1/events", get(crate::http::events::events))
         .route("/v1/cluster/autolock", axum::routing::patch(autolock::update))
         .route("/v1/cluster/unlock-key/rotate", post(autolock::rotate))
         .route("/v1/unlock", post(autolock::unlock))

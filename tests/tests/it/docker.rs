@@ -130,6 +130,7 @@ async fn the_docker_cli_manages_secrets_services_and_nodes_through_a_follower() 
     let leader = c.leader_seen_by(0).await.expect("leader");
     let follower = (c.index_of(leader).expect("index") + 1) % 3;
     let d = follower_env(&c, follower);
+    let started_at = unix_now();
 
     let version = d.ok(&["version", "--format", "{{.Server.APIVersion}}"]);
     assert_eq!(version.trim(), "1.41");
@@ -240,6 +241,24 @@ async fn the_docker_cli_manages_secrets_services_and_nodes_through_a_follower() 
     .expect("removed");
     assert!(d.json_lines(&["service", "ls"]).is_empty());
     d.ok(&["secret", "rm", "db_password_v2"]);
+
+    // The same changes as Docker events: replayed from a time, ended at another.
+    let (since, until) = (started_at.to_string(), (unix_now() + 1).to_string());
+    let events = d.json_lines(&["events", "--since", &since, "--until", &until, "--filter", "type=secret"]);
+    let secret_events: Vec<(String, String)> = events
+        .iter()
+        .map(|e| (e["Action"].as_str().unwrap_or("").to_string(), e["Actor"]["ID"].as_str().unwrap_or("").to_string()))
+        .collect();
+    assert!(events.iter().all(|e| e["Type"] == "secret" && e["scope"] == "swarm"), "{events:?}");
+    assert!(
+        events.iter().any(|e| e["Action"] == "create" && e["Actor"]["Attributes"]["name"] == "db_password"),
+        "{events:?}"
+    );
+    assert_eq!(secret_events.iter().filter(|(a, _)| a == "remove").count(), 2, "{secret_events:?}");
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn coffer_node_hex(id: u64) -> String {

@@ -7,6 +7,7 @@ mod chaos;
 mod cli;
 mod cluster;
 mod docker;
+mod events;
 mod flood;
 mod grants;
 mod layout;

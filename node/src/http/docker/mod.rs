@@ -28,6 +28,7 @@ use crate::http::error::ApiError;
 use crate::local::ids::NodeHex;
 use crate::manager::Manager;
 
+pub(crate) mod events;
 mod filters;
 pub(crate) mod nodes;
 pub(crate) mod secrets;
@@ -65,6 +66,7 @@ pub(crate) fn routes() -> Router<Arc<Manager>> {
         .route("/nodes", get(nodes::list))
         .route("/nodes/{id}", get(nodes::inspect).delete(nodes::remove))
         .route("/nodes/{id}/update", post(nodes::update))
+        .route("/events", get(events::events))
         .route("/_coffer/unsupported-version/{v}", get(bad_version).post(bad_version).delete(bad_version))
         .layer(axum::middleware::from_fn(docker_errors))
 }

@@ -94,8 +94,7 @@ impl StateMachine {
                     if let Err(e) = &r.0 {
                         tracing::debug!(log_id = %entry.log_id, command = cmd.kind(), error = %e, "command refused");
                     }
-                    let index = entry.log_id.index;
-                    changes.extend(txn.take_changes().into_iter().map(|c| (index, c)));
+                    changes.push((entry.log_id.index, txn.take_changes()));
                     r
                 }
                 EntryPayload::Membership(m) => {
@@ -127,7 +126,14 @@ impl StateMachine {
         self.db.events.publish(
             changes
                 .into_iter()
-                .map(|(index, (kind, action, id, name))| crate::events::Change { index, at_ms, kind, action, id, name })
+                .map(|(index, changes)| crate::events::Batch {
+                    index,
+                    at_ms,
+                    changes: changes
+                        .into_iter()
+                        .map(|(kind, action, id, name)| crate::events::Change { kind, action, id, name })
+                        .collect(),
+                })
                 .collect(),
         );
         Ok(replies)

@@ -207,6 +207,14 @@ fn admin_identity(parts: &Parts, m: &Manager) -> Result<Arc<PeerIdentity>, ApiEr
 #[derive(Debug)]
 pub struct Operator {
     pub can_write: bool,
+    credential: Credential,
+}
+
+/// What an [`Operator`] authenticated with, to check again during a long answer.
+#[derive(Debug, Clone)]
+enum Credential {
+    Token(String),
+    Admin(Arc<PeerIdentity>),
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {
@@ -217,9 +225,23 @@ fn bearer(parts: &Parts) -> Option<&str> {
 impl Operator {
     /// The operator, also named in the request's span (an admin certificate's name or a
     /// token's name; never the token).
-    fn named(name: String, can_write: bool) -> Self {
+    fn named(name: String, can_write: bool, credential: Credential) -> Self {
         tracing::Span::current().record("operator", name.as_str());
-        Operator { can_write }
+        Operator { can_write, credential }
+    }
+
+    /// Whether this is an admin certificate (which sees the cluster's nodes), not a token.
+    pub fn is_admin(&self) -> bool {
+        matches!(self.credential, Credential::Admin(_))
+    }
+
+    /// Whether the credential is still accepted on this manager's state: a stream that
+    /// outlives a revocation checks it as it goes.
+    pub fn still_accepted(&self, m: &Manager) -> bool {
+        match &self.credential {
+            Credential::Token(id) => m.reader.api_token(id).ok().flatten().is_some_and(|r| !r.revoked),
+            Credential::Admin(id) => check_admin_credential(m, id).is_ok(),
+        }
     }
 }
 
@@ -236,11 +258,11 @@ impl FromRequestParts<Arc<Manager>> for Operator {
                 return Err(ApiError::unauthenticated("invalid or revoked API token"));
             };
             let can_write = rec.scope == coffer_raft_store::model::TokenScope::ReadWrite;
-            return Ok(Operator::named(format!("token {}", rec.name), can_write));
+            return Ok(Operator::named(format!("token {}", rec.name), can_write, Credential::Token(rec.id.clone())));
         }
         // On this manager's state: secrets and services writes are the hot path, and a
         // revocation waits until every reachable manager has applied it.
-        admin_identity(parts, m).map(|id| Operator::named(id.name.clone(), true))
+        admin_identity(parts, m).map(|id| Operator::named(id.name.clone(), true, Credential::Admin(id)))
     }
 }
 

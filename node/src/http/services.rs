@@ -57,6 +57,17 @@ pub(crate) fn resolve(m: &Manager, spec: &SecretRefSpec) -> Result<SecretRef, Ap
 }
 
 fn check_targets(refs: &[SecretRef]) -> Result<(), ApiError> {
+    // A worker matches a redemption's values by secret: one secret at two targets (one
+    // pinned, say) would be given one value for both.
+    let mut secrets = BTreeSet::new();
+    for r in refs {
+        if !secrets.insert(r.secret_id.as_str()) {
+            return Err(ApiError::invalid(format!(
+                "a service references each secret once; give the second target its own secret (target {:?})",
+                r.target
+            )));
+        }
+    }
     let mut seen = BTreeSet::new();
     for r in refs {
         if !seen.insert(r.target.as_str()) {
@@ -282,4 +293,25 @@ pub async fn remove(State(m): S, _w: Writer, Path(key): Path<String>) -> Result<
     m.propose(Command::RemoveService { id: s.id.clone() }).await?;
     tracing::info!(service = %s.name, "service removed");
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(secret: &str, target: &str) -> SecretRef {
+        SecretRef { secret_id: secret.into(), target: target.into(), uid: 0, gid: 0, mode: 0o400, pinned_version: None }
+    }
+
+    #[test]
+    fn a_service_gives_each_secret_and_each_target_once() {
+        assert!(check_targets(&[r("a", "db"), r("b", "conf/tls.pem")]).is_ok());
+        for (bad, why) in [
+            (vec![r("a", "db"), r("a", "db-again")], "one secret at two targets"),
+            (vec![r("a", "db"), r("b", "db")], "two secrets at one target"),
+            (vec![r("a", "conf"), r("b", "conf/tls.pem")], "a file and a directory"),
+        ] {
+            assert!(check_targets(&bad).is_err(), "{why}");
+        }
+    }
 }

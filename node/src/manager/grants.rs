@@ -6,10 +6,11 @@
 //! checking, against its applied state: the signature, that the signer is the authority
 //! of the grant's term and that no later term has one, the expiry, that the caller is the
 //! grant's node and not removed, and that the task is still that node's. Only then does
-//! it write an audit record and return the values of the versions the task references
-//! *at that moment*, which may be newer than the ones the grant names (a rotation
-//! committed in between): a redemption never returns a superseded version, and rotations
-//! faster than a grant's round trip cannot starve delivery. The checks run on a
+//! it write an audit record and return the values of the versions the task record holds
+//! *at that moment* (the scheduler's latest committed decision, for references the
+//! service still has), which may be newer than the ones the grant names (a rotation
+//! committed in between): a redemption is never older than the cluster's view when it is
+//! redeemed, and rotations faster than a grant's round trip cannot starve delivery. The checks run on a
 //! linearizable view (a read index from the leader): "applied state" that lags a
 //! committed change of leader, placement or version would honour a grant the cluster has
 //! already voided, or serve a version it has already replaced.

@@ -203,6 +203,11 @@ impl Agent {
 
     async fn apply_task(&mut self, task: &AssignedTask, grant: Grant) -> anyhow::Result<()> {
         let redeemed = self.redeem(grant).await?;
+        // A secret the redemption lacks was dropped since this assignment: the cluster's
+        // next assignment says so; not this host's trouble.
+        if let Some(s) = task.secrets.iter().find(|s| !redeemed.secrets.iter().any(|r| r.secret_id == s.secret_id)) {
+            bail!("the redemption lacks secret {}: its reference was dropped since this assignment", s.secret_name);
+        }
         let dir = self.task_dir(task);
         let old_targets: BTreeSet<String> = self
             .written

@@ -136,13 +136,21 @@ pub struct Report {
     pub canary_in: Vec<String>,
     /// Worker files that do not hold what their task references, once everything healed.
     pub stale_files: Vec<String>,
-    /// The longest time from a heal to the next acknowledged write.
+    /// The longest time from a heal to the next acknowledged write, and after which fault.
     pub longest_resume: Duration,
+    pub longest_resume_after: String,
     /// The longest time from a heal to every task file at the then latest version.
     pub longest_delivery: Duration,
 }
 
 impl Report {
+    fn note_resume(&mut self, took: Duration, after: impl std::fmt::Debug) {
+        if took > self.longest_resume {
+            self.longest_resume = took;
+            self.longest_resume_after = format!("{after:?}");
+        }
+    }
+
     /// Whether the run kept every invariant.
     pub fn ok(&self) -> bool {
         self.anomalies.is_empty()
@@ -176,8 +184,10 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  longest after a heal: {:.1} s to resume writes, {:.1} s to deliver the latest version to every task",
+            "  longest after a heal: {:.1} s to resume writes (after {}), {:.1} s to deliver the latest version to every \
+             task",
             self.longest_resume.as_secs_f64(),
+            if self.longest_resume_after.is_empty() { "-" } else { &self.longest_resume_after },
             self.longest_delivery.as_secs_f64()
         )?;
         let all = [&self.anomalies, &self.lost_writes, &self.diverged, &self.crashed, &self.stale_files];
@@ -547,7 +557,12 @@ pub async fn run(bin: &Path, profile: &Profile, seed: u64) -> anyhow::Result<Rep
         tokio::time::sleep(profile.hold).await;
         rig.heal()?;
         let took = resumed(acked, acked.load(Ordering::Relaxed)).await.with_context(|| format!("after {kind:?}"))?;
-        report.longest_resume = report.longest_resume.max(took);
+        eprintln!(
+            "chaos: {:>6.1} s  healed; writes resumed in {:.1} s",
+            w.start.elapsed().as_secs_f64(),
+            took.as_secs_f64()
+        );
+        report.note_resume(took, kind);
         if profile.workers > 0 {
             match rig.delivered(&names[0], profile.workers).await {
                 Ok(took) => report.longest_delivery = report.longest_delivery.max(took),
@@ -574,7 +589,7 @@ pub async fn run(bin: &Path, profile: &Profile, seed: u64) -> anyhow::Result<Rep
             rig.heal()?;
             let took =
                 resumed(acked, acked.load(Ordering::Relaxed)).await.with_context(|| format!("after {kind:?}"))?;
-            report.longest_resume = report.longest_resume.max(took);
+            report.note_resume(took, kind);
         }
     }
     rig.heal()?;

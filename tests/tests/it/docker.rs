@@ -327,6 +327,31 @@ async fn bad_docker_input_gets_dockers_answer_and_changes_nothing() {
     assert_eq!((services[0].name.as_str(), services[0].replicas, services[0].spec_version), ("web", 1, 1));
     let secrets = admin.secrets().await.expect("secrets");
     assert_eq!(secrets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), vec!["keep"]);
+    // Tooling that sends headers: a read-only API token lists, and may not write.
+    let token =
+        admin.create_api_token("docker-ro", coffer_api::tokens::TokenScope::ReadOnly).await.expect("token").token;
+    // Tokens are checked on the answering manager's state: the follower applies it soon.
+    let names: Vec<serde_json::Value> = eventually("the token to be known at the follower", DEADLINE, || async {
+        let list = http.get(format!("{base}/v1.41/secrets")).bearer_auth(&token).send().await.ok()?;
+        if list.status().as_u16() != 200 {
+            return None;
+        }
+        list.json().await.ok()
+    })
+    .await
+    .expect("listed with a token");
+    assert_eq!(names.len(), 1, "{names:?}");
+    let create = http
+        .post(format!("{base}/v1.41/secrets/create"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"Name": "via-token", "Data": "eA=="}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(create.status().as_u16(), 403);
+    let v: serde_json::Value = create.json().await.expect("json");
+    assert!(v["message"].as_str().is_some_and(|m| m.contains("read-only")), "{v}");
+    assert_eq!(admin.secrets().await.expect("secrets").len(), 1, "a read-only token wrote");
     // A request without any credential is refused, in Docker's shape.
     let anon = coffer_api::tls::http_client(
         coffer_api::tls::client_config(&std::fs::read_to_string(c.client_dir().join("ca.pem")).expect("ca"), None)

@@ -8,14 +8,24 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use coffer_api::client::Client as AdminClient;
 use coffer_api::events::{ChangeEvent, EventAction, EventKind};
+use coffer_api::tokens::TokenScope;
 use coffer_tests::{eventually, Cluster, ManagerProc, DEADLINE};
 
 use crate::bin;
 
 /// `coffer events --format json ARGS` against `addr`, its lines read on a thread.
 fn watch(c: &Cluster, addr: &str, args: &[&str]) -> (Child, mpsc::Receiver<ChangeEvent>) {
-    let mut child = Command::new(&c.bin)
+    watch_as(c, addr, args, None)
+}
+
+fn watch_as(c: &Cluster, addr: &str, args: &[&str], token: Option<&str>) -> (Child, mpsc::Receiver<ChangeEvent>) {
+    let mut cmd = Command::new(&c.bin);
+    if let Some(t) = token {
+        cmd.env("COFFER_TOKEN", t);
+    }
+    let mut child = cmd
         .args(["events", "--format", "json"])
         .args(args)
         .env("COFFER_ADDR", addr)
@@ -39,14 +49,15 @@ fn watch(c: &Cluster, addr: &str, args: &[&str]) -> (Child, mpsc::Receiver<Chang
     (child, rx)
 }
 
-/// Events from `rx` until a secret named `name` is created (or the deadline).
+/// Lines from `rx` until one creates a secret named `name` (or `within` passes).
 fn until_created(rx: &mpsc::Receiver<ChangeEvent>, name: &str, seen: &mut Vec<ChangeEvent>, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         match rx.recv_timeout(left) {
             Ok(e) => {
-                let done =
-                    e.kind == EventKind::Secret && e.action == EventAction::Create && e.name.as_deref() == Some(name);
+                let done = e.changes.iter().any(|c| {
+                    c.kind == EventKind::Secret && c.action == EventAction::Create && c.name.as_deref() == Some(name)
+                });
                 seen.push(e);
                 if done {
                     return true;
@@ -58,11 +69,25 @@ fn until_created(rx: &mpsc::Receiver<ChangeEvent>, name: &str, seen: &mut Vec<Ch
     false
 }
 
+/// Creates probe secrets until the watcher on `rx` shows one: it is subscribed from then on.
+async fn probe(admin: &AdminClient, rx: &mpsc::Receiver<ChangeEvent>, prefix: &str, seen: &mut Vec<ChangeEvent>) {
+    let deadline = Instant::now() + DEADLINE;
+    for n in 1.. {
+        assert!(Instant::now() < deadline, "the watcher saw no probe: {seen:?}");
+        let name = format!("{prefix}-{n}");
+        admin.create_secret(&name, b"p", BTreeMap::new()).await.expect("probe");
+        if until_created(rx, &name, seen, Duration::from_millis(500)) {
+            return;
+        }
+    }
+}
+
 fn created_secrets(events: &[ChangeEvent]) -> Vec<String> {
     events
         .iter()
-        .filter(|e| e.kind == EventKind::Secret && e.action == EventAction::Create)
-        .filter_map(|e| e.name.clone())
+        .flat_map(|e| e.changes.iter())
+        .filter(|c| c.kind == EventKind::Secret && c.action == EventAction::Create)
+        .filter_map(|c| c.name.clone())
         .collect()
 }
 
@@ -77,22 +102,14 @@ async fn a_cut_watcher_resumes_elsewhere_with_no_change_missed_or_repeated() {
     // Watch at follower A from now: probe until the watcher is seen to be subscribed.
     let (mut child, rx) = watch(&c, &c.managers[a].addr.clone(), &[]);
     let mut first = Vec::new();
-    let deadline = Instant::now() + DEADLINE;
-    for n in 1.. {
-        assert!(Instant::now() < deadline, "the watcher saw no probe: {first:?}");
-        let name = format!("probe-{n}");
-        admin.create_secret(&name, b"p", BTreeMap::new()).await.expect("probe");
-        if until_created(&rx, &name, &mut first, Duration::from_millis(500)) {
-            break;
-        }
-    }
+    probe(&admin, &rx, "probe", &mut first).await;
     for name in ["s1", "s2", "s3"] {
         admin.create_secret(name, b"v", BTreeMap::new()).await.expect("create");
     }
     assert!(until_created(&rx, "s3", &mut first, DEADLINE), "s1..s3 not seen: {first:?}");
     let last = first.last().expect("events").index;
-    assert!(first.windows(2).all(|w| w[0].index <= w[1].index), "out of order: {first:?}");
-    assert!(first.iter().all(|e| !e.at.is_empty() && e.kind != EventKind::Gone));
+    assert!(first.windows(2).all(|w| w[0].index < w[1].index), "out of order or split: {first:?}");
+    assert!(first.iter().all(|e| !e.at.is_empty() && !e.gone && !e.changes.is_empty()));
 
     // The stream is cut: A dies. The watcher says so and exits.
     c.managers[a].kill();
@@ -111,11 +128,10 @@ async fn a_cut_watcher_resumes_elsewhere_with_no_change_missed_or_repeated() {
     assert_eq!(created_secrets(&second), vec!["s4", "s5", "s6"], "missed or repeated: {second:?}");
     let mut all = first.clone();
     all.extend(second);
-    let mut keys: Vec<(u64, String, String)> =
-        all.iter().map(|e| (e.index, e.id.clone(), format!("{:?}{:?}", e.kind, e.action))).collect();
-    let before = keys.len();
-    keys.dedup();
-    assert_eq!(keys.len(), before, "a change was given twice");
+    let mut indexes: Vec<u64> = all.iter().map(|e| e.index).collect();
+    let before = indexes.len();
+    indexes.dedup();
+    assert_eq!(indexes.len(), before, "an entry was given twice");
 
     // A restarted manager knows only what it applied since: an older index is gone.
     let dir = c.managers[a].dir.clone();
@@ -131,4 +147,21 @@ async fn a_cut_watcher_resumes_elsewhere_with_no_change_missed_or_repeated() {
     .await
     .expect("gone");
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A watcher whose token is revoked is cut off within seconds, and never sees nodes.
+    let token = admin.create_api_token("watcher", TokenScope::ReadOnly).await.expect("token");
+    let (by_token, rx) = watch_as(&c, &c.managers[li].addr.clone(), &[], Some(&token.token));
+    let mut seen = Vec::new();
+    probe(&admin, &rx, "tprobe", &mut seen).await;
+    admin.revoke_api_token(&token.id).await.expect("revoke");
+    let ended = {
+        let by_token = std::sync::Mutex::new(by_token);
+        eventually("the revoked token's stream to end", DEADLINE, || async {
+            by_token.lock().expect("lock").try_wait().ok().flatten()
+        })
+        .await
+        .expect("cut off")
+    };
+    assert!(!ended.success());
+    assert!(seen.iter().flat_map(|e| e.changes.iter()).all(|c| c.kind != EventKind::Node), "a token saw nodes");
 }

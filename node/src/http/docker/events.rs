@@ -55,7 +55,7 @@ fn unix_ms(raw: &str, what: &str) -> Result<u64, ApiError> {
     Ok(secs.saturating_mul(1000).saturating_add(frac_ms))
 }
 
-fn docker_event(c: &Change) -> Option<Event> {
+fn docker_event(c: &Change, at_ms: u64) -> Option<Event> {
     let (kind, id) = match c.kind {
         ChangeKind::Secret => ("secret", c.id.clone()),
         ChangeKind::Service => ("service", c.id.clone()),
@@ -74,8 +74,8 @@ fn docker_event(c: &Change) -> Option<Event> {
         action,
         actor: Actor { id, attributes },
         scope: "swarm",
-        time: c.at_ms / 1000,
-        time_nano: c.at_ms.saturating_mul(1_000_000),
+        time: at_ms / 1000,
+        time_nano: at_ms.saturating_mul(1_000_000),
     })
 }
 
@@ -83,7 +83,7 @@ fn docker_event(c: &Change) -> Option<Event> {
     params(("since" = Option<String>, Query, description = "Unix time"), ("until" = Option<String>, Query, description = "Unix time"),
         ("filters" = Option<String>, Query, description = "JSON: type (secret, service, node), event (create, update, remove), scope")),
     responses((status = 200, description = "one event per line", body = Event), (status = 400, body = super::DockerErrorBody)))]
-pub async fn events(State(m): State<Arc<Manager>>, _o: Operator, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+pub async fn events(State(m): State<Arc<Manager>>, o: Operator, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     let f = query_filters(&q, &["type", "event", "scope"])?;
     let since = query_param(&q, "since").filter(|s| !s.is_empty()).map(|s| unix_ms(&s, "since")).transpose()?;
     let until = query_param(&q, "until").filter(|s| !s.is_empty()).map(|s| unix_ms(&s, "until")).transpose()?;
@@ -91,8 +91,14 @@ pub async fn events(State(m): State<Arc<Manager>>, _o: Operator, RawQuery(q): Ra
         Some(_) => m.reader.watch_kept_changes(),
         None => m.reader.watch_changes(None).map_err(|g| err(StatusCode::INTERNAL_SERVER_ERROR, g.to_string()))?,
     };
-    let watch = Watch::new(sub, None);
-    let keep = move |e: &Event| f.exact("type", e.kind) && f.exact("event", e.action) && f.exact("scope", e.scope);
+    let sees_nodes = o.is_admin();
+    let watch = Watch::new(m.clone(), o, sub, None);
+    let keep = move |e: &Event| {
+        (sees_nodes || e.kind != "node")
+            && f.exact("type", e.kind)
+            && f.exact("event", e.action)
+            && f.exact("scope", e.scope)
+    };
     let deadline = until.map(|u| {
         let now = coffer_api::time::now_millis();
         tokio::time::Instant::now() + std::time::Duration::from_millis(u.saturating_sub(now))
@@ -104,22 +110,30 @@ pub async fn events(State(m): State<Arc<Manager>>, _o: Operator, RawQuery(q): Ra
             loop {
                 let next = match deadline {
                     Some(d) => tokio::select! {
+                        biased;
                         n = w.next() => n,
                         _ = tokio::time::sleep_until(d) => return None,
                     },
                     None => w.next().await,
                 };
-                let c = match next {
-                    Next::Change(c) => c,
+                let b = match next {
+                    Next::Batch(b) => b,
                     Next::Gone(_) | Next::End => return None,
                 };
-                if since.is_some_and(|s| c.at_ms < s) || until.is_some_and(|u| c.at_ms > u) {
+                if since.is_some_and(|s| b.at_ms < s) {
                     continue;
                 }
-                let Some(e) = docker_event(&c).filter(|e| keep(e)) else { continue };
-                let mut line = serde_json::to_vec(&e).unwrap_or_default();
-                line.push(b'\n');
-                return Some((Ok::<_, std::convert::Infallible>(Bytes::from(line)), Some(w)));
+                if until.is_some_and(|u| b.at_ms > u) {
+                    return None;
+                }
+                let mut out = Vec::new();
+                for e in b.changes.iter().filter_map(|c| docker_event(c, b.at_ms)).filter(|e| keep(e)) {
+                    out.extend(serde_json::to_vec(&e).unwrap_or_default());
+                    out.push(b'\n');
+                }
+                if !out.is_empty() {
+                    return Some((Ok::<_, std::convert::Infallible>(Bytes::from(out)), Some(w)));
+                }
             }
         }
     });

@@ -23,7 +23,7 @@ use axum::{Json, Router};
 use coffer_api::error::{CodedError, ErrorBody, ErrorCode};
 use serde::Serialize;
 
-use crate::http::auth::Operator;
+use crate::http::auth::{AdminCaller, Operator};
 use crate::http::error::ApiError;
 use crate::local::ids::NodeHex;
 use crate::manager::Manager;
@@ -260,7 +260,7 @@ fn kernel_version() -> String {
 }
 
 #[utoipa::path(get, operation_id = "dockerInfo", path = "/info", tag = "docker", responses((status = 200, body = shapes::SystemInfo)))]
-pub async fn info(State(m): S, _o: Operator) -> Result<Json<shapes::SystemInfo>, ApiError> {
+pub async fn info(State(m): S, _a: AdminCaller) -> Result<Json<shapes::SystemInfo>, ApiError> {
     let nodes: Vec<_> = m.reader.nodes()?.into_iter().filter(|n| !n.removed).collect();
     let managers: Vec<_> = nodes.iter().filter(|n| n.role == coffer_raft_store::model::NodeRole::Manager).collect();
     let me = nodes.iter().find(|n| n.id == m.id);
@@ -292,9 +292,10 @@ pub async fn info(State(m): S, _o: Operator) -> Result<Json<shapes::SystemInfo>,
 }
 
 /// `/swarm`: the cluster. Join tokens are kept as hashes and shown only by `coffer
-/// join-token --rotate`, so they are empty here.
+/// join-token --rotate`, so they are empty here. `/info` and `/swarm` name the managers
+/// and the cluster: admin certificates only, as the native cluster views.
 #[utoipa::path(get, operation_id = "dockerSwarm", path = "/swarm", tag = "docker", responses((status = 200, body = shapes::SwarmInspect)))]
-pub async fn swarm(State(m): S, _o: Operator) -> Result<Json<shapes::SwarmInspect>, ApiError> {
+pub async fn swarm(State(m): S, _a: AdminCaller) -> Result<Json<shapes::SwarmInspect>, ApiError> {
     let c = m.cluster()?;
     let at = coffer_api::time::rfc3339(c.created_at);
     Ok(Json(shapes::SwarmInspect {

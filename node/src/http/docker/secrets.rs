@@ -76,7 +76,7 @@ pub async fn create(
     let req = SecretCreate { name: spec.name.clone(), labels: spec.labels.unwrap_or_default(), data };
     match crate::http::secrets::create(State(m), w, ApiJson(req)).await {
         Ok((_, Json(created))) => Ok((StatusCode::CREATED, Json(IdResponse { id: created.id, warnings: None }))),
-        Err(e) if e.0.code == ErrorCode::PayloadTooLarge || e.0.message.contains("at most") => {
+        Err(e) if e.0.code == ErrorCode::PayloadTooLarge || e.0.message.starts_with("a secret value is at most") => {
             Err(err(StatusCode::BAD_REQUEST, size_message()))
         }
         Err(e) => Err(docker_wording("secret", e, &spec.name)),

@@ -339,8 +339,16 @@ pub async fn update(
         s.replicas = wanted.replicas.unwrap_or(1);
         s.constraints = wanted.constraints.clone();
         s.labels = wanted.labels.clone();
-        s.secrets =
+        let mut refs =
             wanted.secrets.iter().map(|r| crate::http::services::resolve(m, r)).collect::<Result<Vec<_>, _>>()?;
+        // Docker has no pinned versions: a reference that stays (same secret, same target)
+        // keeps the pin it had.
+        for r in &mut refs {
+            if let Some(old) = s.secrets.iter().find(|o| o.secret_id == r.secret_id && o.target == r.target) {
+                r.pinned_version = old.pinned_version;
+            }
+        }
+        s.secrets = refs;
         Ok(())
     };
     match crate::http::services::update_service(&m, &current.id, Some(version), change, Some(p.runtime)).await {

@@ -117,8 +117,9 @@ pub struct IdResponse {
     pub warnings: Option<Vec<String>>,
 }
 
-/// A secret's spec, as sent to create or update (`Data` is base64; never sent back).
-#[derive(Debug, Default, Deserialize, ToSchema)]
+/// A secret's spec, as sent to create or update (`Data` is base64; never sent back, and
+/// never printed: `Debug` redacts it).
+#[derive(Default, Deserialize, ToSchema)]
 #[serde(rename_all = "PascalCase")]
 pub struct SecretSpecIn {
     #[serde(default)]
@@ -131,6 +132,16 @@ pub struct SecretSpecIn {
     pub driver: Option<serde_json::Value>,
     #[serde(default)]
     pub templating: Option<serde_json::Value>,
+}
+
+impl std::fmt::Debug for SecretSpecIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretSpecIn")
+            .field("name", &self.name)
+            .field("labels", &self.labels)
+            .field("data", &self.data.as_ref().map(|_| "[redacted]"))
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -115,6 +115,15 @@ impl StateReader {
         self.db.events.subscribe(since)
     }
 
+    /// About how many records the applied state holds (RocksDB's estimate; cheap).
+    pub fn estimated_records(&self) -> u64 {
+        self.db
+            .cf(CF_SM)
+            .ok()
+            .and_then(|cf| self.db.db.property_int_value_cf(cf, "rocksdb.estimate-num-keys").ok().flatten())
+            .unwrap_or(0)
+    }
+
     /// Watches from the oldest change this manager still keeps.
     pub fn watch_kept_changes(&self) -> crate::events::Subscription {
         self.db.events.subscribe_kept()

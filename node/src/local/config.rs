@@ -116,7 +116,8 @@ pub struct RaftTuning {
     pub heartbeat_ms: u64,
     pub election_min_ms: u64,
     pub election_max_ms: u64,
-    /// Build a snapshot every this many applied entries.
+    /// Build a snapshot after at least this many applied entries, and after as many as
+    /// the state holds records (`manager::compaction`).
     pub snapshot_every: u64,
     /// Entries kept in the log behind a snapshot (for followers that are a little behind).
     pub keep_after_snapshot: u64,
@@ -296,7 +297,8 @@ impl ManagerConfig {
             election_timeout_max: r.election_max_ms,
             install_snapshot_timeout: r.install_snapshot_timeout_ms,
             max_payload_entries: r.max_payload_entries,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_every),
+            // `manager::compaction` triggers snapshots, sized to the state.
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: r.keep_after_snapshot,
             ..Default::default()
         };

@@ -32,6 +32,7 @@ use crate::trust::tls::NodeCert;
 pub(crate) mod audit;
 pub(crate) mod autolock;
 pub mod backup;
+pub(crate) mod compaction;
 pub(crate) mod constraints;
 pub(crate) mod error;
 pub mod grants;

@@ -178,6 +178,7 @@ impl Manager {
         self.tasks.spawn(crate::manager::renew::keep_renewed(self.clone()));
         self.tasks.spawn(scheduler::run(self.clone()));
         self.tasks.spawn(autolock::follow(self.clone()));
+        self.tasks.spawn(crate::manager::compaction::run(self.clone()));
         if let Some(s) = self.config.snapshots.clone() {
             self.tasks.spawn(backup::scheduled(self.clone(), s));
         }

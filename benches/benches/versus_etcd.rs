@@ -1,0 +1,434 @@
+//! Coffer against etcd, side by side in one run, with the same client code: N independent
+//! closed-loop clients, each with its own keep-alive HTTP/1.1 connection over TLS. Coffer
+//! creates with `POST /v1/secrets`, etcd puts with its JSON gateway (`/v3/kv/put`); reads
+//! are Coffer's linearizable `GET /v1/secrets/{name}` and etcd's linearizable
+//! `/v3/kv/range`. Writes go to the leader unless the point says "spread"; reads are
+//! always spread over every member. Points are interleaved (etcd and Coffer alternate which
+//! goes first), each is warmed up, then measured, and the median of the repetitions is
+//! printed with the ratio.
+//!
+//! etcd is Debian's `etcd-server` (`apt-get install etcd-server`): three members with peer
+//! mutual TLS and client TLS, on loopback. Without it, the etcd half is skipped and said so.
+//!
+//! Run: `cargo bench -p coffer-benches --bench versus_etcd`
+//! (`COFFER_BENCH_SECS` measured per point, default 10; `COFFER_BENCH_WARMUP` 2;
+//! `COFFER_BENCH_REPS` 3; `COFFER_BENCH_GROWTH=N`: instead, 64 clients create N secrets
+//! and the rate and p99 are printed per window of 10 000, to see whether a write's cost
+//! grows with the state; `COFFER_BENCH_MANAGER_ARGS` adds flags to every manager).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use coffer_tests::{eventually, Cluster};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A reqwest client with one HTTP/1.1 connection (no ALPN h2), as most tooling has.
+fn http1(mut tls: rustls::ClientConfig) -> reqwest::Client {
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .http1_only()
+        .pool_max_idle_per_host(1)
+        .tcp_nodelay(true)
+        .build()
+        .expect("http client")
+}
+
+#[derive(Debug)]
+struct StaticCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for StaticCert {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// One system under test, as the load generator sees it.
+#[derive(Clone)]
+struct Target {
+    name: &'static str,
+    tls: Arc<rustls::ClientConfig>,
+    /// Base URLs, the leader first.
+    members: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Op {
+    Write { value: usize },
+    Read,
+}
+
+impl Target {
+    fn client(&self) -> reqwest::Client {
+        http1((*self.tls).clone())
+    }
+
+    async fn call(&self, http: &reqwest::Client, base: &str, op: Op, n: u64, value: &str) -> anyhow::Result<()> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let resp = match (self.name, op) {
+            ("coffer", Op::Write { .. }) => {
+                http.post(format!("{base}/v1/secrets"))
+                    .json(&serde_json::json!({"name": format!("b{n}"), "data": value}))
+                    .send()
+                    .await?
+            }
+            ("coffer", Op::Read) => http.get(format!("{base}/v1/secrets/r{}", n % 64)).send().await?,
+            (_, Op::Write { .. }) => {
+                http.post(format!("{base}/v3/kv/put"))
+                    .json(&serde_json::json!({"key": b64.encode(format!("b{n}")), "value": value}))
+                    .send()
+                    .await?
+            }
+            (_, Op::Read) => {
+                http.post(format!("{base}/v3/kv/range"))
+                    .json(&serde_json::json!({"key": b64.encode(format!("r{}", n % 64))}))
+                    .send()
+                    .await?
+            }
+        };
+        let status = resp.status();
+        let _ = resp.bytes().await?;
+        anyhow::ensure!(status.is_success(), "{} answered {status}", self.name);
+        Ok(())
+    }
+
+    async fn seed_reads(&self) -> anyhow::Result<()> {
+        let http = self.client();
+        let b64 = base64::engine::general_purpose::STANDARD;
+        for i in 0..64 {
+            let (base, value) = (&self.members[0], b64.encode(vec![b'r'; 256]));
+            let resp = if self.name == "coffer" {
+                http.post(format!("{base}/v1/secrets"))
+                    .json(&serde_json::json!({"name": format!("r{i}"), "data": value}))
+                    .send()
+                    .await?
+            } else {
+                http.post(format!("{base}/v3/kv/put"))
+                    .json(&serde_json::json!({"key": b64.encode(format!("r{i}")), "value": value}))
+                    .send()
+                    .await?
+            };
+            anyhow::ensure!(resp.status().is_success(), "seeding {}: {}", self.name, resp.status());
+        }
+        Ok(())
+    }
+}
+
+struct Measured {
+    ops: u64,
+    secs: f64,
+    latencies: Vec<Duration>,
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
+}
+
+/// `clients` closed loops for `warmup` + `secs`; only the second part counts.
+async fn load(
+    t: &Target,
+    op: Op,
+    clients: usize,
+    spread: bool,
+    warmup: Duration,
+    secs: Duration,
+    next: &Arc<AtomicU64>,
+) -> anyhow::Result<Measured> {
+    let start = Instant::now() + warmup;
+    let end = start + secs;
+    let value = match op {
+        Op::Write { value } => base64::engine::general_purpose::STANDARD.encode(vec![b'v'; value]),
+        Op::Read => String::new(),
+    };
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (t, next, value) = (t.clone(), next.clone(), value.clone());
+        let base = if spread { t.members[c % t.members.len()].clone() } else { t.members[0].clone() };
+        tasks.push(tokio::spawn(async move {
+            let http = t.client();
+            let mut lat = Vec::new();
+            loop {
+                let began = Instant::now();
+                if began >= end {
+                    break;
+                }
+                t.call(&http, &base, op, next.fetch_add(1, Ordering::Relaxed), &value).await?;
+                if began >= start {
+                    lat.push(began.elapsed());
+                }
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    latencies.sort();
+    Ok(Measured { ops: latencies.len() as u64, secs: secs.as_secs_f64(), latencies })
+}
+
+// ---------------------------------------------------------------------------------------
+// etcd: three members with peer mutual TLS and client TLS
+
+struct Etcd {
+    children: Vec<Child>,
+    _dir: tempfile::TempDir,
+    target: Target,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn etcd_binary() -> Option<PathBuf> {
+    ["/usr/bin/etcd", "/usr/local/bin/etcd"].iter().map(PathBuf::from).find(|p| p.is_file())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+fn certs(dir: &Path) -> anyhow::Result<String> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let ca_pem = ca_cert.pem();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = KeyPair::generate()?;
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+    leaf.extended_key_usages =
+        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = leaf.signed_by(&key, &issuer)?;
+    std::fs::write(dir.join("ca.pem"), &ca_pem)?;
+    std::fs::write(dir.join("member.pem"), cert.pem())?;
+    std::fs::write(dir.join("member.key"), key.serialize_pem())?;
+    Ok(ca_pem)
+}
+
+async fn start_etcd(bin: &Path) -> anyhow::Result<Etcd> {
+    let dir = tempfile::TempDir::new()?;
+    let ca_pem = certs(dir.path())?;
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let cluster: Vec<String> =
+        ports.iter().enumerate().map(|(i, (_, peer))| format!("e{i}=https://127.0.0.1:{peer}")).collect();
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    let mut children = Vec::new();
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let log = std::fs::File::create(dir.path().join(format!("e{i}.log")))?;
+        children.push(
+            Command::new(bin)
+                .args(["--name", &format!("e{i}"), "--data-dir", &p(&format!("e{i}.data"))])
+                .args(["--listen-client-urls", &format!("https://127.0.0.1:{client}")])
+                .args(["--advertise-client-urls", &format!("https://127.0.0.1:{client}")])
+                .args(["--listen-peer-urls", &format!("https://127.0.0.1:{peer}")])
+                .args(["--initial-advertise-peer-urls", &format!("https://127.0.0.1:{peer}")])
+                .args(["--initial-cluster", &cluster.join(","), "--initial-cluster-state", "new"])
+                .args(["--cert-file", &p("member.pem"), "--key-file", &p("member.key")])
+                .args(["--peer-cert-file", &p("member.pem"), "--peer-key-file", &p("member.key")])
+                .args(["--peer-trusted-ca-file", &p("ca.pem"), "--peer-client-cert-auth"])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()?,
+        );
+    }
+    coffer_api::tls::install_provider();
+    let tls = Arc::new(coffer_api::tls::client_config(&ca_pem, None)?);
+    let mut members: Vec<String> = ports.iter().map(|(c, _)| format!("https://127.0.0.1:{c}")).collect();
+    let probe = http1((*tls).clone());
+    let leader = eventually("etcd to elect a leader", Duration::from_secs(60), || async {
+        let mut statuses = Vec::new();
+        for m in &members {
+            let v: serde_json::Value = probe
+                .post(format!("{m}/v3/maintenance/status"))
+                .json(&serde_json::json!({}))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            statuses.push(v);
+        }
+        let leader = statuses[0]["leader"].as_str()?.to_string();
+        statuses.iter().position(|s| s["header"]["member_id"].as_str() == Some(leader.as_str()))
+    })
+    .await?;
+    members.swap(0, leader);
+    Ok(Etcd { children, _dir: dir, target: Target { name: "etcd", tls, members } })
+}
+
+// ---------------------------------------------------------------------------------------
+
+async fn coffer_target(c: &Cluster) -> anyhow::Result<Target> {
+    let leader = c.leader_seen_by(0).await?;
+    let li = c.index_of(leader).ok_or_else(|| anyhow::anyhow!("no leader index"))?;
+    let dir = c.client_dir();
+    let read = |f: &str| std::fs::read_to_string(dir.join(f));
+    let key = coffer_api::tls::certified_key(&read("client.pem")?, &read("client.key")?)?;
+    let tls = Arc::new(coffer_api::tls::client_config(&read("ca.pem")?, Some(Arc::new(StaticCert(key))))?);
+    let mut members: Vec<String> = c.managers.iter().map(|m| format!("https://{}", m.addr)).collect();
+    members.swap(0, li);
+    Ok(Target { name: "coffer", tls, members })
+}
+
+struct Point {
+    label: &'static str,
+    op: Op,
+    clients: usize,
+    spread: bool,
+}
+
+const POINTS: &[Point] = &[
+    Point { label: "writes, 256 B, 1 client", op: Op::Write { value: 256 }, clients: 1, spread: false },
+    Point { label: "writes, 256 B, 16 clients", op: Op::Write { value: 256 }, clients: 16, spread: false },
+    Point { label: "writes, 256 B, 64 clients", op: Op::Write { value: 256 }, clients: 64, spread: false },
+    Point { label: "writes, 4 KiB, 64 clients", op: Op::Write { value: 4096 }, clients: 64, spread: false },
+    Point { label: "writes, 256 B, 64 clients, spread", op: Op::Write { value: 256 }, clients: 64, spread: true },
+    Point { label: "linearizable reads, 64 clients, spread", op: Op::Read, clients: 64, spread: true },
+];
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+async fn growth(t: &Target, total: u64) -> anyhow::Result<()> {
+    println!("== {}: 64 clients create {total} secrets of 256 B; per window of 10 000 ==", t.name);
+    println!("{:>10} {:>10} {:>9}", "secrets", "creates/s", "p99 ms");
+    let next = Arc::new(AtomicU64::new(1_000_000));
+    let done = Arc::new(AtomicU64::new(0));
+    let value = base64::engine::general_purpose::STANDARD.encode(vec![b'v'; 256]);
+    let window: Arc<std::sync::Mutex<Vec<Duration>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (t, next, done, value, window) = (t.clone(), next.clone(), done.clone(), value.clone(), window.clone());
+        tasks.push(tokio::spawn(async move {
+            let http = t.client();
+            while done.load(Ordering::Relaxed) < total {
+                let began = Instant::now();
+                t.call(&http, &t.members[0], Op::Write { value: 256 }, next.fetch_add(1, Ordering::Relaxed), &value)
+                    .await?;
+                window.lock().expect("lock").push(began.elapsed());
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let mut mark = (Instant::now(), 0u64);
+    while mark.1 + 10_000 <= total {
+        let n = done.load(Ordering::Relaxed);
+        if n >= mark.1 + 10_000 {
+            let mut lat = std::mem::take(&mut *window.lock().expect("lock"));
+            lat.sort();
+            let rate = (n - mark.1) as f64 / mark.0.elapsed().as_secs_f64();
+            println!("{n:>10} {rate:>10.0} {:>9.1}", pct(&lat, 0.99));
+            mark = (Instant::now(), n);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let secs = Duration::from_secs(env_u64("COFFER_BENCH_SECS", 10));
+    let warmup = Duration::from_secs(env_u64("COFFER_BENCH_WARMUP", 2));
+    let reps = env_u64("COFFER_BENCH_REPS", 3).max(1);
+    let bin = Path::new(env!("CARGO_BIN_EXE_coffer-bench-node"));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async {
+        // Extra manager flags, to compare settings (e.g. `--raft-snapshot-every N`).
+        let extra = std::env::var("COFFER_BENCH_MANAGER_ARGS").unwrap_or_default();
+        let extra: Vec<&str> = extra.split_whitespace().collect();
+        let c = Cluster::start(bin, 3, &extra).await?;
+        let coffer = coffer_target(&c).await?;
+        if let Ok(total) = std::env::var("COFFER_BENCH_GROWTH").map(|v| v.parse::<u64>().unwrap_or(200_000)) {
+            return growth(&coffer, total).await;
+        }
+        let etcd = match etcd_binary() {
+            Some(b) => Some(start_etcd(&b).await?),
+            None => {
+                println!("etcd is not installed (apt-get install etcd-server): the etcd half is skipped");
+                None
+            }
+        };
+        let mut targets = vec![coffer.clone()];
+        if let Some(e) = &etcd {
+            targets.push(e.target.clone());
+        }
+        for t in &targets {
+            t.seed_reads().await?;
+        }
+        let next = Arc::new(AtomicU64::new(0));
+        let mut figures: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); targets.len()]; POINTS.len()];
+        let mut p99: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); targets.len()]; POINTS.len()];
+        for rep in 0..reps {
+            for (pi, point) in POINTS.iter().enumerate() {
+                let mut order: Vec<usize> = (0..targets.len()).collect();
+                if (rep + pi as u64) % 2 == 1 {
+                    order.reverse();
+                }
+                for ti in order {
+                    let m = load(&targets[ti], point.op, point.clients, point.spread, warmup, secs, &next).await?;
+                    figures[pi][ti].push(m.ops as f64 / m.secs);
+                    p99[pi][ti].push(pct(&m.latencies, 0.99));
+                }
+            }
+        }
+        println!(
+            "== Coffer (3 managers) and etcd (3 members), {} s per point after {} s warm-up, median of {reps}; \
+             each client its own HTTP/1.1 keep-alive connection ==",
+            secs.as_secs(),
+            warmup.as_secs()
+        );
+        println!(
+            "{:<40} {:>10} {:>10} {:>8} {:>12} {:>12}",
+            "point", "etcd/s", "coffer/s", "ratio", "etcd p99 ms", "coffer p99"
+        );
+        for (pi, point) in POINTS.iter().enumerate() {
+            let coffer_rate = median(figures[pi][0].clone());
+            let coffer_p99 = median(p99[pi][0].clone());
+            match targets.len() {
+                2 => {
+                    let etcd_rate = median(figures[pi][1].clone());
+                    let etcd_p99 = median(p99[pi][1].clone());
+                    println!(
+                        "{:<40} {etcd_rate:>10.0} {coffer_rate:>10.0} {:>8.2} {etcd_p99:>12.1} {coffer_p99:>12.1}",
+                        point.label,
+                        coffer_rate / etcd_rate.max(1.0)
+                    );
+                }
+                _ => println!(
+                    "{:<40} {:>10} {coffer_rate:>10.0} {:>8} {:>12} {coffer_p99:>12.1}",
+                    point.label, "-", "-", "-"
+                ),
+            }
+        }
+        drop(etcd);
+        anyhow::Ok(())
+    })
+}

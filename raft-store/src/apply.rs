@@ -138,6 +138,13 @@ impl<'a> Txn<'a> {
 
     /// Applies one command; on refusal, its writes are dropped.
     pub(crate) fn apply(&mut self, cmd: &Command) -> Result<Response, StoreError> {
+        if let Command::Batch(cmds) = cmd {
+            let mut out = Vec::with_capacity(cmds.len());
+            for c in cmds {
+                out.push(self.apply(c)?.0);
+            }
+            return Ok(Response(Ok(Applied::Batch(out))));
+        }
         let result = self.apply_inner(cmd)?;
         if result.is_ok() {
             self.changes_of(cmd);
@@ -159,6 +166,8 @@ impl<'a> Txn<'a> {
     fn apply_inner(&mut self, cmd: &Command) -> Result<Result<Applied, ApplyError>, StoreError> {
         let done = Ok(Applied::Done);
         Ok(match cmd {
+            // Applied command by command in `apply`.
+            Command::Batch(_) => done,
             Command::InitCluster(rec) => {
                 if self.get::<ClusterRecord>(keys::CLUSTER)?.is_some() {
                     return Ok(Err(ApplyError::AlreadyInitialized));

@@ -387,11 +387,18 @@ pub enum Command {
         runtime: ServiceRuntime,
         at: Millis,
     },
+    /// Commands proposed together (the leader's group commit): one log entry, one fsync,
+    /// applied in order, each with its own outcome ([`Applied::Batch`]); a refused one
+    /// changes nothing and holds back none of the others.
+    Batch(Vec<Command>),
 }
 
 impl Command {
     /// Whether applying this can change which secret versions a node's tasks need.
     pub fn affects_placement(&self) -> bool {
+        if let Command::Batch(cmds) = self {
+            return cmds.iter().any(Command::affects_placement);
+        }
         matches!(
             self,
             Command::PutNode(_)
@@ -439,6 +446,7 @@ impl Command {
             Command::SetUnlockGeneration { .. } => "set_unlock_generation",
             Command::CreateServiceWithRuntime { .. } => "create_service_with_runtime",
             Command::UpdateServiceWithRuntime { .. } => "update_service_with_runtime",
+            Command::Batch(_) => "batch",
         }
     }
 }
@@ -508,6 +516,8 @@ pub enum Applied {
     SecretVersion { id: String, version: u32 },
     /// A service spec was stored with this version.
     ServiceVersion { id: String, version: u64 },
+    /// The outcome of each command of a [`Command::Batch`], in order.
+    Batch(Vec<Result<Applied, ApplyError>>),
 }
 
 /// The state machine's reply to one log entry.

@@ -626,6 +626,29 @@ async fn what_a_service_runs_commits_with_its_spec_and_goes_with_it() {
     assert_eq!(store.reader.service_runtime("svc1").expect("read"), None);
 }
 
+#[tokio::test]
+async fn a_batch_applies_each_command_in_order_with_its_own_outcome() {
+    let dir = tempfile::TempDir::new().expect("tempdir");
+    let mut store = open_at(dir.path()).expect("open");
+    let batch = Command::Batch(vec![
+        create_secret(1, b"one"),
+        // The same name again: refused, and it holds back neither neighbour.
+        create_secret(1, b"again"),
+        create_secret(2, b"two"),
+    ]);
+    let out = store.state_machine.apply(vec![entry(1, batch)]).await.expect("apply");
+    let Ok(Applied::Batch(results)) = &out[0].0 else { panic!("{:?}", out[0]) };
+    assert_eq!(results.len(), 3);
+    assert!(matches!(results[0], Ok(Applied::SecretVersion { version: 1, .. })), "{results:?}");
+    assert!(matches!(results[1], Err(ApplyError::NameTaken { .. } | ApplyError::IdTaken { .. })), "{results:?}");
+    assert!(matches!(results[2], Ok(Applied::SecretVersion { version: 1, .. })), "{results:?}");
+    assert_eq!(store.reader.secrets().expect("read").len(), 2);
+    // One entry: its changes travel together, at its index.
+    let kept = store.reader.watch_kept_changes();
+    assert_eq!(kept.backlog.len(), 1);
+    assert_eq!((kept.backlog[0].index, kept.backlog[0].changes.len()), (1, 2));
+}
+
 // ---------------------------------------------------------------------------------------
 // backups, restore, and re-forming a store alone
 

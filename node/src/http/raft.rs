@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::http::auth::ManagerCaller;
 use crate::http::error::ApiError;
+use crate::manager::group_commit::Committed;
 use crate::manager::leader_ops::{self, LeaderOp, OpResult};
 use crate::manager::raft_net::receive_snapshot;
 use crate::manager::Manager;
@@ -60,9 +61,11 @@ pub(crate) async fn propose(State(m): S, _c: ManagerCaller, body: Bytes) -> Resu
     if !m.is_leader() {
         return Err(ApiError::unavailable("not the leader"));
     }
-    match m.raft.client_write(cmd).await {
-        Ok(r) => Ok(postcard_reply(&r.data)),
-        Err(e) => Err(ApiError::unavailable(format!("write not committed: {e}"))),
+    // With this leader's own writes: forwarded ones join the same group commit.
+    match m.group.write(&m.raft, cmd).await {
+        Committed::Applied(r) => Ok(postcard_reply(&coffer_raft_store::Response(r))),
+        Committed::NotLeader(_) => Err(ApiError::unavailable("not the leader")),
+        Committed::Failed(e) => Err(ApiError::unavailable(e)),
     }
 }
 

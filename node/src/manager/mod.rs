@@ -16,7 +16,7 @@ use coffer_api::error::CodedError;
 use coffer_raft_store::model::{Applied, ApplyError, ClusterRecord, Command};
 use coffer_raft_store::seal::KeyEncryptionKey;
 use coffer_raft_store::{ManagerNode, NodeId, SnapshotInbox, StateReader, TypeConfig};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::error::{CheckIsLeaderError, ForwardToLeader, RaftError};
 use openraft::{Raft, ServerState};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::local::config::ManagerConfig;
 use crate::local::data_dir::DataDir;
 use crate::manager::error::OpError;
+use crate::manager::group_commit::Committed;
 use crate::manager::leader_ops::{LeaderOp, OpResult};
 use crate::manager::raft_net::{post_postcard, PeerError};
 use crate::manager::read_index::ReadIndexBatch;
@@ -36,6 +37,7 @@ pub(crate) mod compaction;
 pub(crate) mod constraints;
 pub(crate) mod error;
 pub mod grants;
+pub(crate) mod group_commit;
 pub(crate) mod init;
 pub(crate) mod leader_ops;
 pub(crate) mod membership;
@@ -92,6 +94,8 @@ pub struct Manager {
     pub(crate) metrics: metrics::Metrics,
     /// Coalesces concurrent read-index requests.
     pub(crate) read_batch: ReadIndexBatch,
+    /// Coalesces concurrent writes on the leader into one log entry.
+    pub(crate) group: group_commit::GroupCommit,
     /// The audit log of redemptions (group-committed).
     pub(crate) audit: audit::AuditLog,
     /// When each node last renewed its certificate through this leader.
@@ -182,16 +186,16 @@ impl Manager {
         let mut leader = self.wait_for_leader(LEADER_WAIT).await?;
         for _ in 0..3 {
             if leader.0 == self.id {
-                match self.raft.client_write(cmd.clone()).await {
-                    Ok(resp) => {
+                match self.group.write(&self.raft, cmd.clone()).await {
+                    Committed::Applied(r) => {
                         self.metrics.writes_local.inc();
-                        return Ok(resp.data.0);
+                        return Ok(r);
                     }
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    Committed::NotLeader(f) => {
                         leader = self.forward_target(f).await?;
                         continue;
                     }
-                    Err(e) => return Err(OpError::unavailable(format!("write not committed: {e}"))),
+                    Committed::Failed(e) => return Err(OpError::unavailable(e)),
                 }
             }
             self.metrics.writes_forwarded.inc();

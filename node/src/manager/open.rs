@@ -161,6 +161,7 @@ impl Manager {
             autolock_lock: tokio::sync::Mutex::new(()),
             grant_key: tokio::sync::Mutex::new(None),
             read_batch: ReadIndexBatch::default(),
+            group: Default::default(),
             metrics: metrics::Metrics::default(),
             value_sealer: std::sync::OnceLock::new(),
             audit,

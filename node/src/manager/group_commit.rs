@@ -1,0 +1,145 @@
+//! The leader's group commit: client writes that arrive while earlier ones are being
+//! committed are proposed together, as one [`Command::Batch`] entry (one append, one fsync,
+//! one replication round), and each caller gets its own command's outcome.
+//!
+//! Measured before: under 64 concurrent clients the leader called fdatasync about once
+//! per two writes (strace: 10 625 in 10 s), while followers, which receive entries in
+//! batches, called it 329 times. openraft 0.9 appends each `client_write` on its own.
+//!
+//! At most [`IN_FLIGHT`] batches are in flight; while they are, new writes queue, and the
+//! next caller to get a slot takes the whole queue (bounded in count and bytes). A lone
+//! write goes at once, as itself: no added latency. A batch is committed on a task of its
+//! own, so a caller that goes away cancels nobody else's write.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use coffer_raft_store::model::{Applied, ApplyError, Command};
+use coffer_raft_store::{ManagerNode, NodeId, TypeConfig};
+use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
+use tokio::sync::{oneshot, Semaphore};
+
+/// Batches committing at once.
+const IN_FLIGHT: usize = 2;
+/// Commands per batch.
+const MAX_COMMANDS: usize = 256;
+/// Bytes per batch (values dominate), well under the 64 MiB of `/raft/append`.
+const MAX_BYTES: usize = 4 << 20;
+
+/// How one write ended.
+#[derive(Debug, Clone)]
+pub(crate) enum Committed {
+    Applied(Result<Applied, ApplyError>),
+    /// This manager does not lead (any more).
+    NotLeader(ForwardToLeader<NodeId, ManagerNode>),
+    Failed(String),
+}
+
+type Waiting = (Command, oneshot::Sender<Committed>);
+
+#[derive(Debug)]
+pub(crate) struct GroupCommit {
+    queue: Mutex<VecDeque<Waiting>>,
+    slots: Arc<Semaphore>,
+}
+
+impl Default for GroupCommit {
+    fn default() -> Self {
+        Self { queue: Mutex::new(VecDeque::new()), slots: Arc::new(Semaphore::new(IN_FLIGHT)) }
+    }
+}
+
+fn approx_bytes(cmd: &Command) -> usize {
+    match cmd {
+        Command::CreateSecret { value, .. } | Command::RotateSecret { value, .. } => value.0.len() + 256,
+        _ => 256,
+    }
+}
+
+impl GroupCommit {
+    /// The oldest queued writes, at least one (if any), within the bounds.
+    fn take(&self) -> Vec<Waiting> {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while let Some(next) = q.front() {
+            let size = approx_bytes(&next.0);
+            if !out.is_empty() && (out.len() == MAX_COMMANDS || bytes + size > MAX_BYTES) {
+                break;
+            }
+            bytes += size;
+            out.extend(q.pop_front());
+        }
+        out
+    }
+
+    /// Commits `cmd` on this manager's Raft (which must lead), with whatever else is queued.
+    pub(crate) async fn write(&self, raft: &openraft::Raft<TypeConfig>, cmd: Command) -> Committed {
+        let (tx, mut rx) = oneshot::channel();
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push_back((cmd, tx));
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut rx => return r.unwrap_or_else(|_| Committed::Failed("the write's batch was dropped".into())),
+                permit = self.slots.clone().acquire_owned() => {
+                    let Ok(permit) = permit else { continue };
+                    let batch = self.take();
+                    if batch.is_empty() {
+                        // Someone else took ours: its outcome comes through `rx`.
+                        drop(permit);
+                        return rx.await.unwrap_or_else(|_| Committed::Failed("the write's batch was dropped".into()));
+                    }
+                    let raft = raft.clone();
+                    tokio::spawn(async move {
+                        commit(&raft, batch).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn failed(e: RaftError<NodeId, ClientWriteError<NodeId, ManagerNode>>) -> Committed {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Committed::NotLeader(f),
+        e => Committed::Failed(format!("write not committed: {e}")),
+    }
+}
+
+async fn commit(raft: &openraft::Raft<TypeConfig>, batch: Vec<Waiting>) {
+    let (mut cmds, txs): (Vec<Command>, Vec<oneshot::Sender<Committed>>) = batch.into_iter().unzip();
+    if cmds.len() == 1 {
+        let cmd = cmds.remove(0);
+        let out = match raft.client_write(cmd).await {
+            Ok(r) => Committed::Applied(r.data.0),
+            Err(e) => failed(e),
+        };
+        for tx in txs {
+            let _ = tx.send(out.clone());
+        }
+        return;
+    }
+    let n = cmds.len();
+    match raft.client_write(Command::Batch(cmds)).await {
+        Ok(r) => match r.data.0 {
+            Ok(Applied::Batch(results)) if results.len() == n => {
+                for (tx, r) in txs.into_iter().zip(results) {
+                    let _ = tx.send(Committed::Applied(r));
+                }
+            }
+            other => {
+                let why = Committed::Failed(format!("a batch of {n} was answered {other:?}"));
+                for tx in txs {
+                    let _ = tx.send(why.clone());
+                }
+            }
+        },
+        Err(e) => {
+            let out = failed(e);
+            for tx in txs {
+                let _ = tx.send(out.clone());
+            }
+        }
+    }
+}

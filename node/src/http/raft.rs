@@ -62,7 +62,7 @@ pub(crate) async fn propose(State(m): S, _c: ManagerCaller, body: Bytes) -> Resu
         return Err(ApiError::unavailable("not the leader"));
     }
     // With this leader's own writes: forwarded ones join the same group commit.
-    match m.group.write(&m.raft, cmd).await {
+    match m.group.commit(&m.raft, cmd).await {
         Committed::Applied(r) => Ok(postcard_reply(&coffer_raft_store::Response(r))),
         Committed::NotLeader(_) => Err(ApiError::unavailable("not the leader")),
         Committed::Failed(e) => Err(ApiError::unavailable(e)),

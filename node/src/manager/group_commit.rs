@@ -8,8 +8,9 @@
 //!
 //! At most [`IN_FLIGHT`] batches are in flight; while they are, new writes queue, and the
 //! next caller to get a slot takes the whole queue (bounded in count and bytes). A lone
-//! write goes at once, as itself: no added latency. A batch is committed on a task of its
-//! own, so a caller that goes away cancels nobody else's write.
+//! write goes at once, as itself: no added latency. A write and its batch are committed on
+//! tasks of their own ([`GroupCommit::write`] is spawned by its callers): a caller that
+//! goes away cancels nobody else's write, and leaves none of its own queued for later.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -23,8 +24,10 @@ use tokio::sync::{oneshot, Semaphore};
 const IN_FLIGHT: usize = 2;
 /// Commands per batch.
 const MAX_COMMANDS: usize = 256;
-/// Bytes per batch (values dominate), well under the 64 MiB of `/raft/append`.
-const MAX_BYTES: usize = 4 << 20;
+/// Bytes per batch (values dominate): an AppendEntries of `raft.max_payload_entries` (64)
+/// such entries stays under the 64 MiB `/raft/append` takes. A single command may be
+/// larger (a 500 KiB value); it then goes alone.
+const MAX_BYTES: usize = 768 << 10;
 
 /// How one write ended.
 #[derive(Debug, Clone)]
@@ -73,8 +76,17 @@ impl GroupCommit {
         out
     }
 
-    /// Commits `cmd` on this manager's Raft (which must lead), with whatever else is queued.
-    pub(crate) async fn write(&self, raft: &openraft::Raft<TypeConfig>, cmd: Command) -> Committed {
+    /// Commits `cmd` on this manager's Raft (which must lead), with whatever else is
+    /// queued, on a task of its own: a queued write is never left behind by a caller that
+    /// went away, to be applied much later.
+    pub(crate) async fn commit(self: &Arc<Self>, raft: &openraft::Raft<TypeConfig>, cmd: Command) -> Committed {
+        let (me, raft) = (self.clone(), raft.clone());
+        tokio::spawn(async move { me.write(&raft, cmd).await })
+            .await
+            .unwrap_or_else(|e| Committed::Failed(format!("the write's task failed: {e}")))
+    }
+
+    async fn write(&self, raft: &openraft::Raft<TypeConfig>, cmd: Command) -> Committed {
         let (tx, mut rx) = oneshot::channel();
         self.queue.lock().unwrap_or_else(|p| p.into_inner()).push_back((cmd, tx));
         loop {

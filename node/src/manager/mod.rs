@@ -95,7 +95,7 @@ pub struct Manager {
     /// Coalesces concurrent read-index requests.
     pub(crate) read_batch: ReadIndexBatch,
     /// Coalesces concurrent writes on the leader into one log entry.
-    pub(crate) group: group_commit::GroupCommit,
+    pub(crate) group: Arc<group_commit::GroupCommit>,
     /// The audit log of redemptions (group-committed).
     pub(crate) audit: audit::AuditLog,
     /// When each node last renewed its certificate through this leader.
@@ -186,7 +186,7 @@ impl Manager {
         let mut leader = self.wait_for_leader(LEADER_WAIT).await?;
         for _ in 0..3 {
             if leader.0 == self.id {
-                match self.group.write(&self.raft, cmd.clone()).await {
+                match self.group.commit(&self.raft, cmd.clone()).await {
                     Committed::Applied(r) => {
                         self.metrics.writes_local.inc();
                         return Ok(r);

@@ -8,9 +8,9 @@
 //!
 //! At most [`IN_FLIGHT`] batches are in flight; while they are, new writes queue, and the
 //! next caller to get a slot takes the whole queue (bounded in count and bytes). A lone
-//! write goes at once, as itself: no added latency. A write and its batch are committed on
-//! tasks of their own ([`GroupCommit::write`] is spawned by its callers): a caller that
-//! goes away cancels nobody else's write, and leaves none of its own queued for later.
+//! write goes at once, as itself: no added latency. Each write runs on a task of its own
+//! ([`GroupCommit::commit`]), which commits the batch it takes: a caller that goes away
+//! cancels nobody else's write, and leaves none of its own queued for later.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -101,11 +101,10 @@ impl GroupCommit {
                         drop(permit);
                         return rx.await.unwrap_or_else(|_| Committed::Failed("the write's batch was dropped".into()));
                     }
-                    let raft = raft.clone();
-                    tokio::spawn(async move {
-                        commit(&raft, batch).await;
-                        drop(permit);
-                    });
+                    // This task is already the write's own ([`GroupCommit::commit`]): it
+                    // commits the batch itself; other callers take the other slot.
+                    commit(raft, batch).await;
+                    drop(permit);
                 }
             }
         }

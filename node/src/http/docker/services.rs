@@ -8,6 +8,7 @@
 //! beside every local user, not in a container's private mount as in Swarm (whose default,
 //! 0444, every `docker service create` sends).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use axum::extract::{Path, RawQuery, State};
@@ -227,22 +228,27 @@ pub(crate) fn task_template(m: &Manager, rec: &ServiceRecord) -> Result<Value, A
     Ok(spec.get("TaskTemplate").cloned().unwrap_or(Value::Null))
 }
 
-fn shape(m: &Manager, rec: ServiceRecord, with_status: bool) -> Result<Service, ApiError> {
+/// Tasks running per service: placed on a ready node, desired running. Read once per list.
+fn running_tasks(m: &Manager) -> Result<BTreeMap<String, u64>, ApiError> {
+    let ready: BTreeSet<u64> =
+        m.reader.nodes()?.into_iter().filter(|n| !n.removed && n.status == NodeStatus::Ready).map(|n| n.id).collect();
+    let mut out = BTreeMap::new();
+    for t in m.reader.tasks()?.into_iter().filter(|t| t.desired == TaskState::Running) {
+        if t.node_id.is_some_and(|n| ready.contains(&n)) {
+            *out.entry(t.service_id).or_default() += 1;
+        }
+    }
+    Ok(out)
+}
+
+fn shape(m: &Manager, rec: ServiceRecord, running: Option<&BTreeMap<String, u64>>) -> Result<Service, ApiError> {
     let runtime = m.reader.service_runtime(&rec.id)?;
     let spec = render_spec(m, &rec, runtime.as_ref())?;
-    let service_status = if with_status {
-        let mut running = 0;
-        for t in m.reader.tasks()?.into_iter().filter(|t| t.service_id == rec.id && t.desired == TaskState::Running) {
-            let ready = match t.node_id {
-                Some(n) => m.reader.node(n)?.is_some_and(|n| !n.removed && n.status == NodeStatus::Ready),
-                None => false,
-            };
-            running += u64::from(ready);
-        }
-        Some(ServiceStatus { running_tasks: running, desired_tasks: u64::from(rec.spec.replicas), completed_tasks: 0 })
-    } else {
-        None
-    };
+    let service_status = running.map(|r| ServiceStatus {
+        running_tasks: r.get(&rec.id).copied().unwrap_or(0),
+        desired_tasks: u64::from(rec.spec.replicas),
+        completed_tasks: 0,
+    });
     Ok(Service {
         id: rec.id,
         version: ObjectVersion { index: rec.spec_version },
@@ -289,6 +295,7 @@ pub async fn list(State(m): S, _o: Operator, RawQuery(q): RawQuery) -> Result<Js
     let f = query_filters(&q, &["id", "name", "label", "mode"])?;
     let with_status = query_flag(&q, "status");
     m.linearizable().await?;
+    let running = if with_status { Some(running_tasks(&m)?) } else { None };
     let mut out = Vec::new();
     for s in m.reader.services()? {
         let keep = f.prefix("id", &s.id)
@@ -296,7 +303,7 @@ pub async fn list(State(m): S, _o: Operator, RawQuery(q): RawQuery) -> Result<Js
             && f.labels("label", &s.spec.labels)
             && f.exact("mode", "replicated");
         if keep {
-            out.push(shape(&m, s, with_status)?);
+            out.push(shape(&m, s, running.as_ref())?);
         }
     }
     Ok(Json(out))
@@ -308,7 +315,7 @@ pub async fn list(State(m): S, _o: Operator, RawQuery(q): RawQuery) -> Result<Js
 pub async fn inspect(State(m): S, _o: Operator, Path(key): Path<String>) -> Result<Json<Service>, ApiError> {
     m.linearizable().await?;
     let s = lookup(&m, &key)?;
-    Ok(Json(shape(&m, s, false)?))
+    Ok(Json(shape(&m, s, None)?))
 }
 
 /// The whole new spec, based on `?version=` (the service's `Version.Index`).

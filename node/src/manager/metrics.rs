@@ -5,6 +5,7 @@
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::manager::error::OpError;
@@ -34,6 +35,20 @@ pub struct Metrics {
     last_snapshot_age: Gauge,
     autolock: Gauge,
     locked: Gauge,
+    /// The index of the last snapshot this manager holds (built here or installed from
+    /// the leader).
+    snapshot_index: Gauge,
+    /// The last log index purged here (the log starts after it).
+    purged_index: Gauge,
+    /// Scheduling passes, whole (reading, planning and committing the decisions).
+    pub scheduler_pass: Histogram,
+    /// Of each pass, reading the state and planning (no commits).
+    pub scheduler_plan: Histogram,
+}
+
+/// 0.25 ms to about 8 s, doubling.
+fn pass_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
 }
 
 impl Default for Metrics {
@@ -60,6 +75,10 @@ impl Default for Metrics {
             last_snapshot_age: Gauge::default(),
             autolock: Gauge::default(),
             locked: Gauge::default(),
+            snapshot_index: Gauge::default(),
+            purged_index: Gauge::default(),
+            scheduler_pass: pass_buckets(),
+            scheduler_plan: pass_buckets(),
         };
         r.register("writes_local", "Commands this manager committed as leader", m.writes_local.clone());
         r.register("writes_forwarded", "Commands this manager forwarded to the leader", m.writes_forwarded.clone());
@@ -76,6 +95,18 @@ impl Default for Metrics {
         r.register("workers_down", "Workers marked down", m.workers_down.clone());
         r.register("snapshots_written", "Scheduled snapshots written by this manager", m.snapshots_ok.clone());
         r.register("snapshots_failed", "Scheduled snapshots this manager failed to write", m.snapshots_failed.clone());
+        r.register("raft_snapshot_index", "Last log index in this manager's snapshot", m.snapshot_index.clone());
+        r.register("raft_purged_index", "Last log index purged from this manager's log", m.purged_index.clone());
+        r.register(
+            "scheduler_pass_seconds",
+            "Scheduling passes on the leader: reading, planning and committing",
+            m.scheduler_pass.clone(),
+        );
+        r.register(
+            "scheduler_plan_seconds",
+            "Of each scheduling pass, reading the state and planning",
+            m.scheduler_plan.clone(),
+        );
         r.register("autolock", "1 when autolock is on", m.autolock.clone());
         r.register(
             "locked",
@@ -105,6 +136,8 @@ pub fn render(m: &Manager) -> Result<String, OpError> {
     x.applied_index.set(gauge(raft.last_applied.map(|l| l.index)));
     x.committed_index.set(gauge(m.reader.committed()?.map(|l| l.index)));
     x.is_leader.set(i64::from(m.is_leader()));
+    x.snapshot_index.set(gauge(raft.snapshot.map(|l| l.index)));
+    x.purged_index.set(gauge(raft.purged.map(|l| l.index)));
     x.voters.set(gauge(Some(raft.membership_config.membership().voter_ids().count() as u64)));
     let workers: Vec<_> = m.reader.nodes()?.into_iter().filter(|n| n.role == NodeRole::Worker && !n.removed).collect();
     x.workers_ready.set(gauge(Some(workers.iter().filter(|n| n.status == NodeStatus::Ready).count() as u64)));

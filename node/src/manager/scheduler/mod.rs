@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coffer_api::time::now_millis;
-use coffer_raft_store::model::{ApplyError, Command};
+use coffer_raft_store::model::{Applied, ApplyError, Command};
 use coffer_raft_store::{NodeId, StoreError};
 use tracing::Instrument;
 
@@ -73,10 +73,12 @@ pub(crate) async fn run(m: Arc<Manager>) {
         let pass = tracing::debug_span!("scheduling_pass", node_id = %NodeHex(m.id), term);
         // A pass waits on commits, which never come without a quorum: shutdown must not
         // wait for it.
+        let started = Instant::now();
         let outcome = tokio::select! {
             _ = m.shutdown.cancelled() => return,
             r = reconcile(&m).instrument(pass) => r,
         };
+        m.metrics.scheduler_pass.observe(started.elapsed().as_secs_f64());
         if let Err(e) = outcome {
             match &e {
                 ScheduleError::Store(_) => tracing::error!(error = %e, "scheduling pass stopped; the next one retries"),
@@ -93,12 +95,25 @@ pub(crate) async fn run(m: Arc<Manager>) {
 const TICK: Duration = Duration::from_millis(250);
 const SPACING: Duration = Duration::from_millis(50);
 
-/// Commits one decision on this manager, as leader. Never forwarded.
-async fn decide(m: &Manager, cmd: Command) -> Result<(), ScheduleError> {
-    match m.raft.client_write(cmd).await {
-        Ok(r) => Ok(r.data.0.map(|_| ())?),
-        Err(e) => Err(ScheduleError::NotLeading(e.to_string())),
-    }
+/// Decisions per log entry: a pass that places a thousand tasks commits a few entries, not
+/// a thousand one after the other.
+const DECISIONS_PER_ENTRY: usize = 256;
+
+/// Commits decisions on this manager, as leader, in order, as one entry; each has its own
+/// outcome. Never forwarded.
+async fn decide(m: &Manager, cmds: &[Command]) -> Result<Vec<Result<Applied, ApplyError>>, ScheduleError> {
+    let cmd = match cmds {
+        [one] => one.clone(),
+        many => Command::Batch(many.to_vec()),
+    };
+    let applied = match m.raft.client_write(cmd).await {
+        Ok(r) => r.data.0,
+        Err(e) => return Err(ScheduleError::NotLeading(e.to_string())),
+    };
+    Ok(match applied {
+        Ok(Applied::Batch(each)) if cmds.len() > 1 => each,
+        one => vec![one],
+    })
 }
 
 /// One pass: read the state, plan, commit the plan in order.
@@ -117,6 +132,7 @@ pub(crate) async fn reconcile(m: &Manager) -> Result<(), ScheduleError> {
     let window = Duration::from_millis(
         cluster.settings.worker_heartbeat_ms.saturating_mul(u64::from(cluster.settings.worker_missed_heartbeats)),
     );
+    let planning = Instant::now();
     let services = m.reader.services()?;
     // The newest version of each secret a service references (not of every secret: a
     // pass must not cost more with 10 000 secrets than with 10).
@@ -131,30 +147,40 @@ pub(crate) async fn reconcile(m: &Manager) -> Result<(), ScheduleError> {
     let state = plan::PlanState { nodes: m.reader.nodes()?, services, tasks: m.reader.tasks()?, latest };
     let alive = |node| m.liveness.alive(node, window);
     let commands = plan::plan(&state, &alive, now_millis(), &mut crate::local::ids::new_id);
+    m.metrics.scheduler_plan.observe(planning.elapsed().as_secs_f64());
     let placed_before: HashMap<&str, Option<NodeId>> = state.tasks.iter().map(|t| (t.id.as_str(), t.node_id)).collect();
-    for cmd in commands {
-        match &cmd {
-            Command::UpdateNode { id, status, .. } => {
-                let (id, status) = (*id, *status);
-                match decide(m, cmd).await {
-                    Ok(()) => tracing::info!(node_id = %NodeHex(id), ?status, "worker status changed"),
-                    // Removed meanwhile: nothing to mark. A task the plan put on it is
-                    // refused below and the next pass places it elsewhere.
-                    Err(ScheduleError::Refused(e)) => {
-                        tracing::debug!(node_id = %NodeHex(id), error = %e, "status not changed")
-                    }
-                    Err(e) => return Err(e),
+    let mut refused = None;
+    for chunk in commands.chunks(DECISIONS_PER_ENTRY) {
+        for cmd in chunk {
+            match cmd {
+                Command::PutTask(t) if placed_before.get(t.id.as_str()) != Some(&t.node_id) => {
+                    tracing::info!(task = %t.id, service = %t.service_id, slot = t.slot, node = ?t.node_id.map(NodeHex), "task placed")
                 }
-                continue;
+                Command::PutTask(t) => tracing::debug!(task = %t.id, slot = t.slot, "task updated"),
+                Command::RemoveTask { id } => tracing::info!(task = %id, "task removed"),
+                _ => {}
             }
-            Command::PutTask(t) if placed_before.get(t.id.as_str()) != Some(&t.node_id) => {
-                tracing::info!(task = %t.id, service = %t.service_id, slot = t.slot, node = ?t.node_id.map(NodeHex), "task placed")
-            }
-            Command::PutTask(t) => tracing::debug!(task = %t.id, slot = t.slot, "task updated"),
-            Command::RemoveTask { id } => tracing::info!(task = %id, "task removed"),
-            _ => {}
         }
-        decide(m, cmd).await?;
+        // Each decision is checked by the state machine on its own: one refused (a service
+        // removed meanwhile) changes nothing and holds back none of the others, and the
+        // next pass plans again from what was committed.
+        for (cmd, outcome) in chunk.iter().zip(decide(m, chunk).await?) {
+            match (cmd, outcome) {
+                (Command::UpdateNode { id, status, .. }, Ok(_)) => {
+                    tracing::info!(node_id = %NodeHex(*id), ?status, "worker status changed")
+                }
+                // Removed meanwhile: nothing to mark. A task the plan put on it is refused
+                // too, and the next pass places it elsewhere.
+                (Command::UpdateNode { id, .. }, Err(e)) => {
+                    tracing::debug!(node_id = %NodeHex(*id), error = %e, "status not changed")
+                }
+                (_, Err(e)) => refused = Some(e),
+                (_, Ok(_)) => {}
+            }
+        }
     }
-    Ok(())
+    match refused {
+        Some(e) => Err(ScheduleError::Refused(e)),
+        None => Ok(()),
+    }
 }

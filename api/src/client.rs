@@ -274,6 +274,11 @@ impl Client {
         self.get("/v1/cluster/digest").await
     }
 
+    /// Builds a Raft snapshot on this manager now and purges its log up to it.
+    pub async fn compact(&self) -> Result<crate::cluster::Compacted, ClientError> {
+        self.post("/v1/cluster/compact", &()).await
+    }
+
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClientError> {
         self.get::<NodeList>("/v1/nodes").await.map(|l| l.nodes)
     }

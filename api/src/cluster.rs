@@ -184,6 +184,17 @@ pub struct StateDigestInfo {
     pub records: u64,
 }
 
+/// `POST /v1/cluster/compact`: this manager built a Raft snapshot of its applied state and
+/// purged its log up to it (but for the last `raft.keep_after_snapshot` entries).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Compacted {
+    pub node_id: u64,
+    /// The last log index the snapshot holds.
+    pub snapshot_index: u64,
+    /// The last log index purged (none if the log was too short to purge anything).
+    pub purged_index: Option<u64>,
+}
+
 /// `POST /v1/admins`: issue (or re-issue) an admin credential for an operator's key. The
 /// key stays with the operator: only its CSR is sent. Re-issuing a name replaces the
 /// certificate the cluster accepts for it.

@@ -1,4 +1,5 @@
-//! `coffer cluster status|unlock|unlock-key|update`: the cluster as a whole, and autolock.
+//! `coffer cluster status|unlock|unlock-key|update|compact`: the cluster as a whole,
+//! autolock, and compacting every manager's log.
 //!
 //! The unlock key is read from standard input or typed at a prompt that does not echo;
 //! never from an argument, which every local user could read in the process list.
@@ -33,6 +34,9 @@ pub(crate) enum ClusterCmd {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Build a Raft snapshot on every manager now and purge their logs up to it: a manager
+    /// added next catches up from the snapshot instead of replaying the log.
+    Compact,
     /// Cluster-wide settings.
     Update {
         /// Turn autolock on (a new unlock key is printed, once) or off.
@@ -96,10 +100,43 @@ pub(crate) async fn cluster(cmd: ClusterCmd, opts: &ClientOpts) -> Result<(), Cl
             let k = opts.client()?.rotate_unlock_key().await?;
             print_key(&k, quiet, opts.format)
         }
+        ClusterCmd::Compact => compact(opts).await,
         ClusterCmd::Update { autolock, quiet } => {
             let enabled = autolock.unwrap_or(false);
             let k = opts.client()?.set_autolock(enabled).await?;
             print_key(&k, quiet, opts.format)
         }
+    }
+}
+
+/// Every member in turn (each keeps its own log); one that fails is reported and the others
+/// are still compacted.
+async fn compact(opts: &ClientOpts) -> Result<(), CliError> {
+    let client = opts.client()?;
+    let members = client.status().await?.members;
+    let mut done = Vec::new();
+    let mut failed = None;
+    for member in &members {
+        match client.at(&member.addr).compact().await {
+            Ok(c) => {
+                if opts.format != Format::Json {
+                    let purged =
+                        c.purged_index.map_or("nothing purged".to_string(), |p| format!("log purged up to {p}"));
+                    println!("{:016x} ({}): snapshot at {}, {purged}", c.node_id, member.addr, c.snapshot_index);
+                }
+                done.push(c);
+            }
+            Err(e) => {
+                eprintln!("{:016x} ({}): {e}", member.id, member.addr);
+                failed = Some(e);
+            }
+        }
+    }
+    if opts.format == Format::Json {
+        print_json(&done)?;
+    }
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
     }
 }

@@ -8,8 +8,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use coffer_api::cluster::{
-    Availability, ClusterStatus, JoinTokenResponse, NodeInfo, NodeList, NodeRole as WireRole, NodeUpdate, RaftRole,
-    StateDigestInfo,
+    Availability, ClusterStatus, Compacted, JoinTokenResponse, NodeInfo, NodeList, NodeRole as WireRole, NodeUpdate,
+    RaftRole, StateDigestInfo,
 };
 use coffer_api::error::{CodedError, ErrorBody};
 use std::collections::BTreeMap;
@@ -36,6 +36,15 @@ pub async fn digest(State(m): S, _a: AdminCaller) -> Result<Json<StateDigestInfo
         .map_err(|e| ApiError::internal("computing the state digest", e))??;
     let sha256 = d.sha256.iter().map(|b| format!("{b:02x}")).collect();
     Ok(Json(StateDigestInfo { node_id: m.id, applied_index: d.applied_index, sha256, records: d.records }))
+}
+
+#[utoipa::path(post, operation_id = "compactLog", path = "/v1/cluster/compact", tag = "cluster", responses((status = 200, body = Compacted), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
+/// Builds a Raft snapshot on this manager now and purges its log up to it (each manager
+/// keeps its own log: `coffer cluster compact` asks every member).
+pub async fn compact(State(m): S, _a: AdminCaller) -> Result<Json<Compacted>, ApiError> {
+    let done = crate::manager::compaction::compact_now(&m).await?;
+    tracing::info!(snapshot_index = done.snapshot_index, purged_index = ?done.purged_index, "log compacted on request");
+    Ok(Json(done))
 }
 
 #[utoipa::path(get, operation_id = "clusterStatus", path = "/v1/cluster/status", tag = "cluster", responses((status = 200, body = ClusterStatus), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]

@@ -15,7 +15,7 @@ use crate::http::{admins, autolock, docker, events, nodes, secrets, services, sn
         services::create, services::list, services::inspect, services::update, services::remove,
         tokens::create, tokens::list, tokens::revoke,
         worker::service_tasks, worker::assignments, worker::heartbeat, worker::grants, worker::redeem,
-        nodes::status, nodes::digest, nodes::list_nodes, nodes::inspect_node, nodes::update_node, nodes::remove_node,
+        nodes::status, nodes::digest, nodes::compact, nodes::list_nodes, nodes::inspect_node, nodes::update_node, nodes::remove_node,
         nodes::promote, nodes::demote, nodes::rotate_token,
         admins::issue, admins::list, admins::revoke,
         snapshot::save,

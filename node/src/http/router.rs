@@ -45,6 +45,7 @@ pub fn router(m: Arc<Manager>) -> Router {
         .route("/v1/renew", post(join::renew))
         .route("/v1/cluster/status", get(nodes::status))
         .route("/v1/cluster/digest", get(nodes::digest))
+        .route("/v1/cluster/compact", post(nodes::compact))
         .route("/v1/nodes", get(nodes::list_nodes))
         .route("/v1/nodes/{id}", get(nodes::inspect_node).patch(nodes::update_node).delete(nodes::remove_node))
         .route("/v1/nodes/{id}/promote", post(nodes::promote))

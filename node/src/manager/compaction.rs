@@ -8,10 +8,18 @@
 //! (`COFFER_BENCH_GROWTH`). Sized to the state, the snapshot work a write carries is
 //! constant, and the log kept between snapshots replays into a state no smaller than
 //! itself. openraft's own policy is off (`SnapshotPolicy::Never`); this task triggers.
+//!
+//! An operator can also compact at once ([`compact_now`], `coffer cluster compact`): before
+//! adding a manager (which then catches up from the snapshot instead of replaying the
+//! whole log), or to bound a log that grew through large batches.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use coffer_api::cluster::Compacted;
+use coffer_api::error::ErrorCode;
+
+use crate::manager::error::OpError;
 use crate::manager::Manager;
 
 /// How long to wait for a triggered snapshot before asking again.
@@ -51,6 +59,63 @@ pub(crate) async fn run(m: Arc<Manager>) {
             return;
         }
         waiting = Some((snapshot, Instant::now()));
+    }
+}
+
+/// How long a built snapshot's purge may take to show before [`compact_now`] answers with
+/// what it sees (the leader keeps entries a lagging follower still needs).
+const PURGE_WAIT: Duration = Duration::from_secs(2);
+
+/// Builds a snapshot of everything applied here now, and waits until it is built (and,
+/// briefly, until the log up to it is purged).
+///
+/// # Errors
+/// `unavailable` when the snapshot cannot be triggered or is not built within a minute.
+pub async fn compact_now(m: &Manager) -> Result<Compacted, OpError> {
+    let mut metrics = m.raft.metrics();
+    let applied = metrics.borrow().last_applied.map(|l| l.index).unwrap_or(0);
+    m.raft
+        .trigger()
+        .snapshot()
+        .await
+        .map_err(|e| OpError::new(ErrorCode::Unavailable, format!("cannot build a snapshot now: {e}")))?;
+    let keep = m.config.raft.keep_after_snapshot;
+    let mut deadline = Instant::now() + PATIENCE;
+    let mut built = false;
+    loop {
+        {
+            let x = metrics.borrow_and_update();
+            let snapshot = x.snapshot.map(|l| l.index).unwrap_or(0);
+            let purged = x.purged.map(|l| l.index);
+            if snapshot >= applied {
+                let out = Compacted { node_id: m.id, snapshot_index: snapshot, purged_index: purged };
+                if purged.unwrap_or(0) + keep >= snapshot {
+                    return Ok(out);
+                }
+                if !built {
+                    built = true;
+                    deadline = Instant::now() + PURGE_WAIT;
+                }
+            }
+        }
+        match tokio::time::timeout_at(deadline.into(), metrics.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(OpError::new(ErrorCode::Unavailable, "this manager is shutting down")),
+            Err(_) if built => {
+                let x = metrics.borrow();
+                return Ok(Compacted {
+                    node_id: m.id,
+                    snapshot_index: x.snapshot.map(|l| l.index).unwrap_or(0),
+                    purged_index: x.purged.map(|l| l.index),
+                });
+            }
+            Err(_) => {
+                return Err(OpError::new(
+                    ErrorCode::Unavailable,
+                    format!("the snapshot was not built within {} s", PATIENCE.as_secs()),
+                ))
+            }
+        }
     }
 }
 

@@ -101,6 +101,57 @@ async fn a_manager_that_missed_purged_entries_catches_up_by_snapshot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_cluster_compact_a_new_manager_catches_up_from_the_snapshot() {
+    let tuning = ["--raft-keep-after-snapshot", "0"];
+    let mut c = Cluster::start(bin(), 3, &tuning).await.expect("cluster");
+    let admin = c.admin(0);
+    for i in 0..20 {
+        admin.create_secret(&format!("before-{i}"), b"v", Default::default()).await.expect("create");
+    }
+    let applied = admin.status().await.expect("status").applied_index.expect("applied");
+
+    // Only an admin may compact: not a token, not a worker, not anonymous.
+    let ca = std::fs::read_to_string(c.client_dir().join("ca.pem")).expect("ca");
+    let ro = admin.create_api_token("ro", coffer_api::tokens::TokenScope::ReadOnly).await.expect("token");
+    let ro = coffer_api::client::Client::with_token(&ca, &ro.token, &c.managers[0].addr).expect("client");
+    // A token is no cluster credential at all (as for `/v1/nodes`).
+    assert_eq!(ro.compact().await.expect_err("token").code(), Some(ErrorCode::Unauthenticated));
+    let anon = coffer_api::client::Client::with_tls(&ca, None, &c.managers[0].addr).expect("client");
+    assert_eq!(anon.compact().await.expect_err("anonymous").code(), Some(ErrorCode::Unauthenticated));
+    let w = coffer_tests::raw_worker(&c, &c.tokens.worker).await;
+    assert_eq!(w.clients[0].compact().await.expect_err("worker").code(), Some(ErrorCode::PermissionDenied));
+
+    let out =
+        coffer_tests::coffer(bin(), &["cluster", "compact", "--format", "json"], &c.managers[0].addr, &c.client_dir());
+    assert!(out.status.success(), "cluster compact failed: {}", String::from_utf8_lossy(&out.stderr));
+    let done: Vec<coffer_api::cluster::Compacted> = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(done.len(), 3, "every manager compacted: {done:?}");
+    for d in &done {
+        assert!(d.snapshot_index >= applied, "a snapshot older than what was applied: {d:?}");
+        assert_eq!(d.purged_index, Some(d.snapshot_index), "with nothing kept, the log is purged up to it: {d:?}");
+    }
+
+    // The log no longer starts at 1: a new manager can only catch up from the snapshot.
+    let dir = c.root.path().join("m4");
+    let m4 = ManagerProc::join(bin(), &dir, &c.tokens.manager, &c.managers[1].addr, &tuning).expect("join");
+    let fourth = coffer_api::client::Client::from_dir(&c.client_dir(), &m4.addr).expect("client");
+    eventually("the new manager to hold every secret", DEADLINE, || async {
+        let names = fourth.secrets().await.ok()?;
+        (names.len() == 20).then_some(())
+    })
+    .await
+    .expect("caught up");
+    assert!(m4.log().contains("installed snapshot"), "the new manager replayed the log instead:\n{}", m4.log());
+    c.managers.push(m4);
+    // And the cluster goes on: a write after the compaction is everywhere.
+    admin.create_secret("after", b"v", Default::default()).await.expect("create after");
+    let fourth = coffer_api::client::Client::from_dir(&c.client_dir(), &c.managers[3].addr).expect("client");
+    eventually("the write after to reach the new manager", DEADLINE, || async { fourth.secret("after").await.ok() })
+        .await
+        .expect("replicated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managers_are_demoted_promoted_and_the_last_one_is_kept() {
     let c = Cluster::start(bin(), 3, &[]).await.expect("cluster");
     let admin = c.admin(0);

@@ -56,6 +56,9 @@ pub(crate) mod values;
 /// How long an operation waits for a leader to be known before it reports `unavailable`.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a leader keeps asking its quorum to confirm a read index that came back
+/// unconfirmed (followers that answered late) before the read fails as `unavailable`.
+const READ_INDEX_PATIENCE: Duration = Duration::from_secs(2);
 /// A running manager. Handlers get it as their state.
 pub struct Manager {
     pub(crate) raft: Raft<TypeConfig>,
@@ -250,13 +253,29 @@ impl Manager {
         if leader.0 != self.id {
             return self.remote_read_index(&leader).await;
         }
-        match self.raft.get_read_log_id().await {
-            Ok((read, _applied)) => Ok(read.map(|l| l.index)),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                let l = self.forward_target(f).await?;
-                self.remote_read_index(&l).await
+        let deadline = tokio::time::Instant::now() + READ_INDEX_PATIENCE;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match self.raft.get_read_log_id().await {
+                Ok((read, _applied)) => return Ok(read.map(|l| l.index)),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                    let l = self.forward_target(f).await?;
+                    return self.remote_read_index(&l).await;
+                }
+                // openraft gives each follower one heartbeat interval (100 ms) to confirm;
+                // a follower busy appending a burst of writes on a loaded machine can take
+                // longer. A round confirmed too late is not a lost leadership: ask again,
+                // for a while. (Under 500 MB of sustained writes, one such round failed a
+                // rotation with 503 before this.)
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))
+                    if tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tracing::debug!(error = %e, "read index not confirmed in time; asking again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err(e) => return Err(OpError::unavailable(format!("read index: {e}"))),
             }
-            Err(e) => Err(OpError::unavailable(format!("read index: {e}"))),
         }
     }
 

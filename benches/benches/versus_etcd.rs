@@ -14,7 +14,10 @@
 //! (`COFFER_BENCH_SECS` measured per point, default 10; `COFFER_BENCH_WARMUP` 2;
 //! `COFFER_BENCH_REPS` 3; `COFFER_BENCH_GROWTH=N`: instead, 64 clients create N secrets
 //! and the rate and p99 are printed per window of 10 000, to see whether a write's cost
-//! grows with the state; `COFFER_BENCH_MANAGER_ARGS` adds flags to every manager).
+//! grows with the state; `COFFER_BENCH_MEMORY=MB`: instead, both write MB MiB of 4 KiB
+//! values (Coffer: new versions of 1 000 secrets; etcd: puts to 1 000 keys) and each
+//! member's RSS and data dir size are printed; `COFFER_BENCH_MANAGER_ARGS` adds flags to
+//! every manager).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -186,6 +189,7 @@ async fn load(
 
 struct Etcd {
     children: Vec<Child>,
+    data_dirs: Vec<PathBuf>,
     _dir: tempfile::TempDir,
     target: Target,
 }
@@ -276,7 +280,8 @@ async fn start_etcd(bin: &Path) -> anyhow::Result<Etcd> {
     })
     .await?;
     members.swap(0, leader);
-    Ok(Etcd { children, _dir: dir, target: Target { name: "etcd", tls, members } })
+    let data_dirs = (0..3).map(|i| dir.path().join(format!("e{i}.data"))).collect();
+    Ok(Etcd { children, data_dirs, _dir: dir, target: Target { name: "etcd", tls, members } })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -312,6 +317,116 @@ const POINTS: &[Point] = &[
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse::<f64>().ok()))
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn dir_mib(dir: &Path) -> f64 {
+    fn walk(p: &Path) -> u64 {
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => {
+                std::fs::read_dir(p).map(|rd| rd.filter_map(Result::ok).map(|e| walk(&e.path())).sum()).unwrap_or(0)
+            }
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        }
+    }
+    walk(dir) as f64 / (1 << 20) as f64
+}
+
+/// 64 clients write `mb` MiB of 4 KiB values, as new versions of 1 000 secrets (Coffer)
+/// or puts to 1 000 keys (etcd); then each member's RSS, at once and after 10 s at rest.
+async fn memory(t: &Target, procs: &[(u32, PathBuf)], mb: u64) -> anyhow::Result<()> {
+    const VALUE: usize = 4096;
+    const KEYS: u64 = 1000;
+    let total = mb * (1 << 20) / VALUE as u64;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let value = b64.encode(vec![b'm'; VALUE]);
+    let http = t.client();
+    for k in 0..KEYS {
+        let resp = if t.name == "coffer" {
+            http.post(format!("{}/v1/secrets", t.members[0]))
+                .json(&serde_json::json!({"name": format!("m{k}"), "data": value}))
+                .send()
+                .await?
+        } else {
+            http.post(format!("{}/v3/kv/put", t.members[0]))
+                .json(&serde_json::json!({"key": b64.encode(format!("m{k}")), "value": value}))
+                .send()
+                .await?
+        };
+        anyhow::ensure!(resp.status().is_success(), "seeding {}: {}", t.name, resp.status());
+    }
+    let before: Vec<f64> = procs.iter().map(|(p, _)| rss_mib(*p)).collect();
+    let next = Arc::new(AtomicU64::new(KEYS));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (t, next, value) = (t.clone(), next.clone(), value.clone());
+        tasks.push(tokio::spawn(async move {
+            let http = t.client();
+            let base = &t.members[0];
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    break;
+                }
+                let key = format!("m{}", n % KEYS);
+                let resp = if t.name == "coffer" {
+                    http.post(format!("{base}/v1/secrets/{key}/rotate"))
+                        .json(&serde_json::json!({"data": value}))
+                        .send()
+                        .await?
+                } else {
+                    http.post(format!("{base}/v3/kv/put"))
+                        .json(&serde_json::json!({
+                            "key": base64::engine::general_purpose::STANDARD.encode(&key),
+                            "value": value
+                        }))
+                        .send()
+                        .await?
+                };
+                let status = resp.status();
+                let body = resp.bytes().await?;
+                anyhow::ensure!(
+                    status.is_success(),
+                    "{} answered {status} to write {n}: {}",
+                    t.name,
+                    String::from_utf8_lossy(&body)
+                );
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let took = start.elapsed().as_secs_f64();
+    let after: Vec<f64> = procs.iter().map(|(p, _)| rss_mib(*p)).collect();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    println!(
+        "== {}: {mb} MiB as {total} writes of 4 KiB to {KEYS} keys, 64 clients, {:.0} s ({:.0}/s) ==",
+        t.name,
+        took,
+        total as f64 / took
+    );
+    println!("{:>8} {:>12} {:>12} {:>14} {:>12}", "member", "RSS before", "RSS after", "RSS +10 s", "data dir");
+    for (i, (pid, dir)) in procs.iter().enumerate() {
+        println!(
+            "{i:>8} {:>9.0} MiB {:>8.0} MiB {:>10.0} MiB {:>8.0} MiB",
+            before[i],
+            after[i],
+            rss_mib(*pid),
+            dir_mib(dir)
+        );
+    }
+    Ok(())
 }
 
 async fn growth(t: &Target, total: u64) -> anyhow::Result<()> {
@@ -376,6 +491,28 @@ fn main() -> anyhow::Result<()> {
                 None
             }
         };
+        if let Ok(mb) = std::env::var("COFFER_BENCH_MEMORY").map(|v| v.parse::<u64>().unwrap_or(500)) {
+            let coffer_procs: Vec<(u32, PathBuf)> = c.managers.iter().map(|m| (m.pid(), m.dir.clone())).collect();
+            if let Err(e) = memory(&coffer, &coffer_procs, mb).await {
+                // What the managers said about it, before their directories go.
+                for m in &c.managers {
+                    let log = m.log();
+                    let notable: Vec<&str> =
+                        log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+                    eprintln!("--- manager {:x}: {} warnings and errors, the last 20:", m.id, notable.len());
+                    for l in notable.iter().rev().take(20).rev() {
+                        eprintln!("{l}");
+                    }
+                }
+                return Err(e);
+            }
+            if let Some(e) = &etcd {
+                let procs: Vec<(u32, PathBuf)> =
+                    e.children.iter().zip(&e.data_dirs).map(|(c, d)| (c.id(), d.clone())).collect();
+                memory(&e.target, &procs, mb).await?;
+            }
+            return Ok(());
+        }
         let mut targets = vec![coffer.clone()];
         if let Some(e) = &etcd {
             targets.push(e.target.clone());

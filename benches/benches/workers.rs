@@ -11,9 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coffer_api::services::{SecretRefSpec, ServiceCreate};
 use coffer_api::worker::{GrantList, GrantRequest, RedeemRequest, Redeemed};
-use coffer_tests::{eventually, raw_worker, Cluster, DEADLINE};
+use coffer_tests::{eventually, raw_worker, service_of, Cluster, DEADLINE};
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -22,28 +21,11 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
 }
 
-fn svc(name: &str, replicas: u32, secret: &str, constraints: Vec<String>) -> ServiceCreate {
-    ServiceCreate {
-        name: name.into(),
-        replicas: Some(replicas),
-        constraints,
-        secrets: vec![SecretRefSpec {
-            source: secret.into(),
-            target: Some("value".into()),
-            uid: None,
-            gid: None,
-            mode: None,
-            version: None,
-        }],
-        labels: BTreeMap::new(),
-    }
-}
-
 async fn rotations(c: &Cluster, n: usize) -> anyhow::Result<Vec<Duration>> {
     let workers = c.start_workers(3, &[]).await?;
     let admin = c.admin(0);
     admin.create_secret("rotating", b"v0", BTreeMap::new()).await?;
-    admin.create_service(&svc("rot", 3, "rotating", vec![])).await?;
+    admin.create_service(&service_of("rot", 3, "rotating", vec![])).await?;
     let file = |w: &coffer_tests::WorkerProc| {
         std::fs::read_dir(&w.secrets)
             .ok()
@@ -89,7 +71,7 @@ async fn redemptions(
     let w = raw_worker(c, &token).await;
     let name = format!("grant-{}", w.id);
     admin.create_secret(&name, &[7u8; 64], BTreeMap::new()).await?;
-    admin.create_service(&svc(&name, 1, &name, vec![format!("node.id=={}", w.id)])).await?;
+    admin.create_service(&service_of(&name, 1, &name, vec![format!("node.id=={}", w.id)])).await?;
     let task = eventually("the task", DEADLINE, || async {
         admin.service_tasks(&name).await.ok()?.into_iter().find(|t| t.node_id == Some(w.id)).map(|t| t.task_id)
     })

@@ -362,6 +362,30 @@ impl Drop for ManagerProc {
     }
 }
 
+/// A service of `replicas` tasks, each given `secret` as its file `value` (the benchmarks'
+/// shape).
+pub fn service_of(
+    name: &str,
+    replicas: u32,
+    secret: &str,
+    constraints: Vec<String>,
+) -> coffer_api::services::ServiceCreate {
+    coffer_api::services::ServiceCreate {
+        name: name.into(),
+        replicas: Some(replicas),
+        constraints,
+        secrets: vec![coffer_api::services::SecretRefSpec {
+            source: secret.into(),
+            target: Some("value".into()),
+            uid: None,
+            gid: None,
+            mode: None,
+            version: None,
+        }],
+        labels: Default::default(),
+    }
+}
+
 /// A cluster of manager processes under one temporary directory.
 #[derive(Debug)]
 pub struct Cluster {

@@ -7,6 +7,13 @@ use std::time::{Duration, Instant};
 
 use coffer_raft_store::NodeId;
 
+/// Which workers counted as alive at one moment (see [`Liveness::alive_now`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Alive {
+    unseen: bool,
+    seen: Vec<NodeId>,
+}
+
 /// Heartbeats seen by this manager while it leads.
 #[derive(Debug, Default)]
 pub(crate) struct Liveness {
@@ -36,6 +43,16 @@ impl Liveness {
 
     pub(super) fn leading_term(&self) -> Option<u64> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).leading.map(|(t, _)| t)
+    }
+
+    /// Who counts as alive now: whether a worker never heard from is (the window a new
+    /// leader gives everyone), and those heard from within `window`, sorted.
+    pub(super) fn alive_now(&self, window: Duration) -> Alive {
+        let s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let unseen = s.leading.is_some_and(|(_, at)| at.elapsed() <= window);
+        let mut seen: Vec<NodeId> = s.seen.iter().filter(|(_, t)| t.elapsed() <= window).map(|(n, _)| *n).collect();
+        seen.sort_unstable();
+        Alive { unseen, seen }
     }
 
     pub(super) fn alive(&self, node: NodeId, window: Duration) -> bool {

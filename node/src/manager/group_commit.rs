@@ -119,38 +119,29 @@ fn failed(e: RaftError<NodeId, ClientWriteError<NodeId, ManagerNode>>) -> Commit
 }
 
 async fn commit(raft: &openraft::Raft<TypeConfig>, batch: Vec<Waiting>) {
-    let (mut cmds, txs): (Vec<Command>, Vec<oneshot::Sender<Committed>>) = batch.into_iter().unzip();
-    if cmds.len() == 1 {
-        let cmd = cmds.remove(0);
-        let out = match raft.client_write(cmd).await {
+    let (cmds, txs): (Vec<Command>, Vec<oneshot::Sender<Committed>>) = batch.into_iter().unzip();
+    for (tx, out) in txs.into_iter().zip(commit_all(raft, cmds).await) {
+        let _ = tx.send(out);
+    }
+}
+
+/// Commits `cmds` in order as one log entry (a lone command as itself, a [`Command::Batch`]
+/// otherwise) on this manager's Raft, which must lead: one outcome per command. Also the
+/// scheduler's way to commit a pass's decisions.
+pub(crate) async fn commit_all(raft: &openraft::Raft<TypeConfig>, mut cmds: Vec<Command>) -> Vec<Committed> {
+    let n = cmds.len();
+    if n <= 1 {
+        let Some(cmd) = cmds.pop() else { return Vec::new() };
+        return vec![match raft.client_write(cmd).await {
             Ok(r) => Committed::Applied(r.data.0),
             Err(e) => failed(e),
-        };
-        for tx in txs {
-            let _ = tx.send(out.clone());
-        }
-        return;
+        }];
     }
-    let n = cmds.len();
     match raft.client_write(Command::Batch(cmds)).await {
         Ok(r) => match r.data.0 {
-            Ok(Applied::Batch(results)) if results.len() == n => {
-                for (tx, r) in txs.into_iter().zip(results) {
-                    let _ = tx.send(Committed::Applied(r));
-                }
-            }
-            other => {
-                let why = Committed::Failed(format!("a batch of {n} was answered {other:?}"));
-                for tx in txs {
-                    let _ = tx.send(why.clone());
-                }
-            }
+            Ok(Applied::Batch(results)) if results.len() == n => results.into_iter().map(Committed::Applied).collect(),
+            other => vec![Committed::Failed(format!("a batch of {n} was answered {other:?}")); n],
         },
-        Err(e) => {
-            let out = failed(e);
-            for tx in txs {
-                let _ = tx.send(out.clone());
-            }
-        }
+        Err(e) => vec![failed(e); n],
     }
 }

@@ -18,6 +18,7 @@ use tracing::Instrument;
 
 use crate::local::ids::NodeHex;
 use crate::manager::error::OpError;
+use crate::manager::group_commit::{commit_all, Committed};
 use crate::manager::Manager;
 
 mod liveness;
@@ -134,18 +135,15 @@ const DECISIONS_PER_ENTRY: usize = 256;
 /// Commits decisions on this manager, as leader, in order, as one entry; each has its own
 /// outcome. Never forwarded.
 async fn decide(m: &Manager, cmds: &[Command]) -> Result<Vec<Result<Applied, ApplyError>>, ScheduleError> {
-    let cmd = match cmds {
-        [one] => one.clone(),
-        many => Command::Batch(many.to_vec()),
-    };
-    let applied = match m.raft.client_write(cmd).await {
-        Ok(r) => r.data.0,
-        Err(e) => return Err(ScheduleError::NotLeading(e.to_string())),
-    };
-    Ok(match applied {
-        Ok(Applied::Batch(each)) if cmds.len() > 1 => each,
-        one => vec![one],
-    })
+    commit_all(&m.raft, cmds.to_vec())
+        .await
+        .into_iter()
+        .map(|c| match c {
+            Committed::Applied(r) => Ok(r),
+            Committed::NotLeader(f) => Err(ScheduleError::NotLeading(f.to_string())),
+            Committed::Failed(e) => Err(ScheduleError::NotLeading(e)),
+        })
+        .collect()
 }
 
 /// One pass: read the state, plan, commit the plan in order.

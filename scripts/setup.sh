@@ -39,5 +39,14 @@ if ! command -v docker >/dev/null 2>&1; then
     || $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null
 fi
 
+# The workers' container runtime is tested on the local engine (tests/tests/it/runtime.rs)
+# with an image made from Debian's static busybox: no registry is reachable.
+if ! dpkg -s busybox-static >/dev/null 2>&1; then
+  echo "setup: installing busybox-static (the container runtime's test image)" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
+fi
+
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/coffer/target}"
 mkdir -p "$CARGO_TARGET_DIR"

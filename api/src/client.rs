@@ -18,7 +18,9 @@ use crate::secrets::{SecretCreate, SecretInfo, SecretLabels, SecretList, SecretR
 use crate::services::{ServiceCreate, ServiceInfo, ServiceList, ServiceUpdate};
 use crate::tls::{self, StaticCert};
 use crate::tokens::{ApiTokenCreate, ApiTokenCreated, ApiTokenList, TokenScope};
-use crate::worker::{Assignment, Grant, GrantList, GrantRequest, HeartbeatReply, RedeemRequest, Redeemed};
+use crate::worker::{
+    Assignment, Grant, GrantList, GrantRequest, HeartbeatReply, RedeemRequest, Redeemed, StatusRecorded, StatusReport,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -471,6 +473,11 @@ impl Client {
 
     pub async fn redeem(&self, grant: Grant) -> Result<Redeemed, ClientError> {
         self.post("/v1/worker/redeem", &RedeemRequest { grant }).await
+    }
+
+    /// Reports the states of this worker's tasks.
+    pub async fn report_status(&self, report: &StatusReport) -> Result<StatusRecorded, ClientError> {
+        self.post("/v1/worker/status", report).await
     }
 
     /// A new certificate for this node's CSR (managers and workers).

@@ -38,6 +38,8 @@ pub enum ErrorCode {
     /// The changes asked for (`/v1/events?since=`) are no longer kept on this manager:
     /// relist, then resume from a later index.
     Gone,
+    /// This caller sent more than its share of a bounded kind of request: slow down.
+    TooManyRequests,
 }
 
 impl ErrorCode {
@@ -57,6 +59,7 @@ impl ErrorCode {
             ErrorCode::NotLeader => 421,
             ErrorCode::Internal => 500,
             ErrorCode::Gone => 410,
+            ErrorCode::TooManyRequests => 429,
         }
     }
 }

@@ -36,7 +36,7 @@ const MAX_HOSTNAME: usize = 253;
 
 /// Whether `c` is a control character or one that reorders text (bidi overrides and
 /// isolates, marks): either can make a listing print something other than what is stored.
-fn is_unsafe_char(c: char) -> bool {
+pub fn is_unsafe_char(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
@@ -291,6 +291,141 @@ impl Constraint {
     }
 }
 
+// -- what a service runs ----------------------------------------------------------------
+
+/// Where a container sees its task's secrets directory unless the service says otherwise.
+pub const DEFAULT_SECRETS_MOUNT: &str = "/run/secrets";
+const MAX_IMAGE: usize = 255;
+const MAX_RUN_WORDS: usize = 256;
+const MAX_RUN_WORD: usize = 4096;
+
+/// Signals a service may ask for on a secret change (Linux's, by name).
+const SIGNALS: &[&str] = &[
+    "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2", "PIPE", "ALRM", "TERM",
+    "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG", "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO",
+    "PWR", "SYS",
+];
+
+/// What a running container is told when one of its secrets changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretChangeAction {
+    /// Nothing: the file is replaced in place, and the program reads it again itself.
+    Nothing,
+    /// A signal, by its full name (`SIGHUP`).
+    Signal(String),
+    Restart,
+}
+
+impl std::fmt::Display for SecretChangeAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Nothing => f.write_str("none"),
+            Self::Restart => f.write_str("restart"),
+            Self::Signal(s) => write!(f, "signal={s}"),
+        }
+    }
+}
+
+/// Parses `none`, `restart` or `signal=NAME` (`SIGHUP` or `HUP`).
+pub fn parse_on_secret_change(text: &str) -> Result<SecretChangeAction, RuleError> {
+    match text {
+        "none" => return Ok(SecretChangeAction::Nothing),
+        "restart" => return Ok(SecretChangeAction::Restart),
+        _ => {}
+    }
+    let bad = || {
+        RuleError::invalid(format!(
+            "on-secret-change {:?} is not one of none, restart, signal=NAME (such as signal=SIGHUP)",
+            truncate(text)
+        ))
+    };
+    let name = text.strip_prefix("signal=").ok_or_else(bad)?;
+    let bare = name.strip_prefix("SIG").unwrap_or(name);
+    if SIGNALS.contains(&bare) {
+        Ok(SecretChangeAction::Signal(format!("SIG{bare}")))
+    } else {
+        Err(RuleError::invalid(format!("signal {:?} is not a Linux signal name such as SIGHUP", truncate(name))))
+    }
+}
+
+/// An image reference as the local engine names it: no spaces or control characters.
+pub fn image(i: &str) -> Result<(), RuleError> {
+    let ok = !i.is_empty()
+        && i.len() <= MAX_IMAGE
+        && !i.starts_with('-')
+        && i.bytes().all(|c| c.is_ascii_graphic() && !matches!(c, b'"' | b'\'' | b'\\'));
+    if ok {
+        Ok(())
+    } else {
+        Err(RuleError::invalid(format!("image {:?} is not an image reference (such as busybox:1.36)", truncate(i))))
+    }
+}
+
+/// A command, its arguments or an environment: at most 256 words of up to 4 KiB, no NUL.
+fn run_words(what: &str, words: &[String]) -> Result<(), RuleError> {
+    if words.len() > MAX_RUN_WORDS {
+        return Err(RuleError::invalid(format!("{what}: at most {MAX_RUN_WORDS} entries")));
+    }
+    if let Some(w) = words.iter().find(|w| w.len() > MAX_RUN_WORD || w.contains('\0')) {
+        return Err(RuleError::invalid(format!(
+            "{what}: entry {:?} is longer than 4 KiB or holds a NUL byte",
+            truncate(w)
+        )));
+    }
+    Ok(())
+}
+
+/// Environment entries: `KEY=VALUE`, with a key of letters, digits and `_` not starting
+/// with a digit.
+pub fn env(entries: &[String]) -> Result<(), RuleError> {
+    run_words("env", entries)?;
+    for e in entries {
+        let key = e.split_once('=').map(|(k, _)| k).unwrap_or_default();
+        let ok = !key.is_empty()
+            && !key.starts_with(|c: char| c.is_ascii_digit())
+            && key.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
+        if !ok {
+            // The value may be a credential: name the key only.
+            return Err(RuleError::invalid(format!("env entry with key {:?} is not KEY=VALUE", truncate(key))));
+        }
+    }
+    Ok(())
+}
+
+/// Where a container sees its secrets: an absolute path, not `/`, without `..`.
+pub fn secrets_mount(p: &str) -> Result<(), RuleError> {
+    let ok = p.starts_with('/')
+        && p.len() > 1
+        && p.len() <= MAX_TARGET
+        && !p.chars().any(is_unsafe_char)
+        && p.split('/').skip(1).all(|part| !part.is_empty() && part != "." && part != "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(RuleError::invalid(format!(
+            "secrets mount {:?} is not an absolute path in the container (such as /run/secrets)",
+            truncate(p)
+        )))
+    }
+}
+
+/// Every rule of what a service runs.
+pub fn run_spec(r: &crate::services::RunSpec) -> Result<(), RuleError> {
+    if let Some(i) = &r.image {
+        image(i)?;
+    }
+    run_words("command", &r.command)?;
+    run_words("args", &r.args)?;
+    env(&r.env)?;
+    if let Some(m) = &r.secrets_mount {
+        secrets_mount(m)?;
+    }
+    if let Some(c) = &r.on_secret_change {
+        parse_on_secret_change(c)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,6 +526,31 @@ mod tests {
             "a==b==c",
         ] {
             assert!(Constraint::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn what_a_service_runs_is_checked() {
+        assert_eq!(parse_on_secret_change("signal=HUP").expect("valid"), SecretChangeAction::Signal("SIGHUP".into()));
+        assert_eq!(parse_on_secret_change("signal=SIGUSR1").expect("valid").to_string(), "signal=SIGUSR1");
+        assert_eq!(parse_on_secret_change("restart").expect("valid"), SecretChangeAction::Restart);
+        assert_eq!(parse_on_secret_change("none").expect("valid"), SecretChangeAction::Nothing);
+        for bad in ["signal=", "signal=SIGFOO", "reload", "signal=9", ""] {
+            assert!(parse_on_secret_change(bad).is_err(), "{bad}");
+        }
+        assert!(image("busybox:1.36").is_ok() && image("localhost/a/b@sha256:00").is_ok());
+        for bad in ["", "a b", "-rm", "x\ny", "a\"b"] {
+            assert!(image(bad).is_err(), "{bad}");
+        }
+        assert!(env(&["A=1".into(), "_B_2=".into()]).is_ok());
+        for bad in ["=1", "1A=x", "A-B=1", "NOEQUALS"] {
+            assert!(env(&[bad.into()]).is_err(), "{bad}");
+        }
+        let e = env(&["BAD KEY=hunter2".into()]).expect_err("invalid");
+        assert!(!e.message.contains("hunter2"), "{e}");
+        assert!(secrets_mount("/run/secrets").is_ok() && secrets_mount("/etc/app/keys").is_ok());
+        for bad in ["/", "run/secrets", "/run/../etc", "/run//x", "/run/"] {
+            assert!(secrets_mount(bad).is_err(), "{bad}");
         }
     }
 }

@@ -41,6 +41,41 @@ pub struct ServiceCreate {
     pub secrets: Vec<SecretRefSpec>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// What each task runs on workers with a container runtime (`--runtime docker`); without
+    /// an image, workers write the task's files only.
+    #[serde(default, flatten)]
+    pub run: RunSpec,
+}
+
+/// What a service's tasks run, for workers with a container runtime.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunSpec {
+    /// The container image, as the local engine knows it (no registry is asked).
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Replaces the image's entrypoint.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Replaces the image's command (its arguments).
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// `KEY=VALUE` environment entries.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Where the container sees the task's secrets directory (read-only); defaults to
+    /// `/run/secrets`.
+    #[serde(default)]
+    pub secrets_mount: Option<String>,
+    /// What a running container is told when one of its secrets changes: `none` (the file
+    /// is replaced in place; the default), `signal=SIGHUP` (any signal name), or `restart`.
+    #[serde(default)]
+    pub on_secret_change: Option<String>,
+}
+
+impl RunSpec {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// `PATCH /v1/services/{service}`: what to change; absent fields stay as they are.
@@ -59,6 +94,31 @@ pub struct ServiceUpdate {
     /// Secret names whose references are removed.
     #[serde(default)]
     pub secret_rm: Vec<String>,
+    /// Replaces the image (an empty string removes it: files only).
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub args: Option<Vec<String>>,
+    #[serde(default)]
+    pub env: Option<Vec<String>>,
+    #[serde(default)]
+    pub secrets_mount: Option<String>,
+    #[serde(default)]
+    pub on_secret_change: Option<String>,
+}
+
+impl ServiceUpdate {
+    /// Whether the update changes what the service runs.
+    pub fn changes_run(&self) -> bool {
+        self.image.is_some()
+            || self.command.is_some()
+            || self.args.is_some()
+            || self.env.is_some()
+            || self.secrets_mount.is_some()
+            || self.on_secret_change.is_some()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -89,6 +149,21 @@ pub struct ServiceInfo {
     /// The same instant in RFC 3339 (UTC).
     #[serde(default)]
     pub updated_at: String,
+    /// What its tasks run; absent for a service of files only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunInfo>,
+}
+
+/// What a service's tasks run, as stored (defaults filled in).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunInfo {
+    pub image: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub secrets_mount: String,
+    /// `none`, `restart` or `signal=NAME`.
+    pub on_secret_change: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

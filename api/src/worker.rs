@@ -24,6 +24,61 @@ pub struct AssignedTask {
     pub service_name: String,
     pub slot: u32,
     pub secrets: Vec<AssignedSecret>,
+    /// What the task runs, for a worker with a container runtime; absent: files only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<crate::services::RunInfo>,
+}
+
+/// What a worker observes of one of its tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum TaskRunState {
+    /// Placed; the worker has not reported on it yet, or prepares it.
+    Pending,
+    /// Its files are in place and its container is being started.
+    Starting,
+    /// Its container runs.
+    Running,
+    /// Its files are in place and nothing runs here (no image, or a worker without a
+    /// container runtime).
+    Ready,
+    /// Its container exited with `code`; the worker restarts it after a backoff.
+    Exited { code: i64 },
+    /// The worker could not prepare or start it.
+    Failed { message: String },
+}
+
+impl std::fmt::Display for TaskRunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Pending => f.write_str("pending"),
+            Self::Starting => f.write_str("starting"),
+            Self::Running => f.write_str("running"),
+            Self::Ready => f.write_str("ready"),
+            Self::Exited { code } => write!(f, "exited {code}"),
+            Self::Failed { message } => write!(f, "failed: {message}"),
+        }
+    }
+}
+
+/// One task's state, as its worker sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TaskStatusEntry {
+    pub task_id: String,
+    pub status: TaskRunState,
+}
+
+/// `POST /v1/worker/status`: the states of the worker's tasks (those that changed, or all).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StatusReport {
+    pub tasks: Vec<TaskStatusEntry>,
+}
+
+/// The answer to a [`StatusReport`]: how many states changed (a report of an unchanged
+/// state, or about a task no longer on the worker, changes nothing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StatusRecorded {
+    pub changed: usize,
 }
 
 /// `GET /v1/worker/assignments?since=FINGERPRINT`: the worker's full assignment set,
@@ -109,6 +164,16 @@ pub struct TaskInfo {
     /// The same instant in RFC 3339 (UTC).
     #[serde(default)]
     pub updated_at: String,
+    /// What its worker last reported (`pending` until it does).
+    #[serde(default = "pending")]
+    pub status: TaskRunState,
+    /// When its worker reported it; absent while `pending` without a report.
+    #[serde(default)]
+    pub status_at_ms: Option<u64>,
+}
+
+fn pending() -> TaskRunState {
+    TaskRunState::Pending
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -29,7 +29,7 @@ use crate::trust::join::Joiner;
 use crate::worker::Worker;
 
 pub use crate::manager::init::InitSummary;
-pub use crate::worker::WorkerSettings;
+pub use crate::worker::{RuntimeKind, WorkerSettings};
 
 /// Binds `addr` (port 0 picks one).
 ///
@@ -293,7 +293,8 @@ pub async fn join_worker(
 /// # Errors
 /// A data dir that is not a worker's, or whose credentials do not open.
 pub async fn restart_worker(data_dir: DataDir, shutdown: CancellationToken) -> anyhow::Result<RunningWorker> {
-    let worker = Worker::open(data_dir)?;
+    let mut worker = Worker::open(data_dir)?;
+    worker.connect_runtime().await?;
     let (identity, settings) = (worker.identity.clone(), worker.settings.clone());
     let done = tokio::spawn(worker.run(shutdown));
     Ok(RunningWorker { identity, settings, done })

@@ -63,12 +63,12 @@ impl<'a> Txn<'a> {
                 self.changed(Secret, Update, id, None)
             }
             Command::RemoveSecret { id } => self.changed(Secret, Remove, id, None),
-            Command::CreateService { id, name, .. } | Command::CreateServiceWithRuntime { id, name, .. } => {
-                self.changed(Service, Create, id, Some(name))
-            }
-            Command::UpdateService { id, .. } | Command::UpdateServiceWithRuntime { id, .. } => {
-                self.changed(Service, Update, id, None)
-            }
+            Command::CreateService { id, name, .. }
+            | Command::CreateServiceWithRuntime { id, name, .. }
+            | Command::CreateServiceWithOptions { id, name, .. } => self.changed(Service, Create, id, Some(name)),
+            Command::UpdateService { id, .. }
+            | Command::UpdateServiceWithRuntime { id, .. }
+            | Command::UpdateServiceWithOptions { id, .. } => self.changed(Service, Update, id, None),
             Command::RemoveService { id } => self.changed(Service, Remove, id, None),
             Command::RemoveTask { id } => self.changed(Task, Remove, id, None),
             Command::RemoveNode { id, .. } => self.changed(Node, Remove, &id.to_string(), None),
@@ -239,6 +239,38 @@ impl<'a> Txn<'a> {
                 }
                 applied
             }
+            Command::CreateServiceWithOptions { id, name, spec, runtime, options, at } => {
+                let applied = self.create_service(id, name, spec, *at)?;
+                if applied.is_ok() {
+                    self.put(keys::service_runtime(id), runtime)?;
+                    self.put(keys::service_options(id), options)?;
+                }
+                applied
+            }
+            Command::UpdateServiceWithOptions { id, expected_version, spec, runtime, options, at } => {
+                let applied = self.update_service(id, *expected_version, spec, *at)?;
+                if applied.is_ok() {
+                    self.put(keys::service_runtime(id), runtime)?;
+                    self.put(keys::service_options(id), options)?;
+                }
+                applied
+            }
+            Command::ReportTaskStatus { node, reports, at } => {
+                for (task_id, state) in reports {
+                    let Some(task) = self.get::<TaskRecord>(&keys::task(task_id))? else { continue };
+                    if task.node_id != Some(*node) || task.desired != TaskState::Running {
+                        continue;
+                    }
+                    let old = self.get::<TaskStatusRecord>(&keys::task_status(task_id))?;
+                    if old.as_ref().is_some_and(|o| o.node_id == *node && o.state == *state) {
+                        continue;
+                    }
+                    let rec = TaskStatusRecord { node_id: *node, state: state.clone(), at: *at };
+                    self.put(keys::task_status(task_id), &rec)?;
+                    self.changed(ChangeKind::Task, ChangeAction::Update, task_id, None);
+                }
+                done
+            }
             Command::RemoveService { id } => {
                 let Some(svc) = self.get::<ServiceRecord>(&keys::service(id))? else {
                     return Ok(not_found(ObjectKind::Service, id));
@@ -246,8 +278,10 @@ impl<'a> Txn<'a> {
                 self.delete(keys::service(id));
                 self.delete(keys::service_name(&svc.name));
                 self.delete(keys::service_runtime(id));
+                self.delete(keys::service_options(id));
                 for (key, task) in self.scan::<TaskRecord>(keys::TASK)? {
                     if task.service_id == *id {
+                        self.delete(keys::task_status(&task.id));
                         if let Some(n) = task.node_id {
                             self.delete(keys::node_task(n, &task.id));
                         }
@@ -275,6 +309,13 @@ impl<'a> Txn<'a> {
                 if let Some(old) = old.and_then(|t| t.node_id) {
                     self.delete(keys::node_task(old, &task.id));
                 }
+                // A status is what the task's node said: it goes when the task moves.
+                if self
+                    .get::<TaskStatusRecord>(&keys::task_status(&task.id))?
+                    .is_some_and(|s| Some(s.node_id) != task.node_id)
+                {
+                    self.delete(keys::task_status(&task.id));
+                }
                 if let Some(n) = task.node_id {
                     self.put(keys::node_task(n, &task.id), &())?;
                 }
@@ -289,6 +330,7 @@ impl<'a> Txn<'a> {
                     self.delete(keys::node_task(n, id));
                 }
                 self.delete(keys::task(id));
+                self.delete(keys::task_status(id));
                 done
             }
             Command::UpdateNode { id, status, availability, cert_serial, at } => {

@@ -20,6 +20,8 @@ pub(crate) const ADMIN: &[u8] = b"admin/";
 pub(crate) const RETIRING_CERT: &[u8] = b"retiring-cert/";
 pub(crate) const UNLOCK_GEN: &[u8] = b"unlock-gen/";
 pub(crate) const SERVICE_RUNTIME: &[u8] = b"service-runtime/";
+pub(crate) const SERVICE_OPTIONS: &[u8] = b"service-options/";
+pub(crate) const TASK_STATUS: &[u8] = b"task-status/";
 
 fn join(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + rest.len());
@@ -59,6 +61,14 @@ pub(crate) fn service(id: &str) -> Vec<u8> {
 
 pub(crate) fn service_runtime(id: &str) -> Vec<u8> {
     join(SERVICE_RUNTIME, id.as_bytes())
+}
+
+pub(crate) fn service_options(id: &str) -> Vec<u8> {
+    join(SERVICE_OPTIONS, id.as_bytes())
+}
+
+pub(crate) fn task_status(id: &str) -> Vec<u8> {
+    join(TASK_STATUS, id.as_bytes())
 }
 
 pub(crate) fn service_name(name: &str) -> Vec<u8> {

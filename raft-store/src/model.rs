@@ -181,6 +181,53 @@ pub struct ServiceRuntime {
     pub docker_spec: Option<String>,
 }
 
+/// What a service's running containers are told when one of their secrets changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OnSecretChange {
+    /// Nothing: the file is replaced in place and the program reads it again itself.
+    #[default]
+    Nothing,
+    /// This signal (a name such as `SIGHUP`) is sent to the container.
+    Signal(String),
+    /// The container is restarted.
+    Restart,
+}
+
+/// Coffer's own options for what a service runs (Docker's are in [`ServiceRuntime`]).
+/// Stored apart from it, whose encoding older logs fix.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeOptions {
+    /// Where a container sees its task's secrets directory; `/run/secrets` when `None`.
+    pub secrets_mount: Option<String>,
+    pub on_secret_change: OnSecretChange,
+}
+
+/// What a worker last reported of a task it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ObservedState {
+    /// The worker has the task and prepares it (grants, files).
+    Pending,
+    /// Its files are in place and its container is being created or started.
+    Starting,
+    /// Its container runs.
+    Running,
+    /// Its files are in place and nothing is to run here (no image, or a worker without a
+    /// container runtime: an external orchestrator runs it).
+    Ready,
+    /// Its container exited with this code; the worker restarts it after a backoff.
+    Exited(i64),
+    /// The worker could not prepare or start it (the engine's or the host's message).
+    Failed(String),
+}
+
+/// A task's last reported state, by the node it was placed on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStatusRecord {
+    pub node_id: NodeId,
+    pub state: ObservedState,
+    pub at: Millis,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceRecord {
     pub id: String,
@@ -391,6 +438,32 @@ pub enum Command {
     /// applied in order, each with its own outcome ([`Applied::Batch`]); a refused one
     /// changes nothing and holds back none of the others.
     Batch(Vec<Command>),
+    /// `CreateServiceWithRuntime`, with Coffer's runtime options, in one commit. Appended
+    /// after `Batch`, so that entries of older logs keep their encoding.
+    CreateServiceWithOptions {
+        id: String,
+        name: String,
+        spec: ServiceSpec,
+        runtime: ServiceRuntime,
+        options: RuntimeOptions,
+        at: Millis,
+    },
+    /// `UpdateServiceWithRuntime`, replacing Coffer's runtime options too, in one commit.
+    UpdateServiceWithOptions {
+        id: String,
+        expected_version: u64,
+        spec: ServiceSpec,
+        runtime: ServiceRuntime,
+        options: RuntimeOptions,
+        at: Millis,
+    },
+    /// What worker `node` observes of its tasks. A report about a task that is not placed
+    /// on `node` (any more) is skipped: a worker reports only on its own tasks.
+    ReportTaskStatus {
+        node: NodeId,
+        reports: Vec<(String, ObservedState)>,
+        at: Millis,
+    },
 }
 
 impl Command {
@@ -412,6 +485,8 @@ impl Command {
                 | Command::RemoveService { .. }
                 | Command::CreateServiceWithRuntime { .. }
                 | Command::UpdateServiceWithRuntime { .. }
+                | Command::CreateServiceWithOptions { .. }
+                | Command::UpdateServiceWithOptions { .. }
                 | Command::PutTask(_)
                 | Command::RemoveTask { .. }
         )
@@ -447,6 +522,9 @@ impl Command {
             Command::CreateServiceWithRuntime { .. } => "create_service_with_runtime",
             Command::UpdateServiceWithRuntime { .. } => "update_service_with_runtime",
             Command::Batch(_) => "batch",
+            Command::CreateServiceWithOptions { .. } => "create_service_with_options",
+            Command::UpdateServiceWithOptions { .. } => "update_service_with_options",
+            Command::ReportTaskStatus { .. } => "report_task_status",
         }
     }
 }

@@ -107,6 +107,16 @@ impl StateReader {
         self.get(&keys::service_runtime(id))
     }
 
+    /// Coffer's runtime options of service `id`, if it was created or last updated with them.
+    pub fn service_options(&self, id: &str) -> Result<Option<RuntimeOptions>, StoreError> {
+        self.get(&keys::service_options(id))
+    }
+
+    /// What the worker of task `id` last reported of it, if it has since it was placed.
+    pub fn task_status(&self, id: &str) -> Result<Option<TaskStatusRecord>, StoreError> {
+        self.get(&keys::task_status(id))
+    }
+
     /// Watches the changes this manager applies, after `since` or from now.
     ///
     /// # Errors

@@ -509,39 +509,45 @@ async fn no_file_holds_a_secret_value_in_plaintext() {
 // ---------------------------------------------------------------------------------------
 // the per-node task index and the placement watch
 
+/// A ready worker node `id`.
+fn node(id: u64) -> Command {
+    use coffer_raft_store::model::{Availability, NodeRecord, NodeRole, NodeStatus};
+    Command::PutNode(NodeRecord {
+        id,
+        role: NodeRole::Worker,
+        hostname: format!("w{id}"),
+        addr: "0.0.0.0:0".into(),
+        availability: Availability::Active,
+        status: NodeStatus::Ready,
+        labels: BTreeMap::new(),
+        cert_serial: "00".into(),
+        grant_public_key: None,
+        removed: false,
+        joined_at: 1,
+        updated_at: 1,
+    })
+}
+
+/// Task `t1` of service `svc1`, placed on node `on`.
+fn task(on: u64) -> Command {
+    use coffer_raft_store::model::{TaskRecord, TaskState};
+    Command::PutTask(TaskRecord {
+        id: "t1".into(),
+        service_id: "svc1".into(),
+        slot: 0,
+        node_id: Some(on),
+        desired: TaskState::Running,
+        secret_versions: vec![],
+        spec_version: 1,
+        updated_at: 1,
+    })
+}
+
 #[tokio::test]
 async fn tasks_are_indexed_by_node_and_placement_changes_are_signalled() {
-    use coffer_raft_store::model::{Availability, NodeRecord, NodeRole, NodeStatus, TaskRecord, TaskState};
+    use coffer_raft_store::model::TaskRecord;
     let dir = TempDir::new().expect("tempdir");
     let mut store = open_at(dir.path()).expect("open");
-    let node = |id: u64| {
-        Command::PutNode(NodeRecord {
-            id,
-            role: NodeRole::Worker,
-            hostname: format!("w{id}"),
-            addr: "0.0.0.0:0".into(),
-            availability: Availability::Active,
-            status: NodeStatus::Ready,
-            labels: BTreeMap::new(),
-            cert_serial: "00".into(),
-            grant_public_key: None,
-            removed: false,
-            joined_at: 1,
-            updated_at: 1,
-        })
-    };
-    let task = |on: u64| {
-        Command::PutTask(TaskRecord {
-            id: "t1".into(),
-            service_id: "svc1".into(),
-            slot: 0,
-            node_id: Some(on),
-            desired: TaskState::Running,
-            secret_versions: vec![],
-            spec_version: 1,
-            updated_at: 1,
-        })
-    };
     let spec = ServiceSpec { replicas: 1, constraints: vec![], secrets: vec![], labels: BTreeMap::new() };
     let mut watch = store.reader.watch_placement();
     watch.borrow_and_update();
@@ -624,6 +630,64 @@ async fn what_a_service_runs_commits_with_its_spec_and_goes_with_it() {
     assert_eq!(store.reader.service_runtime("svc1").expect("read"), Some(runtime("nginx:2")), "survives reopen");
     store.state_machine.apply(vec![entry(5, Command::RemoveService { id: "svc1".into() })]).await.expect("apply");
     assert_eq!(store.reader.service_runtime("svc1").expect("read"), None);
+}
+
+#[tokio::test]
+async fn task_reports_stick_to_their_node_and_go_with_the_task() {
+    use coffer_raft_store::model::{ObservedState, OnSecretChange, RuntimeOptions, ServiceRuntime};
+    let dir = TempDir::new().expect("tempdir");
+    let mut store = open_at(dir.path()).expect("open");
+    let report = |from: u64, state: ObservedState, at| Command::ReportTaskStatus {
+        node: from,
+        reports: vec![("t1".into(), state), ("no-such-task".into(), ObservedState::Running)],
+        at,
+    };
+    let spec = ServiceSpec { replicas: 1, constraints: vec![], secrets: vec![], labels: BTreeMap::new() };
+    let options = RuntimeOptions {
+        secrets_mount: Some("/etc/app".into()),
+        on_secret_change: OnSecretChange::Signal("SIGHUP".into()),
+    };
+    let runtime = ServiceRuntime { image: Some("app:1".into()), ..Default::default() };
+    let create = Command::CreateServiceWithOptions {
+        id: "svc1".into(),
+        name: "api".into(),
+        spec,
+        runtime: runtime.clone(),
+        options: options.clone(),
+        at: 1,
+    };
+    store
+        .state_machine
+        .apply(vec![
+            entry(1, node(10)),
+            entry(2, node(20)),
+            entry(3, create),
+            entry(4, task(10)),
+            entry(5, report(10, ObservedState::Running, 5)),
+            // Another worker cannot speak for a task that is not its own.
+            entry(6, report(20, ObservedState::Failed("lies".into()), 6)),
+        ])
+        .await
+        .expect("apply");
+    assert_eq!(store.reader.service_options("svc1").expect("read"), Some(options));
+    assert_eq!(store.reader.service_runtime("svc1").expect("read"), Some(runtime));
+    let status = store.reader.task_status("t1").expect("read").expect("reported");
+    assert_eq!((status.node_id, status.state, status.at), (10, ObservedState::Running, 5));
+    assert_eq!(store.reader.task_status("no-such-task").expect("read"), None);
+
+    // The task moves: what the old node said goes; the new node's report counts.
+    store.state_machine.apply(vec![entry(7, task(20))]).await.expect("apply");
+    assert_eq!(store.reader.task_status("t1").expect("read"), None);
+    store.state_machine.apply(vec![entry(8, report(10, ObservedState::Exited(1), 8))]).await.expect("apply");
+    assert_eq!(store.reader.task_status("t1").expect("read"), None, "the old node's late report");
+    store.state_machine.apply(vec![entry(9, report(20, ObservedState::Exited(137), 9))]).await.expect("apply");
+    let status = store.reader.task_status("t1").expect("read").expect("reported");
+    assert_eq!((status.node_id, status.state), (20, ObservedState::Exited(137)));
+
+    // The service goes: its options and its tasks' states go with it.
+    store.state_machine.apply(vec![entry(10, Command::RemoveService { id: "svc1".into() })]).await.expect("apply");
+    assert_eq!(store.reader.task_status("t1").expect("read"), None);
+    assert_eq!(store.reader.service_options("svc1").expect("read"), None);
 }
 
 #[tokio::test]

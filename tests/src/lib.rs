@@ -383,6 +383,7 @@ pub fn service_of(
             version: None,
         }],
         labels: Default::default(),
+        run: Default::default(),
     }
 }
 

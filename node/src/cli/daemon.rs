@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 use crate::cli::output::{node_hex, print_json_line, Format};
 use crate::local::config::{ConfigFile, ManagerConfig};
 use crate::local::data_dir::DataDir;
-use crate::start::{self, InitSummary, WorkerSettings};
+use crate::start::{self, InitSummary, RuntimeKind, WorkerSettings};
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum ManagerCmd {
@@ -195,6 +195,30 @@ impl Tuning {
     }
 }
 
+/// What runs a worker's tasks.
+#[derive(clap::Args, Debug)]
+pub(crate) struct RuntimeArgs {
+    /// `none`: write each task's secret files only (an external orchestrator runs it);
+    /// `docker`: also run a container per task on the local Docker engine, with the task's
+    /// secrets mounted read-only (default at join: none).
+    #[arg(long, value_enum)]
+    runtime: Option<RuntimeKind>,
+    /// The Docker engine's socket (default /var/run/docker.sock).
+    #[arg(long, value_name = "PATH")]
+    docker_socket: Option<String>,
+}
+
+impl RuntimeArgs {
+    fn apply(self, settings: &mut WorkerSettings) {
+        if let Some(r) = self.runtime {
+            settings.runtime = r;
+        }
+        if let Some(s) = self.docker_socket {
+            settings.docker_socket = Some(s);
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub(crate) enum WorkerCmd {
     /// Join a cluster with a worker join token, and run.
@@ -218,11 +242,16 @@ pub(crate) enum WorkerCmd {
         /// The hostname to report (default: this machine's); unique among live nodes.
         #[arg(long)]
         hostname: Option<String>,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
     },
     /// Restart a worker from its data dir.
     Run {
         #[arg(long)]
         data_dir: PathBuf,
+        /// Changes the runtime recorded at join (remembered).
+        #[command(flatten)]
+        runtime: RuntimeArgs,
         /// A manager to try first (repeat for several): after a restore, point the worker
         /// at the new cluster's managers. Remembered.
         #[arg(long)]
@@ -335,18 +364,24 @@ pub(crate) async fn serve_until_stopped(running: start::RunningManager, format: 
 pub(crate) async fn worker(cmd: WorkerCmd, format: Format) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signal();
     let running = match cmd {
-        WorkerCmd::Join { data_dir, token, join, secrets_dir, insecure_disk, on_change, hostname } => {
+        WorkerCmd::Join { data_dir, token, join, secrets_dir, insecure_disk, on_change, hostname, runtime } => {
             let token = token.take()?;
-            let settings =
+            let mut settings =
                 WorkerSettings { hostname, ..WorkerSettings::new(secrets_dir, insecure_disk, on_change, &join) };
+            runtime.apply(&mut settings);
             let w = start::join_worker(DataDir::new(&data_dir), &token, &join, settings, shutdown).await?;
             eprintln!("joined as worker {}", node_hex(w.identity.node_id));
             w
         }
-        WorkerCmd::Run { data_dir, join } => {
+        WorkerCmd::Run { data_dir, join, runtime } => {
             let dir = DataDir::new(&data_dir);
             if !join.is_empty() {
                 start::point_worker_at(&dir, &join)?;
+            }
+            if runtime.runtime.is_some() || runtime.docker_socket.is_some() {
+                let mut settings = WorkerSettings::load(&dir)?;
+                runtime.apply(&mut settings);
+                settings.save(&dir)?;
             }
             start::restart_worker(dir, shutdown).await?
         }

@@ -3,7 +3,7 @@
 
 use clap::Subcommand;
 use coffer_api::rules;
-use coffer_api::services::{ServiceCreate, ServiceInfo, ServiceUpdate};
+use coffer_api::services::{RunSpec, ServiceCreate, ServiceInfo, ServiceUpdate};
 
 use crate::cli::exit::CliError;
 use crate::cli::output::{node_opt, print_json, resolve_node, Format};
@@ -22,8 +22,13 @@ pub(crate) enum ServiceCmd {
         secrets: Vec<String>,
         #[arg(long = "label", value_name = "K=V")]
         labels: Vec<String>,
+        #[command(flatten)]
+        run: RunArgs,
+        /// The container's command (its arguments), after `--`: `-- sleep 1d`.
+        #[arg(last = true, value_name = "ARG")]
+        args: Vec<String>,
     },
-    /// Change a service: add or remove secret references, replicas, constraints.
+    /// Change a service: add or remove secret references, replicas, constraints, what it runs.
     Update {
         service: String,
         #[arg(long = "secret-add", value_name = "SPEC")]
@@ -35,6 +40,11 @@ pub(crate) enum ServiceCmd {
         /// Replace the constraints (repeat for several).
         #[arg(long = "constraint", value_name = "EXPR")]
         constraints: Vec<String>,
+        #[command(flatten)]
+        run: RunArgs,
+        /// Replace the container's command (its arguments), after `--`.
+        #[arg(last = true, value_name = "ARG")]
+        args: Vec<String>,
     },
     Ls,
     Inspect {
@@ -48,6 +58,43 @@ pub(crate) enum ServiceCmd {
         #[arg(required = true)]
         services: Vec<String>,
     },
+}
+
+/// What a service's tasks run on workers with `--runtime docker`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct RunArgs {
+    /// The container image, as the workers' engines know it (images are not pulled). On
+    /// update, an empty value removes it (files only).
+    #[arg(long, value_name = "IMAGE")]
+    image: Option<String>,
+    /// The container's entrypoint, one word per flag: `--command sh --command -c`.
+    #[arg(long = "command", value_name = "WORD", allow_hyphen_values = true)]
+    command: Vec<String>,
+    /// An environment entry (repeat for several); on update, replaces them all.
+    #[arg(long = "env", value_name = "K=V")]
+    env: Vec<String>,
+    /// Where the container sees the task's secrets, read-only (default /run/secrets).
+    #[arg(long, value_name = "PATH")]
+    secrets_mount: Option<String>,
+    /// What the container is told when a secret changes: none (the file is replaced in
+    /// place), restart, or signal=NAME (such as signal=SIGHUP).
+    #[arg(long, value_name = "WHAT")]
+    on_secret_change: Option<String>,
+}
+
+impl RunArgs {
+    fn spec(self, args: Vec<String>) -> Result<RunSpec, CliError> {
+        let spec = RunSpec {
+            image: self.image,
+            command: self.command,
+            args,
+            env: self.env,
+            secrets_mount: self.secrets_mount,
+            on_secret_change: self.on_secret_change,
+        };
+        rules::run_spec(&RunSpec { image: spec.image.clone().filter(|i| !i.is_empty()), ..spec.clone() })?;
+        Ok(spec)
+    }
 }
 
 fn print_service_table(services: &[ServiceInfo]) {
@@ -92,19 +139,28 @@ pub(crate) async fn service(cmd: ServiceCmd, opts: &ClientOpts) -> Result<(), Cl
     let c = opts.client()?;
     let specs = |v: &[String]| v.iter().map(|s| rules::parse_secret_spec(s)).collect::<Result<Vec<_>, _>>();
     match cmd {
-        ServiceCmd::Create { name, replicas, constraints, secrets, labels } => {
+        ServiceCmd::Create { name, replicas, constraints, secrets, labels, run, args } => {
+            let run = run.spec(args)?;
             let req = ServiceCreate {
                 name,
                 replicas,
                 constraints: resolve_constraints(&c, constraints).await?,
                 secrets: specs(&secrets)?,
                 labels: rules::parse_labels(&labels)?,
+                run,
             };
             let s = c.create_service(&req).await?;
             println!("{}", s.id);
         }
-        ServiceCmd::Update { service, secret_add, secret_rm, replicas, constraints } => {
+        ServiceCmd::Update { service, secret_add, secret_rm, replicas, constraints, run, args } => {
+            let run = run.spec(args)?;
             let update = ServiceUpdate {
+                image: run.image,
+                command: Some(run.command).filter(|c| !c.is_empty()),
+                args: Some(run.args).filter(|a| !a.is_empty()),
+                env: Some(run.env).filter(|e| !e.is_empty()),
+                secrets_mount: run.secrets_mount,
+                on_secret_change: run.on_secret_change,
                 expected_version: None,
                 replicas,
                 constraints: if constraints.is_empty() {
@@ -131,16 +187,17 @@ pub(crate) async fn service(cmd: ServiceCmd, opts: &ClientOpts) -> Result<(), Cl
             if opts.format == Format::Json {
                 return print_json(&tasks);
             }
-            println!("{:<18} {:<5} {:<12}  {:<20} SECRET VERSIONS", "TASK", "SLOT", "NODE", "HOSTNAME");
+            println!("{:<18} {:<5} {:<12}  {:<20} {:<12} SECRET VERSIONS", "TASK", "SLOT", "NODE", "HOSTNAME", "STATE");
             for t in tasks {
                 let node = if t.node_id.is_some() { node_opt(t.node_id) } else { "(pending)".into() };
                 let versions: Vec<String> = t.secret_versions.iter().map(|(id, v)| format!("{id}@{v}")).collect();
                 println!(
-                    "{:<18} {:<5} {:<12}  {:<20} {}",
+                    "{:<18} {:<5} {:<12}  {:<20} {:<12} {}",
                     t.task_id,
                     t.slot,
                     node,
                     t.node_hostname.unwrap_or_default(),
+                    t.status.to_string(),
                     versions.join(",")
                 );
             }

@@ -21,10 +21,12 @@ pub(crate) mod nodes;
 pub(crate) mod openapi;
 pub(crate) mod raft;
 pub(crate) mod router;
+pub(crate) mod run;
 pub(crate) mod secrets;
 pub mod server;
 pub(crate) mod services;
 pub(crate) mod snapshot;
+pub(crate) mod task_status;
 pub(crate) mod tokens;
 pub(crate) mod worker;
 

@@ -4,7 +4,7 @@
 
 use utoipa::OpenApi;
 
-use crate::http::{admins, autolock, docker, events, nodes, secrets, services, snapshot, tokens, worker};
+use crate::http::{admins, autolock, docker, events, nodes, secrets, services, snapshot, task_status, tokens, worker};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -15,6 +15,7 @@ use crate::http::{admins, autolock, docker, events, nodes, secrets, services, sn
         services::create, services::list, services::inspect, services::update, services::remove,
         tokens::create, tokens::list, tokens::revoke,
         worker::service_tasks, worker::assignments, worker::heartbeat, worker::grants, worker::redeem,
+        task_status::report,
         nodes::status, nodes::digest, nodes::compact, nodes::list_nodes, nodes::inspect_node, nodes::update_node, nodes::remove_node,
         nodes::promote, nodes::demote, nodes::rotate_token,
         admins::issue, admins::list, admins::revoke,

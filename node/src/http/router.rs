@@ -18,7 +18,9 @@ use tracing::Instrument;
 
 use crate::http::auth::Caller;
 use crate::http::error::ApiError;
-use crate::http::{admins, autolock, health, join, nodes, raft, secrets, services, snapshot, tokens, worker};
+use crate::http::{
+    admins, autolock, health, join, nodes, raft, secrets, services, snapshot, task_status, tokens, worker,
+};
 use crate::local::ids::NodeHex;
 use crate::manager::Manager;
 use crate::trust::pki::Role;
@@ -63,6 +65,7 @@ pub fn router(m: Arc<Manager>) -> Router {
         .route("/v1/worker/heartbeat", post(worker::heartbeat))
         .route("/v1/worker/grants", post(worker::grants))
         .route("/v1/worker/redeem", post(worker::redeem))
+        .route("/v1/worker/status", post(task_status::report))
         .route("/v1/tokens", post(tokens::create).get(tokens::list))
         .route("/v1/tokens/{id}", delete(tokens::revoke))
         .route("/v1/admins", post(admins::issue).get(admins::list))

@@ -11,7 +11,9 @@ use axum::http::StatusCode;
 use axum::Json;
 use coffer_api::error::{ErrorBody, ErrorCode};
 use coffer_api::services::{SecretRefInfo, SecretRefSpec, ServiceCreate, ServiceInfo, ServiceList, ServiceUpdate};
-use coffer_raft_store::model::{Applied, ApplyError, Command, SecretRef, ServiceRecord, ServiceRuntime, ServiceSpec};
+use coffer_raft_store::model::{
+    Applied, ApplyError, Command, RuntimeOptions, SecretRef, ServiceRecord, ServiceRuntime, ServiceSpec,
+};
 
 use crate::http::error::ApiError;
 use coffer_api::error::CodedError;
@@ -108,6 +110,8 @@ pub(crate) fn info(m: &Manager, s: ServiceRecord) -> Result<ServiceInfo, ApiErro
             })
         })
         .collect::<Result<_, ApiError>>()?;
+    let run =
+        crate::http::run::info(m.reader.service_runtime(&s.id)?.as_ref(), m.reader.service_options(&s.id)?.as_ref());
     Ok(ServiceInfo {
         id: s.id,
         name: s.name,
@@ -120,6 +124,7 @@ pub(crate) fn info(m: &Manager, s: ServiceRecord) -> Result<ServiceInfo, ApiErro
         created_at: rfc3339(s.created_at),
         updated_at_ms: s.updated_at,
         updated_at: rfc3339(s.updated_at),
+        run,
     })
 }
 
@@ -154,6 +159,7 @@ pub(crate) async fn create_service(
     validate::replicas(replicas)?;
     validate::labels(&req.labels)?;
     check_constraints(&req.constraints)?;
+    let native = crate::http::run::from_spec(&req.run)?;
     m.linearizable().await?;
     let secrets = req.secrets.iter().map(|s| resolve(m, s)).collect::<Result<Vec<_>, _>>()?;
     check_targets(&secrets)?;
@@ -161,9 +167,12 @@ pub(crate) async fn create_service(
     let at = now_millis();
     let spec = ServiceSpec { replicas, constraints: req.constraints, secrets, labels: req.labels };
     let (name, spec2) = (req.name.clone(), spec.clone());
-    let cmd = match runtime {
-        Some(runtime) => Command::CreateServiceWithRuntime { id: id.clone(), name, spec: spec2, runtime, at },
-        None => Command::CreateService { id: id.clone(), name, spec: spec2, at },
+    let cmd = match (runtime, native) {
+        (Some(runtime), _) => Command::CreateServiceWithRuntime { id: id.clone(), name, spec: spec2, runtime, at },
+        (None, Some((runtime, options))) => {
+            Command::CreateServiceWithOptions { id: id.clone(), name, spec: spec2, runtime, options, at }
+        }
+        (None, None) => Command::CreateService { id: id.clone(), name, spec: spec2, at },
     };
     m.propose(cmd).await?;
     tracing::info!(service = %req.name, %id, "service created");
@@ -204,6 +213,8 @@ pub async fn update(
     if let Some(c) = &req.constraints {
         check_constraints(c)?;
     }
+    crate::http::run::check_update(&req)?;
+    let run = if req.changes_run() { RunChange::Native(&req) } else { RunChange::Keep };
     let change = |m: &Manager, current: &ServiceRecord, spec: &mut ServiceSpec| {
         if let Some(r) = req.replicas {
             spec.replicas = r;
@@ -229,11 +240,20 @@ pub async fn update(
         }
         Ok(())
     };
-    update_service(&m, &key, req.expected_version, change, None).await.map(Json)
+    update_service(&m, &key, req.expected_version, change, run).await.map(Json)
 }
 
-/// Changes a service's spec with `change` (applied to the current spec) and, when
-/// `runtime` is given, replaces what it runs, in one commit. With `expected_version`, a
+/// What a service update does to what the service runs.
+pub(crate) enum RunChange<'a> {
+    Keep,
+    /// The Docker API's: replaces the runtime record (Coffer's options stay).
+    Docker(ServiceRuntime),
+    /// The native API's: changes the fields the update names.
+    Native(&'a ServiceUpdate),
+}
+
+/// Changes a service's spec with `change` (applied to the current spec) and what it runs
+/// as `run` says, in one commit. With `expected_version`, a
 /// concurrent change makes it fail with `conflict`; without, it is retried on the new spec.
 /// The caller has checked that it may write.
 pub(crate) async fn update_service<F>(
@@ -241,7 +261,7 @@ pub(crate) async fn update_service<F>(
     key: &str,
     expected_version: Option<u64>,
     change: F,
-    runtime: Option<ServiceRuntime>,
+    run: RunChange<'_>,
 ) -> Result<ServiceInfo, ApiError>
 where
     F: Fn(&Manager, &ServiceRecord, &mut ServiceSpec) -> Result<(), ApiError>,
@@ -266,9 +286,17 @@ where
         check_targets(&spec.secrets)?;
         let at = now_millis();
         let (id, expected_version, spec2) = (current.id.clone(), current.spec_version, spec.clone());
-        let cmd = match &runtime {
-            Some(r) => Command::UpdateServiceWithRuntime { id, expected_version, spec: spec2, runtime: r.clone(), at },
-            None => Command::UpdateService { id, expected_version, spec: spec2, at },
+        let cmd = match &run {
+            RunChange::Keep => Command::UpdateService { id, expected_version, spec: spec2, at },
+            RunChange::Docker(r) => {
+                Command::UpdateServiceWithRuntime { id, expected_version, spec: spec2, runtime: r.clone(), at }
+            }
+            RunChange::Native(u) => {
+                let mut runtime = m.reader.service_runtime(&current.id)?.unwrap_or_default();
+                let mut options: RuntimeOptions = m.reader.service_options(&current.id)?.unwrap_or_default();
+                crate::http::run::apply_update(u, &mut runtime, &mut options)?;
+                Command::UpdateServiceWithOptions { id, expected_version, spec: spec2, runtime, options, at }
+            }
         };
         match m.write(cmd).await? {
             Ok(Applied::ServiceVersion { version, .. }) => {

@@ -13,7 +13,7 @@ use base64::Engine;
 use coffer_api::error::ErrorBody;
 use coffer_api::worker::{
     AssignedSecret, AssignedTask, Assignment, GrantList, GrantRequest, HeartbeatReply, RedeemRequest, Redeemed,
-    RedeemedSecret, TaskInfo, TaskList,
+    RedeemedSecret, TaskInfo, TaskList, TaskRunState,
 };
 use coffer_raft_store::model::TaskState;
 use coffer_raft_store::NodeId;
@@ -87,7 +87,18 @@ pub fn assignment_of(m: &Manager, node: NodeId) -> Result<Assignment, ApiError> 
                 mode: r.mode,
             });
         }
-        tasks.push(AssignedTask { task_id: t.id, service_id: svc.id, service_name: svc.name, slot: t.slot, secrets });
+        let run = crate::http::run::info(
+            m.reader.service_runtime(&svc.id)?.as_ref(),
+            m.reader.service_options(&svc.id)?.as_ref(),
+        );
+        tasks.push(AssignedTask {
+            task_id: t.id,
+            service_id: svc.id,
+            service_name: svc.name,
+            slot: t.slot,
+            secrets,
+            run,
+        });
     }
     tasks.sort_by(|a, b| a.task_id.cmp(&b.task_id));
     let digest = Sha256::digest(serde_json::to_vec(&tasks).map_err(|e| ApiError::internal("fingerprint", e))?);
@@ -262,7 +273,10 @@ pub async fn service_tasks(State(m): S, _o: Operator, Path(key): Path<String>) -
             Some(n) => m.reader.node(n)?.map(|r| r.hostname),
             None => None,
         };
+        let status = m.reader.task_status(&t.id)?.filter(|s| Some(s.node_id) == t.node_id);
         tasks.push(TaskInfo {
+            status: status.as_ref().map_or(TaskRunState::Pending, |s| crate::http::task_status::to_api(&s.state)),
+            status_at_ms: status.map(|s| s.at),
             task_id: t.id,
             slot: t.slot,
             node_id: t.node_id,

@@ -252,7 +252,14 @@ mod tests {
     }
 
     fn task(secrets: Vec<AssignedSecret>) -> AssignedTask {
-        AssignedTask { task_id: "t1".into(), service_id: "s".into(), service_name: "api".into(), slot: 0, secrets }
+        AssignedTask {
+            task_id: "t1".into(),
+            service_id: "s".into(),
+            service_name: "api".into(),
+            slot: 0,
+            secrets,
+            run: None,
+        }
     }
 
     fn redeemed(values: &[(&str, &[u8])]) -> Redeemed {

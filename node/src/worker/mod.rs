@@ -30,11 +30,12 @@ use crate::worker::session::{Agent, Local, Managers, SharedClient, CALL_TIMEOUT}
 pub(crate) mod files;
 mod heartbeat;
 mod manifest;
+mod runtime;
 mod session;
 pub(crate) mod settings;
 
 pub use files::check_in_memory;
-pub use settings::WorkerSettings;
+pub use settings::{RuntimeKind, WorkerSettings};
 
 /// `worker join`: a certificate through the join flow, then the worker's data dir.
 ///
@@ -47,6 +48,10 @@ pub async fn join(
     settings: WorkerSettings,
 ) -> anyhow::Result<NodeIdentity> {
     check_in_memory(&settings.secrets_dir, settings.insecure_disk)?;
+    // A worker that cannot run what it would be given must not join.
+    if settings.runtime == RuntimeKind::Docker {
+        runtime::docker::connect(settings.docker_socket.as_deref()).await?;
+    }
     let unspecified: std::net::SocketAddr = "0.0.0.0:0".parse()?;
     let role = coffer_api::cluster::NodeRole::Worker;
     let host = settings.hostname.as_deref();
@@ -66,6 +71,8 @@ pub struct Worker {
     client: SharedClient,
     cert: Arc<NodeCert>,
     kek: Arc<dyn KeyEncryptionKey>,
+    /// The engine, with `--runtime docker` (connected by [`Worker::connect_runtime`]).
+    docker: Option<bollard::Docker>,
 }
 
 impl Worker {
@@ -84,7 +91,19 @@ impl Worker {
         let cert = NodeCert::new(tls::certified_key(&creds.cert_pem, creds.key_pem.expose())?);
         let first = settings.managers.first().cloned().unwrap_or_default();
         let client = SharedClient::new(Client::with_tls(&creds.ca_pem, Some(cert.clone()), &first)?);
-        Ok(Self { identity, settings, data_dir, ca_pem: creds.ca_pem, client, cert, kek: Arc::new(kek) })
+        Ok(Self { identity, settings, data_dir, ca_pem: creds.ca_pem, client, cert, kek: Arc::new(kek), docker: None })
+    }
+
+    /// Connects to what runs the tasks (`--runtime docker`: the engine), so that a worker
+    /// that cannot reach it fails at start with a clear error, not on its first task.
+    ///
+    /// # Errors
+    /// An engine socket that is missing or refused, or an engine that does not answer.
+    pub async fn connect_runtime(&mut self) -> anyhow::Result<()> {
+        if self.settings.runtime == RuntimeKind::Docker {
+            self.docker = Some(runtime::docker::connect(self.settings.docker_socket.as_deref()).await?);
+        }
+        Ok(())
     }
 
     /// Runs the agent until `shutdown`; its heartbeat and renewal loops stop with it.
@@ -99,7 +118,17 @@ impl Worker {
     }
 
     async fn agent_loop(self, tasks: &TaskTracker, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut agent = Agent::new(self.client.clone(), self.settings.clone(), manifest::load(&self.data_dir));
+        let rt = runtime::Runtime::new(self.docker.is_some());
+        let mut agent =
+            Agent::new(self.client.clone(), self.settings.clone(), manifest::load(&self.data_dir), rt.clone());
+        let report =
+            runtime::report::reporter(rt.shared.clone(), self.client.clone(), agent.managers.clone(), shutdown.clone());
+        tasks.spawn(report.in_current_span());
+        if let Some(docker) = self.docker.clone() {
+            let worker = NodeHex(self.identity.node_id).to_string();
+            let supervisor = runtime::docker::Supervisor::new(docker, rt.shared.clone(), worker);
+            tasks.spawn(supervisor.run(shutdown.clone()).in_current_span());
+        }
         let heartbeat_every = Arc::new(AtomicU64::new(2000));
         let beats = heartbeat::heartbeats(
             self.client.clone(),
@@ -139,6 +168,7 @@ impl Worker {
                     agent.learn(&a);
                     heartbeat_every.store(a.heartbeat_ms.max(100), std::sync::atomic::Ordering::Relaxed);
                     agent.sweep(&a);
+                    rt.assigned(&a.tasks);
                     let result = agent.reconcile(&a).await;
                     manifest::save(&self.data_dir, &agent.known);
                     match result {

@@ -13,6 +13,7 @@ use coffer_api::client::{Client, ClientError};
 use coffer_api::worker::{AssignedTask, Assignment, Grant, GrantList, Redeemed};
 
 use crate::worker::files::{remove_task_dir, write_task};
+use crate::worker::runtime::Runtime;
 use crate::worker::settings::WorkerSettings;
 
 /// How long one call to a manager may take (a long poll waits up to 20 s on the manager).
@@ -105,12 +106,19 @@ pub(crate) struct Agent {
     /// Every task directory this worker may have written, this run or a previous one (its
     /// manifest): what is not wanted any more is removed, whatever this run managed.
     pub(crate) known: BTreeSet<PathBuf>,
+    /// Told when a task's files are in place, or could not be.
+    runtime: Runtime,
 }
 
 impl Agent {
-    pub(crate) fn new(client: SharedClient, settings: WorkerSettings, known: BTreeSet<PathBuf>) -> Self {
+    pub(crate) fn new(
+        client: SharedClient,
+        settings: WorkerSettings,
+        known: BTreeSet<PathBuf>,
+        runtime: Runtime,
+    ) -> Self {
         let managers = Managers::new(settings.managers.clone());
-        Self { client, settings, managers, leader: None, written: BTreeMap::new(), known }
+        Self { client, settings, managers, leader: None, written: BTreeMap::new(), known, runtime }
     }
 
     /// The assignment of this worker, from the manager of the session.
@@ -195,6 +203,7 @@ impl Agent {
             let Some(task) = changed.iter().find(|t| t.task_id == grant.task_id) else { continue };
             if let Err(e) = self.apply_task(task, grant).await {
                 tracing::warn!(task = %task.task_id, service = %task.service_name, error = %e, "task's secrets not written");
+                self.runtime.failed(&task.task_id, &e);
                 failed.get_or_insert(e);
             }
         }
@@ -217,6 +226,7 @@ impl Agent {
         let written = write_task(&dir, task, &redeemed, &old_targets).map_err(Local)?;
         tracing::info!(task = %task.task_id, service = %task.service_name, slot = task.slot, "secrets written");
         self.written.insert(task.task_id.clone(), Written { task: written, dir: dir.clone() });
+        self.runtime.written(task, &dir);
         self.on_change(&dir, task).await;
         Ok(())
     }

@@ -1,5 +1,5 @@
 //! What `worker join` records for `worker run` (`<data-dir>/worker.json`): where secrets go,
-//! the `--on-change` command, and the managers the worker knows.
+//! the `--on-change` command, the task runtime, and the managers the worker knows.
 
 use std::path::PathBuf;
 
@@ -19,6 +19,23 @@ pub struct WorkerSettings {
     /// The hostname reported at join, if not the machine's.
     #[serde(default)]
     pub hostname: Option<String>,
+    /// What runs the tasks: nothing (files only), or containers on the local engine.
+    #[serde(default)]
+    pub runtime: RuntimeKind,
+    /// The engine's socket, for `--runtime docker` (default `/var/run/docker.sock`).
+    #[serde(default)]
+    pub docker_socket: Option<String>,
+}
+
+/// What runs a worker's tasks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// Files only: an external orchestrator runs the tasks.
+    #[default]
+    None,
+    /// A container per task on the local Docker engine, with the task's secrets mounted.
+    Docker,
 }
 
 fn settings_path(dir: &DataDir) -> PathBuf {
@@ -28,7 +45,15 @@ fn settings_path(dir: &DataDir) -> PathBuf {
 impl WorkerSettings {
     /// The settings of a worker joining with `join` as its first manager.
     pub fn new(secrets_dir: PathBuf, insecure_disk: bool, on_change: Option<String>, join: &str) -> Self {
-        Self { secrets_dir, insecure_disk, on_change, managers: vec![join.to_string()], hostname: None }
+        Self {
+            secrets_dir,
+            insecure_disk,
+            on_change,
+            managers: vec![join.to_string()],
+            hostname: None,
+            runtime: RuntimeKind::None,
+            docker_socket: None,
+        }
     }
 
     pub fn load(dir: &DataDir) -> anyhow::Result<Self> {

@@ -488,6 +488,7 @@ fn service(secret: &str, replicas: u32) -> coffer_api::services::ServiceCreate {
             version: None,
         }],
         labels: BTreeMap::new(),
+        run: Default::default(),
     }
 }
 

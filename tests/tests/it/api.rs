@@ -123,6 +123,7 @@ async fn exercise(c: &Client, tag: &str, seen: &Seen) {
         constraints,
         secrets,
         labels: BTreeMap::new(),
+        run: Default::default(),
     };
     assert_eq!(code(c.create_service(&mk(vec![spec("missing", None)], vec![])).await), ErrorCode::NotFound);
     let dup = vec![spec(&name, Some("db")), spec(&name, Some("db"))];

@@ -278,6 +278,7 @@ async fn coffer_dev_runs_a_cluster_and_stops_on_ctrl_c() {
             version: None,
         }],
         labels: Default::default(),
+        run: Default::default(),
     };
     admin.create_service(&svc).await.expect("service");
     secrets_dirs.sort();

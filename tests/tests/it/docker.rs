@@ -277,6 +277,7 @@ async fn bad_docker_input_gets_dockers_answer_and_changes_nothing() {
         constraints: vec![],
         secrets: vec![],
         labels: BTreeMap::new(),
+        run: Default::default(),
     };
     admin.create_service(&web).await.expect("service");
 

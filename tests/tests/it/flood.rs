@@ -127,6 +127,7 @@ async fn a_flood_of_anonymous_connections_locks_nobody_out() {
             version: None,
         }],
         labels: Default::default(),
+        run: Default::default(),
     };
     admin.create_service(&svc).await.expect("service");
     eventually("the worker's file during the flood", DEADLINE, || async {

@@ -48,6 +48,7 @@ fn on_node(node: u64, secret: &str) -> ServiceCreate {
             version: None,
         }],
         labels: BTreeMap::new(),
+        run: Default::default(),
     }
 }
 

@@ -12,6 +12,7 @@ mod flood;
 mod grants;
 mod layout;
 mod recovery;
+mod runtime;
 mod security;
 mod workers;
 

@@ -113,6 +113,7 @@ async fn a_backup_saved_under_writes_restores_into_a_new_cluster() {
             version: None,
         }],
         labels: BTreeMap::new(),
+        run: Default::default(),
     };
     admin.create_service(&svc).await.expect("service");
     let mut workers = c.start_workers(1, &[]).await.expect("worker");

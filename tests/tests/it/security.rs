@@ -359,6 +359,7 @@ async fn every_refusal_is_the_envelope_and_bad_text_changes_nothing() {
         constraints: vec!["node.labels.zone==\u{1b}]8;;evil".into()],
         secrets: vec![],
         labels: Default::default(),
+        run: Default::default(),
     };
     let e = admin.create_service(&svc).await.expect_err("an escape in a constraint");
     assert_eq!(e.code(), Some(ErrorCode::InvalidArgument));

@@ -27,6 +27,7 @@ fn service(name: &str, replicas: u32, secret: &str, target: &str) -> ServiceCrea
             version: None,
         }],
         labels: BTreeMap::new(),
+        run: Default::default(),
     }
 }
 

@@ -1,9 +1,9 @@
 //! Docker's `/nodes` (list, inspect, update availability and labels, remove; admin
 //! certificates only, as the native API) and `/tasks` (list, inspect).
 //!
-//! A task is `running` while it is placed on a ready node: the worker keeps its secrets'
-//! files (there is no container to watch yet); `pending` while no node fits, `orphaned`
-//! while its node is down.
+//! A task's state on a ready node is what its worker reported (`running` for a container
+//! that runs, or for files kept where no container runs); `pending` while no node fits,
+//! `orphaned` while its node is down.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,7 +13,9 @@ use axum::http::StatusCode;
 use axum::Json;
 use coffer_api::rules as validate;
 use coffer_api::time::{now_millis, rfc3339};
-use coffer_raft_store::model::{self, Command, NodeRecord, ServiceRecord, TaskRecord, TaskState};
+use coffer_raft_store::model::{
+    self, Command, NodeRecord, ObservedState, ServiceRecord, TaskRecord, TaskState, TaskStatusRecord,
+};
 use serde_json::Value;
 
 use crate::http::auth::{AdminCaller, AdminWriter, Operator};
@@ -200,15 +202,39 @@ struct ServiceView {
     template: Value,
 }
 
-fn shape_task(t: TaskRecord, svc: Option<&ServiceView>, node: Option<&NodeRecord>) -> Task {
-    let (state, message) = match (&t.desired, t.node_id, node) {
-        (TaskState::Shutdown, _, _) => ("shutdown", "the task was stopped"),
-        (_, None, _) => ("pending", "no suitable node"),
-        (_, Some(_), Some(n)) if !n.removed && n.status == model::NodeStatus::Ready => {
-            ("running", "placed; the worker keeps the task's secret files")
+/// Docker's state, message and error of a task placed on a ready node, from what its
+/// worker reported.
+fn reported(status: Option<&TaskStatusRecord>) -> (&'static str, String, Option<String>) {
+    let Some(s) = status else { return ("assigned", "its worker has not reported yet".into(), None) };
+    match &s.state {
+        ObservedState::Pending => ("preparing", "the worker fetches the task's secrets".into(), None),
+        ObservedState::Starting => ("starting", "starting its container".into(), None),
+        ObservedState::Running => ("running", "its container runs".into(), None),
+        ObservedState::Ready => {
+            ("running", "the worker keeps the task's secret files; no container runs here".into(), None)
         }
-        _ => ("orphaned", "its node is down"),
+        ObservedState::Exited(0) => ("complete", "its container exited; restarting".into(), None),
+        ObservedState::Exited(code) => {
+            ("failed", "its container exited; restarting".into(), Some(format!("task: non-zero exit ({code})")))
+        }
+        ObservedState::Failed(m) => ("failed", "the worker could not start it".into(), Some(m.clone())),
+    }
+}
+
+fn shape_task(
+    t: TaskRecord,
+    svc: Option<&ServiceView>,
+    node: Option<&NodeRecord>,
+    status: Option<&TaskStatusRecord>,
+) -> Task {
+    let status = status.filter(|s| Some(s.node_id) == t.node_id);
+    let (state, message, err) = match (&t.desired, t.node_id, node) {
+        (TaskState::Shutdown, _, _) => ("shutdown", "the task was stopped".to_string(), None),
+        (_, None, _) => ("pending", "no suitable node".to_string(), None),
+        (_, Some(_), Some(n)) if !n.removed && n.status == model::NodeStatus::Ready => reported(status),
+        _ => ("orphaned", "its node is down".to_string(), None),
     };
+    let at = status.map_or(t.updated_at, |s| s.at.max(t.updated_at));
     Task {
         id: t.id,
         version: ObjectVersion { index: t.updated_at },
@@ -220,12 +246,7 @@ fn shape_task(t: TaskRecord, svc: Option<&ServiceView>, node: Option<&NodeRecord
         // Docker's slots count from 1 (slot 0 names a global service's task by node).
         slot: t.slot.saturating_add(1),
         node_id: t.node_id.map(|n| NodeHex(n).to_string()).unwrap_or_default(),
-        status: TaskStatus {
-            timestamp: rfc3339(t.updated_at),
-            state: state.into(),
-            message: message.into(),
-            err: None,
-        },
+        status: TaskStatus { timestamp: rfc3339(at), state: state.into(), message, err },
         desired_state: match t.desired {
             TaskState::Running => "running",
             TaskState::Shutdown => "shutdown",
@@ -274,7 +295,8 @@ pub async fn list_tasks(State(m): S, _o: Operator, RawQuery(q): RawQuery) -> Res
             && f.exact("desired-state", desired)
             && f.get("_up-to-date").is_none_or(|_| up_to_date);
         if keep {
-            out.push(shape_task(t, svc, node));
+            let status = m.reader.task_status(&t.id)?;
+            out.push(shape_task(t, svc, node, status.as_ref()));
         }
     }
     Ok(Json(out))
@@ -294,5 +316,6 @@ pub async fn inspect_task(State(m): S, _o: Operator, Path(key): Path<String>) ->
         Some(n) => m.reader.node(n)?,
         None => None,
     };
-    Ok(Json(shape_task(t, view.as_ref(), node.as_ref())))
+    let status = m.reader.task_status(&t.id)?;
+    Ok(Json(shape_task(t, view.as_ref(), node.as_ref(), status.as_ref())))
 }

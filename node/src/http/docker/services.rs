@@ -17,7 +17,7 @@ use axum::Json;
 use coffer_api::error::ErrorCode;
 use coffer_api::services::{SecretRefSpec, ServiceCreate};
 use coffer_api::time::rfc3339;
-use coffer_raft_store::model::{NodeStatus, ServiceRecord, ServiceRuntime, TaskState};
+use coffer_raft_store::model::{NodeStatus, ObservedState, ServiceRecord, ServiceRuntime, TaskState};
 use serde_json::{json, Map, Value};
 
 use crate::http::auth::{Operator, Writer};
@@ -25,6 +25,7 @@ use crate::http::docker::shapes::{IdResponse, ObjectVersion, Service, ServiceSta
 use crate::http::docker::{docker_wording, err, find, query_filters, query_flag, query_param, query_version};
 use crate::http::error::ApiError;
 use crate::http::extract::ApiJson;
+use crate::http::services::RunChange;
 use crate::manager::Manager;
 
 type S = State<Arc<Manager>>;
@@ -160,6 +161,8 @@ fn parse(m: &Manager, spec: &Value) -> Result<Parsed, ApiError> {
         constraints: constraints.iter().map(|c| constraint(c)).collect(),
         secrets,
         labels,
+        // What it runs is `runtime`, Docker's record; Coffer's own options stay default.
+        run: Default::default(),
     };
     Ok(Parsed { create, runtime })
 }
@@ -228,13 +231,16 @@ pub(crate) fn task_template(m: &Manager, rec: &ServiceRecord) -> Result<Value, A
     Ok(spec.get("TaskTemplate").cloned().unwrap_or(Value::Null))
 }
 
-/// Tasks running per service: placed on a ready node, desired running. Read once per list.
+/// Tasks running per service: placed on a ready node, desired running, and reported running
+/// (or ready, where no container runs) by their worker. Read once per list.
 fn running_tasks(m: &Manager) -> Result<BTreeMap<String, u64>, ApiError> {
     let ready: BTreeSet<u64> =
         m.reader.nodes()?.into_iter().filter(|n| !n.removed && n.status == NodeStatus::Ready).map(|n| n.id).collect();
     let mut out = BTreeMap::new();
     for t in m.reader.tasks()?.into_iter().filter(|t| t.desired == TaskState::Running) {
-        if t.node_id.is_some_and(|n| ready.contains(&n)) {
+        let status = m.reader.task_status(&t.id)?.filter(|s| Some(s.node_id) == t.node_id);
+        let up = status.is_some_and(|s| matches!(s.state, ObservedState::Running | ObservedState::Ready));
+        if up && t.node_id.is_some_and(|n| ready.contains(&n)) {
             *out.entry(t.service_id).or_default() += 1;
         }
     }
@@ -358,7 +364,9 @@ pub async fn update(
         s.secrets = refs;
         Ok(())
     };
-    match crate::http::services::update_service(&m, &current.id, Some(version), change, Some(p.runtime)).await {
+    match crate::http::services::update_service(&m, &current.id, Some(version), change, RunChange::Docker(p.runtime))
+        .await
+    {
         Ok(_) => Ok(Json(UpdateResponse { warnings: None })),
         Err(e) if e.0.code == ErrorCode::Conflict => Err(err(StatusCode::CONFLICT, "update out of sequence")),
         Err(e) => Err(e),

@@ -268,6 +268,34 @@ async fn a_docker_worker_runs_tasks_in_containers_that_see_rotations_without_res
     assert_eq!((all[0].0.as_str(), all[0].1.as_str()), (left.as_str(), "running"));
     assert_eq!(started_at(&left), before, "the adopted container was not restarted");
 
+    // The docker CLI's `service create` (the Docker-compatible API) runs the same way.
+    let env_out = coffer(bin(), &["client", "docker-env"], &c.managers[0].addr, &c.client_dir());
+    let docker_env: Vec<(String, String)> = String::from_utf8_lossy(&env_out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+        .collect();
+    let config = tempfile::tempdir().expect("docker config");
+    let mut cli = Command::new("docker");
+    cli.args(["service", "create", "-d", "--name", "dsvc", "--secret", "db_password", &engine.image])
+        .args(["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"])
+        .env("DOCKER_CONFIG", config.path())
+        .envs(docker_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null());
+    let created = cli.output().expect("docker service create");
+    assert!(created.status.success(), "docker service create: {}", String::from_utf8_lossy(&created.stderr));
+    let dsvc = eventually("the docker CLI's service in a container", DEADLINE, || async {
+        engine.running_of(w, "dsvc").first().cloned()
+    })
+    .await
+    .expect("dsvc");
+    let value =
+        eventually("its secret at Docker's path", DEADLINE, || async { cat_in(&dsvc, "/run/secrets/db_password") })
+            .await
+            .expect("value");
+    assert_eq!(value, "v2-rotated");
+    admin.remove_service("dsvc").await.expect("rm dsvc");
+
     // Removing the service removes its container.
     admin.remove_service("app").await.expect("rm");
     eventually("no container left", DEADLINE, || async { engine.containers(w).is_empty().then_some(()) })

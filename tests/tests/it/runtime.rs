@@ -153,6 +153,23 @@ async fn states(c: &Cluster, service: &str) -> Vec<TaskRunState> {
     c.admin(0).service_tasks(service).await.map(|ts| ts.into_iter().map(|t| t.status).collect()).unwrap_or_default()
 }
 
+/// The docker CLI pointed at manager 0 of `c` with `coffer client docker-env`'s variables,
+/// and the config dir it uses (kept while the command is).
+fn docker_cli(c: &Cluster) -> (Command, tempfile::TempDir) {
+    let env_out = coffer(bin(), &["client", "docker-env"], &c.managers[0].addr, &c.client_dir());
+    let docker_env: Vec<(String, String)> = String::from_utf8_lossy(&env_out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+        .collect();
+    let config = tempfile::tempdir().expect("docker config");
+    let mut cli = Command::new("docker");
+    cli.env("DOCKER_CONFIG", config.path())
+        .envs(docker_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null());
+    (cli, config)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_docker_worker_runs_tasks_in_containers_that_see_rotations_without_restarting() {
     if !engine_reachable() {
@@ -269,19 +286,12 @@ async fn a_docker_worker_runs_tasks_in_containers_that_see_rotations_without_res
     assert_eq!(started_at(&left), before, "the adopted container was not restarted");
 
     // The docker CLI's `service create` (the Docker-compatible API) runs the same way.
-    let env_out = coffer(bin(), &["client", "docker-env"], &c.managers[0].addr, &c.client_dir());
-    let docker_env: Vec<(String, String)> = String::from_utf8_lossy(&env_out.stdout)
-        .lines()
-        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
-        .collect();
-    let config = tempfile::tempdir().expect("docker config");
-    let mut cli = Command::new("docker");
-    cli.args(["service", "create", "-d", "--name", "dsvc", "--secret", "db_password", &engine.image])
-        .args(["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"])
-        .env("DOCKER_CONFIG", config.path())
-        .envs(docker_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null());
+    let (mut cli, _config) = docker_cli(&c);
+    cli.args(["service", "create", "-d", "--name", "dsvc", "--secret", "db_password", &engine.image]).args([
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 1; done",
+    ]);
     let created = cli.output().expect("docker service create");
     assert!(created.status.success(), "docker service create: {}", String::from_utf8_lossy(&created.stderr));
     let dsvc = eventually("the docker CLI's service in a container", DEADLINE, || async {
@@ -395,4 +405,13 @@ async fn bad_runtime_input_fails_clearly_and_disturbs_nothing_else() {
     assert!(engine.containers(w).iter().all(|c| c.2 != "ghost"), "a container for a missing image");
     let ps = coffer(bin(), &["service", "ps", "ghost"], &c.managers[0].addr, &c.client_dir());
     assert!(String::from_utf8_lossy(&ps.stdout).contains("failed: No such image"), "service ps shows the failure");
+    // Docker's /tasks says the same, in Docker's words.
+    let (mut cli, _config) = docker_cli(&c);
+    let out = cli.args(["service", "ps", "--no-trunc", "--format", "{{.CurrentState}}|{{.Error}}", "ghost"]).output();
+    let out = String::from_utf8_lossy(&out.expect("docker service ps").stdout).to_string();
+    assert!(out.starts_with("Failed") && out.contains("No such image"), "docker service ps: {out}");
+    let (mut cli, _config) = docker_cli(&c);
+    let out = cli.args(["service", "ps", "--format", "{{.CurrentState}}", "good"]).output();
+    let out = String::from_utf8_lossy(&out.expect("docker service ps").stdout).to_string();
+    assert!(out.starts_with("Running"), "docker service ps: {out}");
 }

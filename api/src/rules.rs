@@ -299,11 +299,11 @@ const MAX_IMAGE: usize = 255;
 const MAX_RUN_WORDS: usize = 256;
 const MAX_RUN_WORD: usize = 4096;
 
-/// Signals a service may ask for on a secret change (Linux's, by name).
+/// Signals a service may ask for on a secret change (Linux's, by name). Not the ones that
+/// stop a process (STOP, TSTP, TTIN, TTOU): a rotation would freeze the service.
 const SIGNALS: &[&str] = &[
     "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2", "PIPE", "ALRM", "TERM",
-    "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG", "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO",
-    "PWR", "SYS",
+    "STKFLT", "CHLD", "CONT", "URG", "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
 ];
 
 /// What a running container is told when one of its secrets changes.
@@ -362,15 +362,14 @@ pub fn image(i: &str) -> Result<(), RuleError> {
 }
 
 /// A command, its arguments or an environment: at most 256 words of up to 4 KiB, no NUL.
-fn run_words(what: &str, words: &[String]) -> Result<(), RuleError> {
+/// An entry is quoted back only when `echo` (an environment's may hold a credential).
+fn run_words(what: &str, words: &[String], echo: bool) -> Result<(), RuleError> {
     if words.len() > MAX_RUN_WORDS {
         return Err(RuleError::invalid(format!("{what}: at most {MAX_RUN_WORDS} entries")));
     }
-    if let Some(w) = words.iter().find(|w| w.len() > MAX_RUN_WORD || w.contains('\0')) {
-        return Err(RuleError::invalid(format!(
-            "{what}: entry {:?} is longer than 4 KiB or holds a NUL byte",
-            truncate(w)
-        )));
+    if let Some((i, w)) = words.iter().enumerate().find(|(_, w)| w.len() > MAX_RUN_WORD || w.contains('\0')) {
+        let which = if echo { format!("{:?}", truncate(w)) } else { format!("number {}", i + 1) };
+        return Err(RuleError::invalid(format!("{what}: entry {which} is longer than 4 KiB or holds a NUL byte")));
     }
     Ok(())
 }
@@ -378,7 +377,7 @@ fn run_words(what: &str, words: &[String]) -> Result<(), RuleError> {
 /// Environment entries: `KEY=VALUE`, with a key of letters, digits and `_` not starting
 /// with a digit.
 pub fn env(entries: &[String]) -> Result<(), RuleError> {
-    run_words("env", entries)?;
+    run_words("env", entries, false)?;
     for e in entries {
         let key = e.split_once('=').map(|(k, _)| k).unwrap_or_default();
         let ok = !key.is_empty()
@@ -414,8 +413,8 @@ pub fn run_spec(r: &crate::services::RunSpec) -> Result<(), RuleError> {
     if let Some(i) = &r.image {
         image(i)?;
     }
-    run_words("command", &r.command)?;
-    run_words("args", &r.args)?;
+    run_words("command", &r.command, true)?;
+    run_words("args", &r.args, true)?;
     env(&r.env)?;
     if let Some(m) = &r.secrets_mount {
         secrets_mount(m)?;
@@ -535,7 +534,7 @@ mod tests {
         assert_eq!(parse_on_secret_change("signal=SIGUSR1").expect("valid").to_string(), "signal=SIGUSR1");
         assert_eq!(parse_on_secret_change("restart").expect("valid"), SecretChangeAction::Restart);
         assert_eq!(parse_on_secret_change("none").expect("valid"), SecretChangeAction::Nothing);
-        for bad in ["signal=", "signal=SIGFOO", "reload", "signal=9", ""] {
+        for bad in ["signal=", "signal=SIGFOO", "reload", "signal=9", "", "signal=SIGSTOP"] {
             assert!(parse_on_secret_change(bad).is_err(), "{bad}");
         }
         assert!(image("busybox:1.36").is_ok() && image("localhost/a/b@sha256:00").is_ok());
@@ -547,6 +546,8 @@ mod tests {
             assert!(env(&[bad.into()]).is_err(), "{bad}");
         }
         let e = env(&["BAD KEY=hunter2".into()]).expect_err("invalid");
+        assert!(!e.message.contains("hunter2"), "{e}");
+        let e = env(&["KEY=hunter2\0".into()]).expect_err("invalid");
         assert!(!e.message.contains("hunter2"), "{e}");
         assert!(secrets_mount("/run/secrets").is_ok() && secrets_mount("/etc/app/keys").is_ok());
         for bad in ["/", "run/secrets", "/run/../etc", "/run//x", "/run/"] {

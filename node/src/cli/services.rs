@@ -187,18 +187,18 @@ pub(crate) async fn service(cmd: ServiceCmd, opts: &ClientOpts) -> Result<(), Cl
             if opts.format == Format::Json {
                 return print_json(&tasks);
             }
-            println!("{:<18} {:<5} {:<12}  {:<20} {:<12} SECRET VERSIONS", "TASK", "SLOT", "NODE", "HOSTNAME", "STATE");
+            println!("{:<18} {:<5} {:<12}  {:<20} {:<36} STATE", "TASK", "SLOT", "NODE", "HOSTNAME", "SECRET VERSIONS");
             for t in tasks {
                 let node = if t.node_id.is_some() { node_opt(t.node_id) } else { "(pending)".into() };
                 let versions: Vec<String> = t.secret_versions.iter().map(|(id, v)| format!("{id}@{v}")).collect();
                 println!(
-                    "{:<18} {:<5} {:<12}  {:<20} {:<12} {}",
+                    "{:<18} {:<5} {:<12}  {:<20} {:<36} {}",
                     t.task_id,
                     t.slot,
                     node,
                     t.node_hostname.unwrap_or_default(),
-                    t.status.to_string(),
-                    versions.join(",")
+                    versions.join(","),
+                    t.status
                 );
             }
         }

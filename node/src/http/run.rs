@@ -6,6 +6,7 @@ use coffer_api::services::{RunInfo, RunSpec, ServiceUpdate};
 use coffer_raft_store::model::{OnSecretChange, RuntimeOptions, ServiceRuntime};
 
 use crate::http::error::ApiError;
+use coffer_api::error::CodedError;
 
 fn on_change(text: &str) -> Result<OnSecretChange, ApiError> {
     Ok(match rules::parse_on_secret_change(text)? {
@@ -30,6 +31,9 @@ pub(crate) fn from_spec(r: &RunSpec) -> Result<Option<(ServiceRuntime, RuntimeOp
         return Ok(None);
     }
     rules::run_spec(r)?;
+    if r.image.is_none() {
+        return Err(ApiError::invalid("command, args, env, secrets mount and on-secret-change need an image"));
+    }
     let runtime = ServiceRuntime {
         image: r.image.clone(),
         command: r.command.clone(),
@@ -63,6 +67,10 @@ pub(crate) fn apply_update(
 ) -> Result<(), ApiError> {
     if let Some(i) = &u.image {
         runtime.image = Some(i.clone()).filter(|i| !i.is_empty());
+        if runtime.image.is_none() {
+            // Files only from now on: nothing of what ran is kept to come back later.
+            (runtime.command, runtime.args, runtime.env) = (Vec::new(), Vec::new(), Vec::new());
+        }
     }
     if let Some(c) = &u.command {
         runtime.command = c.clone();
@@ -78,6 +86,10 @@ pub(crate) fn apply_update(
     }
     if let Some(c) = &u.on_secret_change {
         options.on_secret_change = on_change(c)?;
+    }
+    let runs_something = !runtime.command.is_empty() || !runtime.args.is_empty() || !runtime.env.is_empty();
+    if runtime.image.is_none() && runs_something {
+        return Err(ApiError::invalid("command, args and env need an image"));
     }
     Ok(())
 }

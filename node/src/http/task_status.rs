@@ -21,8 +21,8 @@ use crate::http::extract::ApiJson;
 use crate::manager::Manager;
 use crate::trust::pki::Role;
 
-/// Tasks one report may name (a worker's whole set, with room).
-const MAX_REPORTED: usize = 4096;
+/// Tasks one report may name (workers send at most 256 at a time).
+const MAX_REPORTED: usize = 1024;
 /// A failure's message is the engine's or the host's: kept to this many characters.
 const MAX_MESSAGE: usize = 512;
 
@@ -85,6 +85,30 @@ impl Limiter {
     }
 }
 
+/// The reported states that differ from what this manager has applied, for tasks placed on
+/// `node`; and whether some were about tasks not placed on it (here).
+type Changed = (Vec<(String, ObservedState)>, bool);
+
+fn changed_reports(m: &Manager, node: NodeId, req: &StatusReport) -> Result<Changed, ApiError> {
+    let mut reports = Vec::new();
+    let mut strangers = false;
+    for e in &req.tasks {
+        let state = to_observed(&e.status);
+        let placed =
+            m.reader.task(&e.task_id)?.is_some_and(|t| t.node_id == Some(node) && t.desired == TaskState::Running);
+        if !placed {
+            strangers = true;
+            continue;
+        }
+        let known = m.reader.task_status(&e.task_id)?;
+        if known.is_some_and(|k| k.node_id == node && k.state == state) {
+            continue;
+        }
+        reports.push((e.task_id.clone(), state));
+    }
+    Ok((reports, strangers))
+}
+
 #[utoipa::path(post, operation_id = "reportTaskStatus", path = "/v1/worker/status", tag = "worker", request_body = StatusReport,
     responses((status = 200, body = StatusRecorded), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 429, description = "too many changed reports from this worker", body = ErrorBody)))]
@@ -102,18 +126,14 @@ pub async fn report(
     // Compared with this manager's applied state: a report that changes nothing costs no
     // log entry. One that looks new here but was applied meanwhile is skipped by the
     // state machine, which compares again.
-    let mut reports = Vec::new();
-    for e in &req.tasks {
-        let state = to_observed(&e.status);
-        let Some(task) = m.reader.task(&e.task_id)? else { continue };
-        if task.node_id != Some(caller.node_id) || task.desired != TaskState::Running {
-            continue;
-        }
-        let known = m.reader.task_status(&e.task_id)?;
-        if known.is_some_and(|k| k.node_id == caller.node_id && k.state == state) {
-            continue;
-        }
-        reports.push((e.task_id.clone(), state));
+    let (mut reports, mut strangers) = changed_reports(&m, caller.node_id, &req)?;
+    if strangers && m.linearizable().await.is_ok() {
+        // Some are not the caller's here: this manager may lag the commit that placed them
+        // on it. Ask again as of the leader's commit.
+        (reports, strangers) = changed_reports(&m, caller.node_id, &req)?;
+    }
+    if strangers {
+        tracing::debug!(node = caller.node_id, "a worker reported on tasks that are not placed on it");
     }
     let changed = reports.len();
     if changed > 0 {

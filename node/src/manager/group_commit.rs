@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use coffer_raft_store::model::{Applied, ApplyError, Command};
+use coffer_raft_store::model::{Applied, ApplyError, Command, ObservedState};
 use coffer_raft_store::{ManagerNode, NodeId, TypeConfig};
 use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use tokio::sync::{oneshot, Semaphore};
@@ -55,6 +55,13 @@ impl Default for GroupCommit {
 fn approx_bytes(cmd: &Command) -> usize {
     match cmd {
         Command::CreateSecret { value, .. } | Command::RotateSecret { value, .. } => value.0.len() + 256,
+        // Up to 1 024 task ids, each with a state whose message may be 512 characters.
+        Command::ReportTaskStatus { reports, .. } => {
+            256 + reports
+                .iter()
+                .map(|(id, s)| id.len() + 16 + if let ObservedState::Failed(m) = s { m.len() } else { 0 })
+                .sum::<usize>()
+        }
         _ => 256,
     }
 }

@@ -118,6 +118,48 @@ fn secret_ref(m: &Manager, s: &Value) -> Result<SecretRefSpec, ApiError> {
     })
 }
 
+/// ContainerSpec fields that change who or how a container runs, which Coffer's workers do
+/// not apply: refused when set, rather than kept, shown back by `inspect`, and ignored.
+const NOT_APPLIED: &[&str] = &[
+    "User",
+    "Groups",
+    "Dir",
+    "Hostname",
+    "ReadOnly",
+    "Mounts",
+    "Privileges",
+    "CapabilityAdd",
+    "CapabilityDrop",
+    "Sysctls",
+    "Ulimits",
+    "Init",
+    "StopSignal",
+    "StopGracePeriod",
+    "TTY",
+    "OpenStdin",
+    "Healthcheck",
+    "Configs",
+];
+
+fn not_applied(cs: &Value) -> Result<(), ApiError> {
+    for field in NOT_APPLIED {
+        let set = match cs.get(field) {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+            Some(Value::String(s)) => !s.is_empty(),
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(Value::Object(o)) => !o.is_empty(),
+            Some(_) => true,
+        };
+        if set {
+            return Err(bad(format!(
+                "ContainerSpec.{field} is not supported: Coffer's workers run the image with its own user, \
+                 a writable root and the task's secrets as the only mount; remove it"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn parse(m: &Manager, spec: &Value) -> Result<Parsed, ApiError> {
     let obj = spec.as_object().ok_or_else(|| bad("the service spec must be a JSON object"))?;
     let name = obj.get("Name").and_then(Value::as_str).unwrap_or_default().to_string();
@@ -147,6 +189,9 @@ fn parse(m: &Manager, spec: &Value) -> Result<Parsed, ApiError> {
         Some(Value::Array(a)) => a.iter().map(|s| secret_ref(m, s)).collect::<Result<_, _>>()?,
         Some(_) => return Err(bad("ContainerSpec.Secrets must be a list")),
     };
+    if let Some(cs) = cs {
+        not_applied(cs)?;
+    }
     let image = cs.and_then(|c| c.get("Image")).and_then(Value::as_str).filter(|i| !i.is_empty()).map(str::to_string);
     let runtime = ServiceRuntime {
         image,
@@ -155,6 +200,16 @@ fn parse(m: &Manager, spec: &Value) -> Result<Parsed, ApiError> {
         env: strings(cs.and_then(|c| c.get("Env")), "ContainerSpec.Env")?,
         docker_spec: Some(spec.to_string()),
     };
+    // The native API's rules: an image reference, `KEY=VALUE` entries (a bad one would
+    // otherwise reach a worker's engine and come back in its error, value and all).
+    let run = coffer_api::services::RunSpec {
+        image: runtime.image.clone(),
+        command: runtime.command.clone(),
+        args: runtime.args.clone(),
+        env: runtime.env.clone(),
+        ..Default::default()
+    };
+    coffer_api::rules::run_spec(&run).map_err(|e| bad(e.message))?;
     let create = ServiceCreate {
         name,
         replicas: Some(replicas),

@@ -16,8 +16,8 @@
 //!
 //! Images are not pulled: they must be on the worker's engine.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
@@ -33,6 +33,7 @@ use coffer_api::worker::TaskRunState;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::worker::runtime::{Placed, Shared};
 
@@ -49,6 +50,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A container that ran this long before it exited starts again after the shortest backoff.
 const RAN_LONG: Duration = Duration::from_secs(10);
 const STOP_GRACE_SECS: i32 = 10;
+/// Failed passes in a row (about a second apart) before tasks are reported failed.
+const ENGINE_PATIENCE: u32 = 3;
 
 /// Connects to the engine at `socket` and checks that it answers, at the newest API
 /// version both sides speak.
@@ -102,14 +105,18 @@ impl Track {
         self.next_start.is_none_or(|t| now >= t)
     }
 
-    /// After an exit or a failure: the next start waits for the backoff, which doubles.
-    fn hold_off(&mut self, now: Instant) {
-        if self.next_start.is_some() {
-            return;
-        }
-        if self.started.is_some_and(|s| now.duration_since(s) >= RAN_LONG) {
+    /// Whether the container this supervisor last started has been up for [`RAN_LONG`].
+    fn ran_long(&self, now: Instant) -> bool {
+        self.started.is_some_and(|s| now.duration_since(s) >= RAN_LONG)
+    }
+
+    /// After an exit or a failed start: the next start waits for the backoff, which
+    /// doubles, unless the container had run long (then it starts from the shortest).
+    fn hold_off(&mut self, now: Instant, ran_long: bool) {
+        if ran_long {
             self.backoff = BACKOFF_MIN;
         }
+        self.started = None;
         self.next_start = Some(now + self.backoff);
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
     }
@@ -128,6 +135,9 @@ pub(crate) struct Supervisor {
     /// This worker's node id, as its containers' `coffer.worker` label.
     worker: String,
     tracks: BTreeMap<String, Track>,
+    /// Containers being stopped and removed (in their own tasks: a stop may take its grace
+    /// period, and must hold back no other task's container).
+    removing: Arc<Mutex<BTreeSet<String>>>,
 }
 
 fn versions_of(p: &Placed) -> Vec<(String, u32)> {
@@ -138,7 +148,9 @@ fn versions_of(p: &Placed) -> Vec<(String, u32)> {
 /// is replaced.
 fn spec_digest(run: &RunInfo, p: &Placed) -> String {
     let dir = p.dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default();
-    let text = serde_json::to_vec(&(run, dir, &p.task.service_id)).unwrap_or_default();
+    // The directory's inode too: one removed and made again (the task left and came back)
+    // is not what an older container has mounted.
+    let text = serde_json::to_vec(&(run, dir, p.dir_ino, &p.task.service_id)).unwrap_or_default();
     data_encoding::HEXLOWER.encode(&Sha256::digest(text)[..12])
 }
 
@@ -148,27 +160,44 @@ fn label<'a>(c: &'a ContainerSummary, key: &str) -> Option<&'a str> {
 
 impl Supervisor {
     pub(crate) fn new(docker: Docker, shared: Arc<Shared>, worker: String) -> Self {
-        Self { docker, shared, worker, tracks: BTreeMap::new() }
+        Self { docker, shared, worker, tracks: BTreeMap::new(), removing: Arc::default() }
     }
 
     /// Runs until shutdown; containers keep running when the worker stops, and are adopted
     /// when it starts again.
     pub(crate) async fn run(mut self, shutdown: CancellationToken) {
-        let mut failing = false;
+        let mut failed_passes = 0u32;
         loop {
             match self.pass().await {
-                Ok(()) => failing = false,
-                Err(e) if !failing => {
-                    tracing::warn!(error = %format!("{e:#}"), "cannot manage this worker's containers; trying again");
-                    failing = true;
+                Ok(()) => failed_passes = 0,
+                Err(e) => {
+                    failed_passes += 1;
+                    if failed_passes == 1 {
+                        tracing::warn!(error = %format!("{e:#}"), "cannot manage this worker's containers; trying again");
+                    }
+                    // A few seconds without the engine: nobody can say the containers run.
+                    if failed_passes == ENGINE_PATIENCE {
+                        self.engine_lost(&e);
+                    }
                 }
-                Err(_) => {}
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.shared.wake_runtime.notified() => {}
                 _ = tokio::time::sleep(TICK) => {}
             }
+        }
+    }
+
+    /// Every task that should have a container is `failed`, with why, until the engine
+    /// answers again.
+    fn engine_lost(&mut self, why: &anyhow::Error) {
+        let assigned = self.shared.board().assigned.clone().unwrap_or_default();
+        let message = format!("the Docker engine does not answer: {why:#}");
+        for (id, _) in assigned.iter().filter(|(_, p)| p.task.run.is_some() && p.dir.is_some()) {
+            self.shared.set_state(id, TaskRunState::Failed { message: message.clone() });
+            // Whatever ran, ran unwatched: it is adopted afresh when the engine is back.
+            self.tracks.remove(id);
         }
     }
 
@@ -193,7 +222,7 @@ impl Supervisor {
         for (task, containers) in &by_task {
             if assigned.get(task).is_none_or(|p| p.task.run.is_none()) {
                 for c in containers {
-                    self.remove(c, "its task left this node").await;
+                    self.remove(c, "its task left this node");
                 }
             }
         }
@@ -206,12 +235,21 @@ impl Supervisor {
             }
             let digest = spec_digest(run, placed);
             let mut current = None;
+            let mut stopping = false;
             for c in by_task.remove(id).unwrap_or_default() {
-                if current.is_none() && label(&c, LABEL_SPEC) == Some(digest.as_str()) {
+                let dead = c.state == Some(ContainerSummaryStateEnum::DEAD);
+                if c.id.as_ref().is_some_and(|cid| self.is_removing(cid)) {
+                    // Its stop is under way: a new container waits for it to go.
+                    stopping = true;
+                } else if current.is_none() && !dead && label(&c, LABEL_SPEC) == Some(digest.as_str()) {
                     current = Some(c);
                 } else {
-                    self.remove(&c, "what its service runs changed").await;
+                    self.remove(&c, if dead { "it is dead" } else { "what its service runs changed" });
+                    stopping = true;
                 }
+            }
+            if stopping && current.is_none() {
+                continue;
             }
             self.tend(id, placed, run, &digest, current, now).await;
         }
@@ -244,7 +282,7 @@ impl Supervisor {
                 }
                 Err(message) => {
                     tracing::warn!(task = %id, service = %placed.task.service_name, error = %message, "container not started");
-                    track.hold_off(now);
+                    track.hold_off(now, false);
                     TaskRunState::Failed { message }
                 }
             };
@@ -268,18 +306,15 @@ impl Supervisor {
                 }
                 self.shared.set_state(id, TaskRunState::Running);
             }
-            Some(
-                ContainerSummaryStateEnum::CREATED
-                | ContainerSummaryStateEnum::EXITED
-                | ContainerSummaryStateEnum::DEAD,
-            ) => {
+            Some(ContainerSummaryStateEnum::CREATED | ContainerSummaryStateEnum::EXITED) => {
                 let created = c.state == Some(ContainerSummaryStateEnum::CREATED);
                 if !created && track.next_start.is_none() {
                     // Just seen to exit: say so, and wait for the backoff.
                     let code = exit_code(&self.docker, &cid).await;
                     tracing::info!(task = %id, container = %short(&cid), code, "container exited");
                     self.shared.set_state(id, TaskRunState::Exited { code });
-                    track.hold_off(now);
+                    let ran_long = track.ran_long(now);
+                    track.hold_off(now, ran_long);
                     return;
                 }
                 if !track.may_start(now) {
@@ -292,8 +327,7 @@ impl Supervisor {
                         self.shared.set_state(id, TaskRunState::Running);
                     }
                     Err(e) => {
-                        track.next_start = None;
-                        track.hold_off(now);
+                        track.hold_off(now, false);
                         self.shared.set_state(id, TaskRunState::Failed { message: engine_message(&e) });
                     }
                 }
@@ -303,19 +337,33 @@ impl Supervisor {
         }
     }
 
-    async fn remove(&self, c: &ContainerSummary, why: &str) {
-        let Some(cid) = &c.id else { return };
-        let stop = StopContainerOptionsBuilder::new().t(STOP_GRACE_SECS).build();
-        if let Err(e) = self.docker.stop_container(cid, Some(stop)).await {
-            tracing::debug!(container = %short(cid), error = %engine_message(&e), "stop before removal");
+    fn is_removing(&self, cid: &str) -> bool {
+        self.removing.lock().unwrap_or_else(|p| p.into_inner()).contains(cid)
+    }
+
+    /// Stops (with a grace period) and removes a container, in a task of its own.
+    fn remove(&self, c: &ContainerSummary, why: &'static str) {
+        let Some(cid) = c.id.clone() else { return };
+        if !self.removing.lock().unwrap_or_else(|p| p.into_inner()).insert(cid.clone()) {
+            return;
         }
-        let rm = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
-        match self.docker.remove_container(cid, Some(rm)).await {
-            Ok(()) => {
-                tracing::info!(container = %short(cid), task = label(c, LABEL_TASK).unwrap_or(""), %why, "container removed")
+        let (docker, removing) = (self.docker.clone(), self.removing.clone());
+        let task = label(c, LABEL_TASK).unwrap_or_default().to_string();
+        let work = async move {
+            let stop = StopContainerOptionsBuilder::new().t(STOP_GRACE_SECS).build();
+            if let Err(e) = docker.stop_container(&cid, Some(stop)).await {
+                tracing::debug!(container = %short(&cid), error = %engine_message(&e), "stop before removal");
             }
-            Err(e) => tracing::warn!(container = %short(cid), error = %engine_message(&e), "cannot remove a container"),
-        }
+            let rm = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+            match docker.remove_container(&cid, Some(rm)).await {
+                Ok(()) => tracing::info!(container = %short(&cid), %task, %why, "container removed"),
+                Err(e) => {
+                    tracing::warn!(container = %short(&cid), error = %engine_message(&e), "cannot remove a container")
+                }
+            }
+            removing.lock().unwrap_or_else(|p| p.into_inner()).remove(&cid);
+        };
+        tokio::spawn(work.in_current_span());
     }
 }
 
@@ -396,22 +444,30 @@ mod tests {
     #[test]
     fn the_backoff_doubles_and_resets_after_a_long_run() {
         let t0 = Instant::now();
+        let s = Duration::from_secs(1);
         let mut t = Track::default();
         assert!(t.may_start(t0));
-        t.hold_off(t0);
-        assert!(!t.may_start(t0) && t.may_start(t0 + BACKOFF_MIN));
-        t.hold_off(t0); // already holding: unchanged
-        assert_eq!(t.next_start, Some(t0 + BACKOFF_MIN));
-        t.started_now(t0 + BACKOFF_MIN, Vec::new());
-        t.hold_off(t0 + BACKOFF_MIN + Duration::from_millis(10));
-        assert_eq!(t.next_start, Some(t0 + BACKOFF_MIN + Duration::from_millis(10) + 2 * BACKOFF_MIN));
-        for _ in 0..10 {
-            t.next_start = None;
-            t.hold_off(t0);
+        // Failed creates, one after the other (a missing image): 1, 2, 4 s ... up to 30 s.
+        let mut now = t0;
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            t.hold_off(now, false);
+            let next = t.next_start.expect("held off");
+            assert!(!t.may_start(next - Duration::from_millis(1)) && t.may_start(next));
+            waits.push((next - now).as_secs());
+            now = next;
         }
-        assert_eq!(t.backoff, BACKOFF_MAX);
-        t.started_now(t0, Vec::new());
-        t.hold_off(t0 + RAN_LONG);
-        assert_eq!(t.next_start, Some(t0 + RAN_LONG + BACKOFF_MIN));
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
+        // A container that then ran 10 s before it exited starts again after 1 s.
+        t.started_now(now, Vec::new());
+        assert!(t.next_start.is_none());
+        assert!(t.ran_long(now + RAN_LONG) && !t.ran_long(now + RAN_LONG - s));
+        t.hold_off(now + RAN_LONG, t.ran_long(now + RAN_LONG));
+        assert_eq!(t.next_start, Some(now + RAN_LONG + BACKOFF_MIN));
+        // One that exits at once keeps doubling.
+        let later = now + RAN_LONG + BACKOFF_MIN;
+        t.started_now(later, Vec::new());
+        t.hold_off(later, t.ran_long(later));
+        assert_eq!(t.next_start, Some(later + 2 * BACKOFF_MIN));
     }
 }

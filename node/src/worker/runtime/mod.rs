@@ -26,6 +26,8 @@ pub(crate) struct Placed {
     pub(crate) task: AssignedTask,
     /// The task's secrets directory, once its files were written.
     pub(crate) dir: Option<PathBuf>,
+    /// That directory's inode: a directory made again is another mount.
+    pub(crate) dir_ino: u64,
 }
 
 #[derive(Debug, Default)]
@@ -93,7 +95,7 @@ impl Runtime {
             // change, or replaced, only once the new files are there.
             let placed = match old.get(&t.task_id) {
                 Some(p) if p.dir.is_some() => p.clone(),
-                _ => Placed { task: t.clone(), dir: None },
+                _ => Placed { task: t.clone(), dir: None, dir_ino: 0 },
             };
             now.insert(t.task_id.clone(), placed);
         }
@@ -113,6 +115,7 @@ impl Runtime {
         if let Some(p) = b.assigned.as_mut().and_then(|a| a.get_mut(&task.task_id)) {
             p.task = task.clone();
             p.dir = Some(dir.to_path_buf());
+            p.dir_ino = std::fs::metadata(dir).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap_or(0);
         }
         drop(b);
         if self.runs(task) {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use coffer_api::client::ClientError;
 use coffer_api::worker::{StatusReport, TaskRunState, TaskStatusEntry};
 use tokio_util::sync::CancellationToken;
 
@@ -14,7 +15,9 @@ use crate::worker::runtime::Shared;
 use crate::worker::session::{Managers, SharedClient, CALL_TIMEOUT};
 
 /// Lets a burst of changes (an assignment's tasks written one by one) go in one report.
-const GATHER: Duration = Duration::from_millis(100);
+const GATHER: Duration = Duration::from_millis(200);
+/// Tasks per request (the managers take up to 1 024; failure messages make entries big).
+const PER_REQUEST: usize = 256;
 const EVERYTHING_EVERY: Duration = Duration::from_secs(60);
 
 /// Runs until shutdown.
@@ -51,22 +54,40 @@ pub(crate) async fn reporter(
                 break;
             }
             let (turn, addr) = managers.current();
-            match client.at(&addr).with_timeout(CALL_TIMEOUT).report_status(&StatusReport { tasks }).await {
-                Ok(_) => {
-                    sent = now;
-                    backoff = Duration::from_millis(250);
-                    break;
-                }
-                Err(e) => {
-                    tracing::debug!(manager = %addr, error = %e, "task states not taken; trying again");
-                    managers.move_on(turn);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
+            let mut failed = None;
+            for chunk in tasks.chunks(PER_REQUEST) {
+                let report = StatusReport { tasks: chunk.to_vec() };
+                match client.at(&addr).with_timeout(CALL_TIMEOUT).report_status(&report).await {
+                    Ok(_) => {
+                        for e in chunk {
+                            sent.insert(e.task_id.clone(), e.status.clone());
+                        }
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
                 }
             }
+            let Some(e) = failed else {
+                sent.retain(|id, _| now.contains_key(id));
+                backoff = Duration::from_millis(250);
+                break;
+            };
+            tracing::debug!(manager = %addr, error = %e, "task states not taken; trying again");
+            match &e {
+                // Too many reports: the same manager, later.
+                ClientError::Api { status: 429, .. } => backoff = backoff.max(Duration::from_secs(1)),
+                // A refusal is the cluster's answer, not this manager's trouble.
+                ClientError::Api { status, .. } if *status < 500 => {}
+                // A manager that failed or cannot be reached: the session moves on.
+                _ => managers.move_on(turn),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 }

@@ -48,5 +48,14 @@ if ! dpkg -s busybox-static >/dev/null 2>&1; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
 fi
 
+# deploy/compose.yaml is tested on the local engine (tests/tests/it/compose.rs) with
+# docker-compose; deploy/build-image.sh makes its example app's image from the busybox above.
+if ! command -v docker-compose >/dev/null 2>&1; then
+  echo "setup: installing docker-compose (deploy/compose.yaml's test)" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
+fi
+
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/coffer/target}"
 mkdir -p "$CARGO_TARGET_DIR"

@@ -6,6 +6,7 @@ mod autolock;
 mod chaos;
 mod cli;
 mod cluster;
+mod compose;
 mod docker;
 mod events;
 mod flood;

@@ -109,9 +109,9 @@ worker() {
 }
 
 # What /readyz answers (a leader known, committed entries applied), as this manager sees
-# it. `coffer` has no command for /readyz yet; `cluster status` reports the same flag.
+# it. (compose.yaml's health check runs `coffer cluster ready` itself, with no shell.)
 ready() {
-  coffer cluster status --format json 2>/dev/null | grep -q '"healthy": true'
+  exec coffer cluster ready >/dev/null
 }
 
 case "${1:-}" in

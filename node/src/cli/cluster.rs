@@ -18,6 +18,9 @@ pub(crate) enum ClusterCmd {
     /// Members, leader, term, log indexes, health and lock state, as the manager asked sees
     /// them.
     Status,
+    /// Exit 0 when the manager asked (--addr) is ready (`/readyz`: it knows a leader and has
+    /// applied what was committed), 3 when not: for health checks.
+    Ready,
     /// Unlock a manager that restarted locked (autolock; --addr names it). The key is read
     /// from a prompt, or from standard input: `printf %s "$KEY" | coffer cluster unlock -`.
     Unlock {
@@ -84,6 +87,11 @@ fn print_key(k: &UnlockKeyIssued, quiet: bool, format: Format) -> Result<(), Cli
 pub(crate) async fn cluster(cmd: ClusterCmd, opts: &ClientOpts) -> Result<(), CliError> {
     match cmd {
         ClusterCmd::Status => crate::cli::nodes::cluster_status(opts).await,
+        ClusterCmd::Ready => {
+            opts.client()?.ready().await?;
+            println!("ready {}", opts.addr);
+            Ok(())
+        }
         ClusterCmd::Unlock { stdin } => {
             if stdin.as_deref().is_some_and(|a| a != "-") {
                 // Not echoed back: it may be the key.

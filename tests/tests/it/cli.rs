@@ -46,6 +46,11 @@ async fn a_new_users_session_with_secrets_and_services() {
     let cli = Cli { c: &c, manager: (c.index_of(leader).expect("leader") + 1) % 3 };
     let value = b"s3cr3t-CANARY-from-a-pipe";
 
+    // A health check's question: ready (exit 0) here; a manager that is gone is not (3).
+    assert!(cli.ok(&["cluster", "ready"], None).starts_with("ready "));
+    let gone = coffer_tests::coffer(bin(), &["cluster", "ready"], "127.0.0.1:1", &c.client_dir());
+    assert_eq!(gone.status.code(), Some(3), "{}", String::from_utf8_lossy(&gone.stderr));
+
     let id = cli.ok(&["secret", "create", "db_password", "-", "--label", "team=db"], Some(value));
     assert_eq!(id.trim().len(), 16, "create prints the new id: {id:?}");
 

@@ -45,9 +45,10 @@ pub(crate) async fn reporter(
         }
         loop {
             let now = shared.board().states.clone();
+            // `pending` is what a task without a report shows: not worth a log entry.
             let tasks: Vec<TaskStatusEntry> = now
                 .iter()
-                .filter(|(id, s)| sent.get(*id) != Some(*s))
+                .filter(|(id, s)| **s != TaskRunState::Pending && sent.get(*id) != Some(*s))
                 .map(|(id, s)| TaskStatusEntry { task_id: id.clone(), status: s.clone() })
                 .collect();
             if tasks.is_empty() {

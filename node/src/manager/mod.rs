@@ -56,6 +56,8 @@ pub(crate) mod values;
 /// How long an operation waits for a leader to be known before it reports `unavailable`.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often a forwarded write looks whether the leader it waits on was replaced.
+const DEPOSED_CHECK: Duration = Duration::from_millis(200);
 /// How long a leader keeps asking its quorum to confirm a read index that came back
 /// unconfirmed (followers that answered late) before the read fails as `unavailable`.
 const READ_INDEX_PATIENCE: Duration = Duration::from_secs(2);
@@ -203,20 +205,39 @@ impl Manager {
             }
             self.metrics.writes_forwarded.inc();
             let url = format!("https://{}/raft/propose", leader.1);
-            return match post_postcard::<_, coffer_raft_store::Response>(
+            let forwarded = post_postcard::<_, coffer_raft_store::Response>(
                 &self.peers,
                 &url,
                 Some(leader.0),
                 &cmd,
                 FORWARD_TIMEOUT,
-            )
-            .await
-            {
-                Ok(r) => Ok(r.0),
-                Err(e) => Err(forward_error(e)),
+            );
+            // A leader that died keeps a forwarded write waiting until the connection is
+            // found dead (HTTP/2 pings: up to 6 s; a connect: 3 s). Once another leader is
+            // known, that one will never answer: say so, so the client can ask again now.
+            return tokio::select! {
+                r = forwarded => match r {
+                    Ok(r) => Ok(r.0),
+                    Err(e) => Err(forward_error(e)),
+                },
+                () = self.deposed(leader.0) => Err(OpError::unavailable(
+                    "the leader changed while this write was forwarded to it: it may or may not have been \
+                     committed; read before you write again",
+                )),
             };
         }
         Err(OpError::unavailable("leadership kept changing; retry"))
+    }
+
+    /// Returns once this manager knows a leader other than `old`.
+    async fn deposed(&self, old: NodeId) {
+        let mut every = tokio::time::interval(DEPOSED_CHECK);
+        loop {
+            every.tick().await;
+            if self.leader().is_some_and(|(id, _)| id != old) {
+                return;
+            }
+        }
     }
 
     /// [`Manager::write`], with refusals turned into API errors.
@@ -280,11 +301,27 @@ impl Manager {
     }
 
     async fn remote_read_index(&self, leader: &(NodeId, String)) -> Result<Option<u64>, OpError> {
-        let url = format!("https://{}/raft/read-index", leader.1);
-        post_postcard::<_, Result<Option<u64>, String>>(&self.peers, &url, Some(leader.0), &(), FORWARD_TIMEOUT)
-            .await
-            .map_err(forward_error)?
-            .map_err(OpError::unavailable)
+        let mut leader = leader.clone();
+        for _ in 0..3 {
+            let url = format!("https://{}/raft/read-index", leader.1);
+            let asked = post_postcard::<_, Result<Option<u64>, String>>(
+                &self.peers,
+                &url,
+                Some(leader.0),
+                &(),
+                FORWARD_TIMEOUT,
+            );
+            tokio::select! {
+                r = asked => return r.map_err(forward_error)?.map_err(OpError::unavailable),
+                // A read index can be asked again: of the leader that replaced this one.
+                () = self.deposed(leader.0) => {}
+            }
+            leader = self.wait_for_leader(LEADER_WAIT).await?;
+            if leader.0 == self.id {
+                return Box::pin(self.fetch_read_index(leader)).await;
+            }
+        }
+        Err(OpError::unavailable("leadership kept changing; retry"))
     }
 
     /// Runs an operation that only the leader may perform, here or on the leader.

@@ -1,7 +1,8 @@
 //! Sends the states of the worker's tasks to the manager of its session: what changed
 //! since the last report that went through, soon after it changes, and everything once a
 //! minute (the managers drop what they already have, so a report lost on the way, or a
-//! task that came back, heals without a log entry per minute).
+//! task that came back, heals without a log entry per minute). Always to the manager of
+//! the session, which the long poll and heartbeats choose.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -54,7 +55,7 @@ pub(crate) async fn reporter(
             if tasks.is_empty() {
                 break;
             }
-            let (turn, addr) = managers.current();
+            let (_, addr) = managers.current();
             let mut failed = None;
             for chunk in tasks.chunks(PER_REQUEST) {
                 let report = StatusReport { tasks: chunk.to_vec() };
@@ -76,13 +77,11 @@ pub(crate) async fn reporter(
                 break;
             };
             tracing::debug!(manager = %addr, error = %e, "task states not taken; trying again");
-            match &e {
-                // Too many reports: the same manager, later.
-                ClientError::Api { status: 429, .. } => backoff = backoff.max(Duration::from_secs(1)),
-                // A refusal is the cluster's answer, not this manager's trouble.
-                ClientError::Api { status, .. } if *status < 500 => {}
-                // A manager that failed or cannot be reached: the session moves on.
-                _ => managers.move_on(turn),
+            // Too many reports: later. Whatever else failed, the session's long poll and
+            // heartbeats decide whether to move to another manager: a report refused for
+            // want of a leader must not move a worker off a manager that is fine.
+            if let ClientError::Api { status: 429, .. } = &e {
+                backoff = backoff.max(Duration::from_secs(1));
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,

@@ -6,6 +6,7 @@ use coffer_api::services::{RunInfo, RunSpec, ServiceUpdate};
 use coffer_raft_store::model::{OnSecretChange, RuntimeOptions, ServiceRuntime};
 
 use crate::http::error::ApiError;
+use crate::manager::Manager;
 use coffer_api::error::CodedError;
 
 fn on_change(text: &str) -> Result<OnSecretChange, ApiError> {
@@ -92,6 +93,11 @@ pub(crate) fn apply_update(
         return Err(ApiError::invalid("command, args and env need an image"));
     }
     Ok(())
+}
+
+/// What service `id` runs, from its two records; `None` without an image.
+pub(crate) fn of_service(m: &Manager, id: &str) -> Result<Option<RunInfo>, ApiError> {
+    Ok(info(m.reader.service_runtime(id)?.as_ref(), m.reader.service_options(id)?.as_ref()))
 }
 
 /// What a service runs, as shown and as assigned to workers; `None` without an image.

@@ -110,8 +110,7 @@ pub(crate) fn info(m: &Manager, s: ServiceRecord) -> Result<ServiceInfo, ApiErro
             })
         })
         .collect::<Result<_, ApiError>>()?;
-    let run =
-        crate::http::run::info(m.reader.service_runtime(&s.id)?.as_ref(), m.reader.service_options(&s.id)?.as_ref());
+    let run = crate::http::run::of_service(m, &s.id)?;
     Ok(ServiceInfo {
         id: s.id,
         name: s.name,

@@ -87,10 +87,7 @@ pub fn assignment_of(m: &Manager, node: NodeId) -> Result<Assignment, ApiError> 
                 mode: r.mode,
             });
         }
-        let run = crate::http::run::info(
-            m.reader.service_runtime(&svc.id)?.as_ref(),
-            m.reader.service_options(&svc.id)?.as_ref(),
-        );
+        let run = crate::http::run::of_service(m, &svc.id)?;
         tasks.push(AssignedTask {
             task_id: t.id,
             service_id: svc.id,

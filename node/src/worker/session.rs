@@ -225,8 +225,11 @@ impl Agent {
             .unwrap_or_default();
         let written = write_task(&dir, task, &redeemed, &old_targets).map_err(Local)?;
         tracing::info!(task = %task.task_id, service = %task.service_name, slot = task.slot, "secrets written");
+        // The runtime is told the versions written (the redemption may have brought newer
+        // ones than the assignment): the next assignment then changes nothing for it, and a
+        // container is told of a change once.
+        self.runtime.written(&written, &dir);
         self.written.insert(task.task_id.clone(), Written { task: written, dir: dir.clone() });
-        self.runtime.written(task, &dir);
         self.on_change(&dir, task).await;
         Ok(())
     }

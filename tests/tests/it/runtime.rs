@@ -108,6 +108,17 @@ fn engine_reachable() -> bool {
     docker(&["info", "--format", "{{.ServerVersion}}"]).status.success()
 }
 
+/// The test image and a one-manager cluster; `None` (the test is skipped, and says so)
+/// where no engine answers.
+async fn engine_and_cluster() -> Option<(Engine, Cluster)> {
+    if !engine_reachable() {
+        eprintln!("SKIPPED: no Docker engine answers on this machine (docker info failed)");
+        return None;
+    }
+    let engine = Engine::new();
+    Some((engine, Cluster::start(bin(), 1, &[]).await.expect("cluster")))
+}
+
 fn service(name: &str, replicas: u32, run: RunSpec) -> ServiceCreate {
     ServiceCreate {
         name: name.into(),
@@ -172,12 +183,7 @@ fn docker_cli(c: &Cluster) -> (Command, tempfile::TempDir) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_docker_worker_runs_tasks_in_containers_that_see_rotations_without_restarting() {
-    if !engine_reachable() {
-        eprintln!("SKIPPED: no Docker engine answers on this machine (docker info failed)");
-        return;
-    }
-    let mut engine = Engine::new();
-    let c = Cluster::start(bin(), 1, &[]).await.expect("cluster");
+    let Some((mut engine, c)) = engine_and_cluster().await else { return };
     let mut workers = c.start_workers(1, &["--runtime", "docker"]).await.expect("worker");
     engine.workers.push(workers[0].id);
     let w = workers[0].id;
@@ -318,12 +324,7 @@ async fn a_docker_worker_runs_tasks_in_containers_that_see_rotations_without_res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_runtime_input_fails_clearly_and_disturbs_nothing_else() {
-    if !engine_reachable() {
-        eprintln!("SKIPPED: no Docker engine answers on this machine (docker info failed)");
-        return;
-    }
-    let mut engine = Engine::new();
-    let c = Cluster::start(bin(), 1, &[]).await.expect("cluster");
+    let Some((mut engine, c)) = engine_and_cluster().await else { return };
 
     // A worker that cannot reach the engine refuses to start, and says why.
     let token = c.admin(0).rotate_token(coffer_api::cluster::NodeRole::Worker).await.expect("token").token;

@@ -17,7 +17,9 @@
 //! grows with the state; `COFFER_BENCH_MEMORY=MB`: instead, both write MB MiB of 4 KiB
 //! values (Coffer: new versions of 1 000 secrets; etcd: puts to 1 000 keys) and each
 //! member's RSS and data dir size are printed; `COFFER_BENCH_MANAGER_ARGS` adds flags to
-//! every manager).
+//! every manager; `COFFER_BENCH_POINTS=1,3`: only those points, counted from 1;
+//! `COFFER_BENCH_STAGES=1`: after each Coffer point, where its writes' time went, stage
+//! by stage, from the managers' `coffer_write_stage_seconds`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -469,6 +471,54 @@ async fn growth(t: &Target, total: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Each manager's `coffer_write_stage_seconds` as (stage, sum, count).
+async fn stage_sums(c: &Cluster) -> anyhow::Result<Vec<Vec<(String, f64, f64)>>> {
+    let mut out = Vec::new();
+    for i in 0..c.managers.len() {
+        let text = c.admin(i).metrics().await?;
+        let mut stages: Vec<(String, f64, f64)> = Vec::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("coffer_write_stage_seconds_") else { continue };
+            let (kind, rest) = rest.split_once("{stage=\"").unwrap_or(("", ""));
+            let Some((stage, value)) = rest.split_once("\"} ") else { continue };
+            let value: f64 = value.trim().parse().unwrap_or(0.0);
+            let at = match stages.iter().position(|(s, _, _)| s == stage) {
+                Some(at) => at,
+                None => {
+                    stages.push((stage.to_string(), 0.0, 0.0));
+                    stages.len() - 1
+                }
+            };
+            match kind {
+                "sum" => stages[at].1 = value,
+                "count" => stages[at].2 = value,
+                _ => {}
+            }
+        }
+        out.push(stages);
+    }
+    Ok(out)
+}
+
+/// The mean time of each stage between two readings (warm-up included), and how many
+/// times it ran, per manager, leader first.
+fn print_stages(c: &Cluster, leader: u64, before: &[Vec<(String, f64, f64)>], after: &[Vec<(String, f64, f64)>]) {
+    let mut order: Vec<usize> = (0..c.managers.len()).collect();
+    order.sort_by_key(|&i| c.managers[i].id != leader);
+    for i in order {
+        let role = if c.managers[i].id == leader { "leader" } else { "follower" };
+        let mut line = format!("  stages, {role:<8} {:>16x}:", c.managers[i].id);
+        for (stage, sum, count) in &after[i] {
+            let (s0, n0) = before[i].iter().find(|(s, _, _)| s == stage).map_or((0.0, 0.0), |(_, s, n)| (*s, *n));
+            let n = count - n0;
+            if n > 0.0 {
+                line.push_str(&format!(" {stage} {:.3} ms ({n:.0})", (sum - s0) / n * 1000.0));
+            }
+        }
+        println!("{line}");
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let secs = Duration::from_secs(env_u64("COFFER_BENCH_SECS", 10));
     let warmup = Duration::from_secs(env_u64("COFFER_BENCH_WARMUP", 2));
@@ -521,16 +571,27 @@ fn main() -> anyhow::Result<()> {
             t.seed_reads().await?;
         }
         let next = Arc::new(AtomicU64::new(0));
+        let only: Vec<usize> = std::env::var("COFFER_BENCH_POINTS")
+            .map(|v| v.split(',').filter_map(|p| p.trim().parse::<usize>().ok()).collect())
+            .unwrap_or_default();
+        let chosen = |pi: usize| only.is_empty() || only.contains(&(pi + 1));
+        let stages = std::env::var("COFFER_BENCH_STAGES").is_ok_and(|v| v == "1");
         let mut figures: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); targets.len()]; POINTS.len()];
         let mut p99: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); targets.len()]; POINTS.len()];
         for rep in 0..reps {
-            for (pi, point) in POINTS.iter().enumerate() {
+            for (pi, point) in POINTS.iter().enumerate().filter(|(pi, _)| chosen(*pi)) {
                 let mut order: Vec<usize> = (0..targets.len()).collect();
                 if (rep + pi as u64) % 2 == 1 {
                     order.reverse();
                 }
                 for ti in order {
+                    let before = if stages && ti == 0 { Some(stage_sums(&c).await?) } else { None };
                     let m = load(&targets[ti], point.op, point.clients, point.spread, warmup, secs, &next).await?;
+                    if let Some(before) = before {
+                        let after = stage_sums(&c).await?;
+                        println!("{} (Coffer, repetition {}): {:.0}/s", point.label, rep + 1, m.ops as f64 / m.secs);
+                        print_stages(&c, c.leader_seen_by(0).await?, &before, &after);
+                    }
                     figures[pi][ti].push(m.ops as f64 / m.secs);
                     p99[pi][ti].push(pct(&m.latencies, 0.99));
                 }
@@ -546,7 +607,7 @@ fn main() -> anyhow::Result<()> {
             "{:<40} {:>10} {:>10} {:>8} {:>12} {:>12}",
             "point", "etcd/s", "coffer/s", "ratio", "etcd p99 ms", "coffer p99"
         );
-        for (pi, point) in POINTS.iter().enumerate() {
+        for (pi, point) in POINTS.iter().enumerate().filter(|(pi, _)| chosen(*pi)) {
             let coffer_rate = median(figures[pi][0].clone());
             let coffer_p99 = median(p99[pi][0].clone());
             match targets.len() {

@@ -34,6 +34,7 @@ mod reader;
 mod recover;
 pub mod seal;
 mod snapshot;
+mod stages;
 mod state_machine;
 
 use std::io::Cursor;
@@ -51,6 +52,7 @@ pub use recover::{restore, Reformed};
 pub use snapshot::{
     ChunkReader, Meta as SnapshotMeta, SnapshotFile, SnapshotWriter, DEFAULT_CHUNK_BYTES, SNAPSHOT_FORMAT,
 };
+pub use stages::{StageObserver, StoreStage};
 pub use state_machine::{SnapshotBuilder, SnapshotInbox, StateMachine};
 
 /// A Raft node id. Managers and workers share one id space.
@@ -90,11 +92,13 @@ openraft::declare_raft_types!(
 pub struct StoreOptions {
     /// Plaintext bytes per sealed snapshot chunk.
     pub snapshot_chunk_bytes: usize,
+    /// Told how long log appends and applies take (the manager's `/metrics`).
+    pub observer: Option<std::sync::Arc<dyn StageObserver>>,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { snapshot_chunk_bytes: DEFAULT_CHUNK_BYTES }
+        Self { snapshot_chunk_bytes: DEFAULT_CHUNK_BYTES, observer: None }
     }
 }
 
@@ -146,9 +150,10 @@ pub fn check_kek(dir: &Path, kek: &dyn seal::KeyEncryptionKey) -> Result<(), Sto
 /// data dir that another process holds open.
 pub fn open(dir: &Path, kek: &dyn seal::KeyEncryptionKey, options: StoreOptions) -> Result<Store, StoreError> {
     let db = db::Db::open(dir, kek)?;
-    let state_machine = StateMachine::open(db.clone(), options.snapshot_chunk_bytes)?;
+    let stages = stages::Stages(options.observer);
+    let state_machine = StateMachine::open(db.clone(), options.snapshot_chunk_bytes, stages.clone())?;
     Ok(Store {
-        log: LogStore::new(db.clone()),
+        log: LogStore::new(db.clone(), stages),
         state_machine,
         reader: StateReader::new(db.clone()),
         snapshots: SnapshotInbox::new(db, options.snapshot_chunk_bytes),

@@ -20,6 +20,7 @@ use rocksdb::{IteratorMode, WriteBatch};
 
 use crate::db::{decode_at, Db, CF_LOG, CF_RAFT};
 use crate::error::{to_raft, StoreError};
+use crate::stages::{Stages, StoreStage};
 use crate::{NodeId, TypeConfig};
 
 pub(crate) const VOTE: &[u8] = b"vote";
@@ -30,6 +31,7 @@ pub(crate) const LAST_PURGED: &[u8] = b"last_purged";
 #[derive(Debug, Clone)]
 pub struct LogStore {
     db: Arc<Db>,
+    stages: Stages,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -37,8 +39,8 @@ fn index_key(index: u64) -> [u8; 8] {
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<Db>) -> Self {
-        Self { db }
+    pub(crate) fn new(db: Arc<Db>, stages: Stages) -> Self {
+        Self { db, stages }
     }
 
     pub(crate) fn entries<RB: RangeBounds<u64>>(&self, range: RB) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
@@ -165,7 +167,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        match self.append_batch(entries) {
+        match self.stages.time(StoreStage::LogAppend, || self.append_batch(entries)) {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())

@@ -24,6 +24,7 @@ use crate::db::{decode_at, Db, CF_SM, CF_SM_META};
 use crate::error::{to_raft, StoreError};
 use crate::model::{Applied, Response};
 use crate::snapshot::{self, Meta, SnapshotFile, SnapshotWriter};
+use crate::stages::{Stages, StoreStage};
 use crate::{keys, ManagerNode, NodeId, TypeConfig};
 
 pub(crate) const LAST_APPLIED: &[u8] = b"last_applied";
@@ -37,12 +38,13 @@ type Membership = StoredMembership<NodeId, ManagerNode>;
 pub struct StateMachine {
     db: Arc<Db>,
     chunk_bytes: usize,
+    stages: Stages,
 }
 
 impl StateMachine {
     /// Opens the state machine, finishing a snapshot install that a crash interrupted.
-    pub(crate) fn open(db: Arc<Db>, chunk_bytes: usize) -> Result<Self, StoreError> {
-        let sm = Self { db, chunk_bytes };
+    pub(crate) fn open(db: Arc<Db>, chunk_bytes: usize, stages: Stages) -> Result<Self, StoreError> {
+        let sm = Self { db, chunk_bytes, stages };
         // Snapshots half-received before a restart are useless: the sender starts over.
         let incoming = sm.db.snapshots_dir().join("incoming");
         if incoming.exists() {
@@ -298,7 +300,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.apply_entries(entries).map_err(to_raft(ErrorSubject::StateMachine, ErrorVerb::Write))
+        let stages = self.stages.clone();
+        stages
+            .time(StoreStage::Apply, || self.apply_entries(entries))
+            .map_err(to_raft(ErrorSubject::StateMachine, ErrorVerb::Write))
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

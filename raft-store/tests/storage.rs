@@ -22,7 +22,7 @@ fn kek(seed: u8) -> LocalKek {
 }
 
 fn open_at(dir: &Path) -> Result<Store, StoreError> {
-    open(dir, &kek(7), StoreOptions { snapshot_chunk_bytes: 512 })
+    open(dir, &kek(7), StoreOptions { snapshot_chunk_bytes: 512, ..Default::default() })
 }
 
 fn log_id(term: u64, index: u64) -> LogId<NodeId> {
@@ -63,7 +63,8 @@ impl StoreBuilder<TypeConfig, coffer_raft_store::LogStore, coffer_raft_store::St
         // A fresh key per store: the suite moves snapshots between stores, which must
         // re-seal them under the receiver's key.
         let seed = rand_seed();
-        let store = open(dir.path(), &kek(seed), StoreOptions { snapshot_chunk_bytes: 64 }).expect("open store");
+        let store = open(dir.path(), &kek(seed), StoreOptions { snapshot_chunk_bytes: 64, ..Default::default() })
+            .expect("open store");
         Ok((dir, store.log, store.state_machine))
     }
 }

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::http::auth::ManagerCaller;
 use crate::http::error::ApiError;
+use crate::manager::forward;
 use crate::manager::group_commit::Committed;
 use crate::manager::leader_ops::{self, LeaderOp, OpResult};
 use crate::manager::raft_net::receive_snapshot;
@@ -36,8 +37,14 @@ pub(crate) fn postcard_reply<T: Serialize>(value: &T) -> Response {
 }
 
 pub(crate) async fn append(State(m): S, _c: ManagerCaller, body: Bytes) -> Result<Response, ApiError> {
+    let began = std::time::Instant::now();
     let req: AppendEntriesRequest<coffer_raft_store::TypeConfig> = postcard_body(&body)?;
-    Ok(postcard_reply(&m.raft.append_entries(req).await))
+    let heartbeat = req.entries.is_empty();
+    let reply = m.raft.append_entries(req).await;
+    if !heartbeat {
+        m.metrics.stages.observe("follower_append", began.elapsed());
+    }
+    Ok(postcard_reply(&reply))
 }
 
 pub(crate) async fn vote(State(m): S, _c: ManagerCaller, body: Bytes) -> Result<Response, ApiError> {
@@ -69,12 +76,40 @@ pub(crate) async fn propose(State(m): S, _c: ManagerCaller, body: Bytes) -> Resu
     }
 }
 
+/// Writes forwarded together by a follower (see `manager::forward`): each joins this
+/// leader's group commit, and each is answered on its own, in order.
+pub(crate) async fn propose_batch(State(m): S, _c: ManagerCaller, body: Bytes) -> Result<Response, ApiError> {
+    let cmds: Vec<Command> = postcard_body(&body)?;
+    if cmds.len() > forward::MAX_COMMANDS {
+        return Err(ApiError::invalid(format!(
+            "{} forwarded writes in one batch; at most {}",
+            cmds.len(),
+            forward::MAX_COMMANDS
+        )));
+    }
+    if !m.is_leader() {
+        return Err(ApiError::unavailable("not the leader"));
+    }
+    let outcomes = futures_util::future::join_all(cmds.into_iter().map(|cmd| m.group.commit(&m.raft, cmd))).await;
+    let reply: forward::BatchReply = outcomes
+        .into_iter()
+        .map(|o| match o {
+            Committed::Applied(r) => Ok(r),
+            Committed::NotLeader(_) => Err("not the leader".to_string()),
+            Committed::Failed(e) => Err(e),
+        })
+        .collect();
+    Ok(postcard_reply(&reply))
+}
+
 /// The leader's read index, for a follower's linearizable read.
 pub(crate) async fn read_index(State(m): S, _c: ManagerCaller) -> Response {
-    // Shared with this leader's own reads: concurrent followers' requests cost one quorum round.
-    let me = (m.id, m.advertise.clone());
+    // Concurrent followers' requests cost one quorum round.
+    // Never forwarded from here, and batched apart from this manager's own reads (which
+    // may wait on another manager): a caller that took this manager for the leader asks
+    // again, and no two managers ever wait on each other.
     let r: Result<Option<u64>, String> =
-        m.read_batch.read_index(|| m.fetch_read_index(me)).await.map_err(|e| e.message);
+        m.served_batch.read_index(|| m.own_read_index(false)).await.map_err(|e| e.message);
     postcard_reply(&r)
 }
 

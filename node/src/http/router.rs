@@ -34,6 +34,7 @@ pub fn router(m: Arc<Manager>) -> Router {
         .route("/raft/append", post(raft::append))
         .route("/raft/vote", post(raft::vote))
         .route("/raft/propose", post(raft::propose))
+        .route("/raft/propose-batch", post(raft::propose_batch))
         .route("/raft/read-index", post(raft::read_index))
         .route("/raft/applied", post(raft::applied))
         .route("/raft/heartbeat", post(worker::forwarded_heartbeat))

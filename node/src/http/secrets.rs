@@ -103,7 +103,9 @@ pub async fn create(
     let value = decode_value(&req.data)?;
     let size = validate::secret_size(value.len())?;
     let id = new_id();
+    let began = std::time::Instant::now();
     let sealed = m.value_sealer()?.seal(&id, &value)?;
+    m.metrics.stages.observe("seal", began.elapsed());
     drop(value);
     let cmd = Command::CreateSecret {
         id: id.clone(),
@@ -186,7 +188,9 @@ pub async fn rotate(
     let size = validate::secret_size(value.len())?;
     m.linearizable().await?;
     let s = find_secret(&m, &key)?;
+    let began = std::time::Instant::now();
     let sealed = m.value_sealer()?.seal(&s.id, &value)?;
+    m.metrics.stages.observe("seal", began.elapsed());
     drop(value);
     match m.propose(Command::RotateSecret { id: s.id.clone(), value: sealed, size, at: now_millis() }).await? {
         Applied::SecretVersion { version, .. } => {

@@ -32,6 +32,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_STREAMS: u32 = 128;
 /// Streams an anonymous HTTP/2 connection may carry at once.
 const ANONYMOUS_STREAMS: u32 = 4;
+/// Streams reset before they were served that a manager's connection may have waiting
+/// (h2's default, kept for every other caller, is 20).
+const MANAGER_RESET_STREAMS: usize = 4096;
 
 /// The address a connection came from, attached to each of its requests.
 #[derive(Debug, Clone, Copy)]
@@ -162,6 +165,7 @@ impl Connection {
             }
             None => (None, Some(anonymous)),
         };
+        let from_manager = valid.is_some_and(|id| id.role == Role::Manager);
         let evicted = anonymous.as_ref().map(|a| a.evicted.clone());
         // An anonymous connection gets few HTTP/2 streams: each may carry a body.
         let streams = if anonymous.is_some() { ANONYMOUS_STREAMS } else { MAX_STREAMS };
@@ -181,6 +185,13 @@ impl Connection {
             .max_concurrent_streams(streams)
             .keep_alive_interval(Some(idle))
             .keep_alive_timeout(idle);
+        if from_manager {
+            // openraft gives each AppendEntries one heartbeat interval and then drops it,
+            // which resets its stream: a busy follower saw more than h2's 20 resets waiting
+            // and closed the whole connection, with every forwarded write and read index
+            // on it. A manager is trusted not to flood resets (others keep the limit).
+            builder.http2().max_pending_accept_reset_streams(Some(MANAGER_RESET_STREAMS));
+        }
         let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
         tokio::pin!(conn);
         let evicted = async {

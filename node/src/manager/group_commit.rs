@@ -66,21 +66,31 @@ fn approx_bytes(cmd: &Command) -> usize {
     }
 }
 
+/// The oldest queued commands, at least one (if any), at most `max_commands` and, unless
+/// the first alone is larger, `max_bytes`. Shared with the follower's forwarding.
+pub(crate) fn take_within<T>(
+    queue: &Mutex<VecDeque<(Command, T)>>,
+    max_commands: usize,
+    max_bytes: usize,
+) -> Vec<(Command, T)> {
+    let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    while let Some(next) = q.front() {
+        let size = approx_bytes(&next.0);
+        if !out.is_empty() && (out.len() == max_commands || bytes + size > max_bytes) {
+            break;
+        }
+        bytes += size;
+        out.extend(q.pop_front());
+    }
+    out
+}
+
 impl GroupCommit {
     /// The oldest queued writes, at least one (if any), within the bounds.
     fn take(&self) -> Vec<Waiting> {
-        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        while let Some(next) = q.front() {
-            let size = approx_bytes(&next.0);
-            if !out.is_empty() && (out.len() == MAX_COMMANDS || bytes + size > MAX_BYTES) {
-                break;
-            }
-            bytes += size;
-            out.extend(q.pop_front());
-        }
-        out
+        take_within(&self.queue, MAX_COMMANDS, MAX_BYTES)
     }
 
     /// Commits `cmd` on this manager's Raft (which must lead), with whatever else is

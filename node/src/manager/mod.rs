@@ -36,6 +36,7 @@ pub mod backup;
 pub(crate) mod compaction;
 pub(crate) mod constraints;
 pub(crate) mod error;
+pub(crate) mod forward;
 pub mod grants;
 pub(crate) mod group_commit;
 pub(crate) mod init;
@@ -99,8 +100,14 @@ pub struct Manager {
     pub(crate) metrics: metrics::Metrics,
     /// Coalesces concurrent read-index requests.
     pub(crate) read_batch: ReadIndexBatch,
+    /// Coalesces followers' read-index requests (`/raft/read-index`). Apart from
+    /// `read_batch`, which may be held across a call to another manager: two managers
+    /// that each took the other for the leader would otherwise wait on each other.
+    pub(crate) served_batch: ReadIndexBatch,
     /// Coalesces concurrent writes on the leader into one log entry.
     pub(crate) group: Arc<group_commit::GroupCommit>,
+    /// Coalesces concurrent writes forwarded to the leader while this manager follows.
+    pub(crate) forwarder: Arc<forward::Forwarder>,
     /// The audit log of redemptions (group-committed).
     pub(crate) audit: audit::AuditLog,
     /// When each node last renewed its certificate through this leader.
@@ -191,7 +198,7 @@ impl Manager {
         let mut leader = self.wait_for_leader(LEADER_WAIT).await?;
         for _ in 0..3 {
             if leader.0 == self.id {
-                match self.group.commit(&self.raft, cmd.clone()).await {
+                match self.metrics.stages.time("propose", self.group.commit(&self.raft, cmd.clone())).await {
                     Committed::Applied(r) => {
                         self.metrics.writes_local.inc();
                         return Ok(r);
@@ -204,29 +211,26 @@ impl Manager {
                 }
             }
             self.metrics.writes_forwarded.inc();
-            let url = format!("https://{}/raft/propose", leader.1);
-            let forwarded = post_postcard::<_, coffer_raft_store::Response>(
-                &self.peers,
-                &url,
-                Some(leader.0),
-                &cmd,
-                FORWARD_TIMEOUT,
-            );
-            // A leader that died keeps a forwarded write waiting until the connection is
-            // found dead (HTTP/2 pings: up to 6 s; a connect: 3 s). Once another leader is
-            // known, that one will never answer: say so, so the client can ask again now.
-            return tokio::select! {
-                r = forwarded => match r {
-                    Ok(r) => Ok(r.0),
-                    Err(e) => Err(forward_error(e)),
-                },
-                () = self.deposed(leader.0) => Err(OpError::unavailable(
-                    "the leader changed while this write was forwarded to it: it may or may not have been \
-                     committed; read before you write again",
-                )),
-            };
+            match self.forwarder.forward(&self.forward_link(), cmd.clone()).await {
+                forward::Forwarded::Answered(r) => return Ok(r),
+                forward::Forwarded::Failed(e) => return Err(e),
+                // Became the leader meanwhile: commit here.
+                forward::Forwarded::LeadHere => leader = (self.id, self.advertise.clone()),
+            }
         }
         Err(OpError::unavailable("leadership kept changing; retry"))
+    }
+
+    fn forward_link(&self) -> forward::Link {
+        forward::Link {
+            id: self.id,
+            raft: self.raft.clone(),
+            peers: self.peers.clone(),
+            stages: self.metrics.stages.clone(),
+            leader_wait: LEADER_WAIT,
+            timeout: FORWARD_TIMEOUT,
+            deposed_check: DEPOSED_CHECK,
+        }
     }
 
     /// Returns once this manager knows a leader other than `old`.
@@ -274,14 +278,35 @@ impl Manager {
         if leader.0 != self.id {
             return self.remote_read_index(&leader).await;
         }
+        self.own_read_index(true).await
+    }
+
+    /// This manager's own read index, confirmed by a quorum. When it does not lead: the
+    /// leader's if `forward`, else `unavailable` (what `/raft/read-index` answers, so that
+    /// two managers that each take the other for the leader never wait on each other).
+    pub(crate) async fn own_read_index(&self, forward: bool) -> Result<Option<u64>, OpError> {
         let deadline = tokio::time::Instant::now() + READ_INDEX_PATIENCE;
         let mut pause = Duration::from_millis(5);
         loop {
             match self.raft.get_read_log_id().await {
                 Ok((read, _applied)) => return Ok(read.map(|l| l.index)),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) if !forward => {
+                    return Err(OpError::unavailable("not the leader"));
+                }
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                     let l = self.forward_target(f).await?;
-                    return self.remote_read_index(&l).await;
+                    if l.0 != self.id {
+                        return self.remote_read_index(&l).await;
+                    }
+                    // Elected meanwhile: ask this manager's Raft again. Asking itself over
+                    // HTTP waited on the read batch this very call holds, until the call's
+                    // 15 s timeout: every linearizable request (a rotation's among them) on
+                    // a manager elected that way stalled 15 s.
+                    if tokio::time::Instant::now() + pause >= deadline {
+                        return Err(OpError::unavailable("this manager was just elected; retry"));
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
                 }
                 // openraft gives each follower one heartbeat interval (100 ms) to confirm;
                 // a follower busy appending a burst of writes on a loaded machine can take
@@ -303,6 +328,9 @@ impl Manager {
     async fn remote_read_index(&self, leader: &(NodeId, String)) -> Result<Option<u64>, OpError> {
         let mut leader = leader.clone();
         for _ in 0..3 {
+            if leader.0 == self.id {
+                return Box::pin(self.fetch_read_index(leader)).await;
+            }
             let url = format!("https://{}/raft/read-index", leader.1);
             let asked = post_postcard::<_, Result<Option<u64>, String>>(
                 &self.peers,
@@ -317,9 +345,6 @@ impl Manager {
                 () = self.deposed(leader.0) => {}
             }
             leader = self.wait_for_leader(LEADER_WAIT).await?;
-            if leader.0 == self.id {
-                return Box::pin(self.fetch_read_index(leader)).await;
-            }
         }
         Err(OpError::unavailable("leadership kept changing; retry"))
     }

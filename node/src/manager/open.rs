@@ -112,7 +112,9 @@ impl Manager {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Opened> {
         let (identity, data_dir) = (local.identity.clone(), local.data_dir.clone());
-        let mut store = coffer_raft_store::open(&data_dir.store(), store_key.kek.as_ref(), StoreOptions::default())
+        let metrics = metrics::Metrics::default();
+        let options = StoreOptions { observer: Some(Arc::new(metrics.stages.clone())), ..Default::default() };
+        let mut store = coffer_raft_store::open(&data_dir.store(), store_key.kek.as_ref(), options)
             .context("open the manager's store")?;
         let keks = [store_key.kek.as_ref(), local.kek.as_ref()];
         let (certified, _) =
@@ -135,10 +137,15 @@ impl Manager {
             recovery::force_new_cluster(&mut store, identity.node_id, &identity.advertise, &peers, f).await?;
         }
         let raft_config = Arc::new(config.openraft_config()?);
-        let raft =
-            Raft::new(identity.node_id, raft_config, PeerNetwork::new(peers.clone()), store.log, store.state_machine)
-                .await
-                .context("start raft")?;
+        let raft = Raft::new(
+            identity.node_id,
+            raft_config,
+            PeerNetwork::new(peers.clone(), metrics.stages.clone()),
+            store.log,
+            store.state_machine,
+        )
+        .await
+        .context("start raft")?;
 
         let audit = audit::AuditLog::start(data_dir.root().join("audit.log")).context("start the audit log")?;
         let manager = Arc::new(Manager {
@@ -161,8 +168,10 @@ impl Manager {
             autolock_lock: tokio::sync::Mutex::new(()),
             grant_key: tokio::sync::Mutex::new(None),
             read_batch: ReadIndexBatch::default(),
+            served_batch: ReadIndexBatch::default(),
             group: Default::default(),
-            metrics: metrics::Metrics::default(),
+            forwarder: Default::default(),
+            metrics,
             value_sealer: std::sync::OnceLock::new(),
             audit,
             liveness: scheduler::Liveness::default(),

@@ -25,6 +25,7 @@ use openraft::{Snapshot, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::manager::metrics::WriteStages;
 use crate::trust::pki::{self, Role};
 
 /// The pooled mutual-TLS client for calls to other managers. Replaced when this manager's
@@ -66,11 +67,12 @@ impl Peers {
 #[derive(Debug, Clone)]
 pub struct PeerNetwork {
     peers: Peers,
+    stages: WriteStages,
 }
 
 impl PeerNetwork {
-    pub(crate) fn new(peers: Peers) -> Self {
-        Self { peers }
+    pub(crate) fn new(peers: Peers, stages: WriteStages) -> Self {
+        Self { peers, stages }
     }
 }
 
@@ -78,7 +80,12 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &ManagerNode) -> PeerClient {
-        PeerClient { peers: self.peers.clone(), target, base: format!("https://{}", node.addr) }
+        PeerClient {
+            peers: self.peers.clone(),
+            target,
+            base: format!("https://{}", node.addr),
+            stages: self.stages.clone(),
+        }
     }
 }
 
@@ -87,6 +94,7 @@ pub struct PeerClient {
     peers: Peers,
     target: NodeId,
     base: String,
+    stages: WriteStages,
 }
 
 /// Why a call to a peer failed, before openraft's error types are chosen.
@@ -199,12 +207,16 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
         let keep = within_budget(&rpc.entries, APPEND_BYTES);
-        if keep == rpc.entries.len() {
+        if rpc.entries.is_empty() {
             return self.call("/raft/append", &rpc, &option).await;
+        }
+        let stages = self.stages.clone();
+        if keep == rpc.entries.len() {
+            return stages.time("replicate", self.call("/raft/append", &rpc, &option)).await;
         }
         rpc.entries.truncate(keep);
         let last = rpc.entries.last().map(|e| e.log_id);
-        match self.call("/raft/append", &rpc, &option).await? {
+        match stages.time("replicate", self.call("/raft/append", &rpc, &option)).await? {
             AppendEntriesResponse::Success => Ok(AppendEntriesResponse::PartialSuccess(last)),
             other => Ok(other),
         }

@@ -1,6 +1,7 @@
 //! A cluster forms, replicates, survives the loss of its leader, catches a lagging manager
 //! up by snapshot, changes membership, renews certificates, and runs as `coffer dev`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use coffer_api::cluster::{Availability, RaftRole};
@@ -29,6 +30,61 @@ async fn three_managers_form_and_a_write_through_a_follower_is_everywhere() {
     assert_eq!(status.leader_id, Some(leader));
     assert!(status.healthy);
     assert_eq!(status.members.len(), 3);
+}
+
+/// Writes sent to a follower at once travel to the leader together; each still gets its
+/// own answer: one create of a name wins and the rest are told it exists, and concurrent
+/// rotations get one version each. `/metrics` shows where the writes' time went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_through_a_follower_each_get_their_own_answer() {
+    let c = Cluster::start(bin(), 3, &[]).await.expect("cluster");
+    let leader = c.leader_seen_by(0).await.expect("leader");
+    let f = (0..3).find(|&i| c.managers[i].id != leader).expect("a follower");
+    let li = c.index_of(leader).expect("leader index");
+    c.admin(f).create_secret("rotated", b"v1", BTreeMap::new()).await.expect("create through a follower");
+
+    let mut calls = Vec::new();
+    for i in 0..60 {
+        let admin = c.admin(f);
+        calls.push(tokio::spawn(async move {
+            match i {
+                0..20 => {
+                    admin.create_secret(&format!("s{i}"), b"value", BTreeMap::new()).await.map(|v| ("own", v.version))
+                }
+                20..40 => {
+                    admin.create_secret("contested", b"value", BTreeMap::new()).await.map(|v| ("contested", v.version))
+                }
+                _ => admin.rotate_secret("rotated", format!("v{i}").as_bytes()).await.map(|v| ("rotated", v.version)),
+            }
+        }));
+    }
+    let (mut won, mut exists, mut versions) = (0, 0, Vec::new());
+    for call in calls {
+        match call.await.expect("join") {
+            Ok(("own", v)) => assert_eq!(v, 1),
+            Ok(("contested", _)) => won += 1,
+            Ok((_, v)) => versions.push(v),
+            Err(e) if e.code() == Some(ErrorCode::AlreadyExists) => exists += 1,
+            Err(e) => panic!("a forwarded write failed: {e}"),
+        }
+    }
+    assert_eq!((won, exists), (1, 19), "one create of a name wins, the others are told it exists");
+    versions.sort_unstable();
+    assert_eq!(versions, (2..=21).collect::<Vec<u32>>(), "each rotation gets a version of its own");
+    let all = c.admin(li).secrets().await.expect("list on the leader");
+    assert_eq!(all.len(), 22, "20 own names, the contested one and the rotated one");
+    assert_eq!(all.iter().find(|s| s.name == "rotated").expect("rotated").versions.len(), 21);
+
+    let stage =
+        |text: &str, name: &str| text.contains(&format!("coffer_write_stage_seconds_count{{stage=\"{name}\"}}"));
+    let on_follower = c.admin(f).metrics().await.expect("follower metrics");
+    for name in ["forward", "seal", "log_append", "follower_append", "apply"] {
+        assert!(stage(&on_follower, name), "the follower shows stage {name}");
+    }
+    let on_leader = c.admin(li).metrics().await.expect("leader metrics");
+    for name in ["propose", "log_append", "replicate", "apply"] {
+        assert!(stage(&on_leader, name), "the leader shows stage {name}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

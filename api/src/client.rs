@@ -139,6 +139,21 @@ impl Client {
         Ok(Self { http, addr: addr.to_string(), bearer: None, timeout: None })
     }
 
+    /// [`Client::with_tls`], whose pooled connections are let go once idle for `idle`.
+    ///
+    /// # Errors
+    /// When the TLS configuration is invalid.
+    pub fn with_tls_idle(
+        ca_pem: &str,
+        cert: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
+        addr: &str,
+        idle: std::time::Duration,
+    ) -> Result<Self, tls::TlsError> {
+        tls::install_provider();
+        let http = tls::http_client_idle(tls::client_config(ca_pem, cert)?, idle)?;
+        Ok(Self { http, addr: addr.to_string(), bearer: None, timeout: None })
+    }
+
     /// The same credentials and connection pool, pointed at the manager at `addr`: a worker
     /// moves between managers without a new TLS configuration.
     pub fn at(&self, addr: &str) -> Self {

@@ -90,10 +90,15 @@ pub fn client_config(ca_pem: &str, cert: Option<Arc<dyn ResolvesClientCert>>) ->
 /// A reqwest client over `config`, with pooled connections (one TLS handshake per peer,
 /// not per request), checked with HTTP/2 pings while requests are in flight.
 pub fn http_client(config: ClientConfig) -> Result<reqwest::Client, TlsError> {
+    http_client_idle(config, std::time::Duration::from_secs(90))
+}
+
+/// [`http_client`], letting a pooled connection go once it was idle for `idle`.
+pub fn http_client_idle(config: ClientConfig, idle: std::time::Duration) -> Result<reqwest::Client, TlsError> {
     reqwest::Client::builder()
         .use_preconfigured_tls(config)
         .tls_info(true)
-        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .pool_idle_timeout(idle)
         .tcp_nodelay(true)
         .connect_timeout(std::time::Duration::from_secs(3))
         // A pooled connection to a peer that went away (a partition, a paused process)

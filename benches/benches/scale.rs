@@ -15,7 +15,10 @@
 //!
 //! Run: `cargo bench -p coffer-benches --bench scale`
 //! (`COFFER_SCALE_WORKERS` default 1000, `COFFER_SCALE_SECRETS` 10000 of 1 KiB with 3
-//! versions each, `COFFER_SCALE_SERVICES` 200, `COFFER_SCALE_REST_SECS` 10 per CPU sample)
+//! versions each, `COFFER_SCALE_SERVICES` 200, `COFFER_SCALE_REST_SECS` 10 per CPU sample;
+//! `COFFER_SCALE_SETTLE_SECS` 15 before the sample with workers;
+//! `COFFER_SCALE_HOLD_AT_REST=SECS`: after the figures at rest, hold the cluster and the
+//! workers that long before going on, e.g. to attach a heap profiler to a manager)
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -238,6 +241,8 @@ fn main() -> anyhow::Result<()> {
         let mut c = Cluster::start(bin, 3, &[]).await?;
         let leader_id = c.leader_seen_by(0).await?;
         let li = c.index_of(leader_id).unwrap_or(0);
+        let pids: Vec<String> = c.managers.iter().map(|m| format!("{:x}={}", m.id, m.pid())).collect();
+        println!("managers' pids: {} (leader {leader_id:x})", pids.join(", "));
         println!(
             "== scale: 3 managers, {n_workers} workers in this process, {n_secrets} secrets of 1 KiB x 3 versions =="
         );
@@ -314,6 +319,9 @@ fn main() -> anyhow::Result<()> {
             start.elapsed().as_secs_f64()
         );
 
+        // At rest means settled: a worker lets a connection go once it was idle for 10 s
+        // (the one to the leader for grants, when its session is elsewhere).
+        tokio::time::sleep(Duration::from_secs(env_usize("COFFER_SCALE_SETTLE_SECS", 15) as u64)).await;
         let busy = at_rest(&pids, rest_secs, ticks).await?;
         print_rest(&format!("at rest, {n_workers} workers"), &c, &busy);
         let me = at_rest(&[std::process::id()], rest_secs.min(5), ticks).await?;
@@ -331,6 +339,11 @@ fn main() -> anyhow::Result<()> {
             );
         }
         scheduler_figures(&c, li).await?;
+        let hold = env_usize("COFFER_SCALE_HOLD_AT_REST", 0) as u64;
+        if hold > 0 {
+            println!("holding at rest for {hold} s");
+            tokio::time::sleep(Duration::from_secs(hold)).await;
+        }
 
         // Rotation to file, one service at a time.
         let mut lat = Vec::new();

@@ -21,6 +21,12 @@
 //! `worker` and `manager` sit side by side: neither imports the other. A test in
 //! `tests/it/layout.rs` fails on an import that climbs this list or crosses between them.
 
+/// Every binary built on this library (`coffer`, the test and benchmark nodes) allocates
+/// with mimalloc: glibc's allocator kept what bursts and closed connections had used, so
+/// a manager's memory only grew.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod cli;
 pub(crate) mod dev;
 pub mod http;

@@ -55,7 +55,6 @@ pub(crate) struct Link {
     pub(crate) stages: WriteStages,
     pub(crate) leader_wait: Duration,
     pub(crate) timeout: Duration,
-    pub(crate) deposed_check: Duration,
 }
 
 impl std::fmt::Debug for Link {
@@ -117,53 +116,13 @@ impl Forwarder {
 }
 
 impl Link {
-    fn leader(&self) -> Option<(NodeId, String)> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        let id = m.current_leader?;
-        let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())?;
-        Some((id, addr))
-    }
-
-    /// Returns once another leader than `old` is known.
-    async fn deposed(&self, old: NodeId) {
-        let mut every = tokio::time::interval(self.deposed_check);
-        loop {
-            every.tick().await;
-            if self.leader().is_some_and(|(id, _)| id != old) {
-                return;
-            }
-        }
-    }
-
     /// Sends `cmds` to the current leader: one outcome per command, in order.
     async fn send(&self, cmds: Vec<Command>) -> Vec<Forwarded> {
         let n = cmds.len();
         let all = |f: Forwarded| vec![f; n];
-        let leader = match self.leader() {
-            Some(l) => l,
-            None => {
-                let mut rx = self.raft.metrics();
-                let waited = tokio::time::timeout(self.leader_wait, async {
-                    loop {
-                        if let Some(l) = self.leader() {
-                            return Some(l);
-                        }
-                        if rx.changed().await.is_err() {
-                            return None;
-                        }
-                    }
-                })
-                .await;
-                match waited {
-                    Ok(Some(l)) => l,
-                    _ => {
-                        return all(Forwarded::Failed(OpError::unavailable(
-                            "no leader is known; the cluster may have lost its quorum",
-                        )))
-                    }
-                }
-            }
+        let leader = match super::wait_for_leader_of(&self.raft, self.leader_wait).await {
+            Ok(l) => l,
+            Err(e) => return all(Forwarded::Failed(e)),
         };
         if leader.0 == self.id {
             return all(Forwarded::LeadHere);
@@ -187,7 +146,7 @@ impl Link {
                 )))),
                 Err(e) => all(Forwarded::Failed(super::forward_error(e))),
             },
-            () = self.deposed(leader.0) => all(Forwarded::Failed(OpError::unavailable(
+            () = super::deposed_from(&self.raft, leader.0) => all(Forwarded::Failed(OpError::unavailable(
                 "the leader changed while this write was forwarded to it: it may or may not have been \
                  committed; read before you write again",
             ))),

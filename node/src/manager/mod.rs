@@ -161,14 +161,45 @@ impl std::fmt::Debug for Manager {
     }
 }
 
+/// The leader as `raft` sees it, with its address.
+pub(crate) fn leader_of(raft: &Raft<TypeConfig>) -> Option<(NodeId, String)> {
+    let m = raft.metrics();
+    let m = m.borrow();
+    let id = m.current_leader?;
+    let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())?;
+    Some((id, addr))
+}
+
+/// Waits until `raft` knows some leader.
+pub(crate) async fn wait_for_leader_of(raft: &Raft<TypeConfig>, within: Duration) -> Result<(NodeId, String), OpError> {
+    let deadline = Instant::now() + within;
+    let mut rx = raft.metrics();
+    loop {
+        if let Some(l) = leader_of(raft) {
+            return Ok(l);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || tokio::time::timeout(left, rx.changed()).await.is_err() {
+            return Err(OpError::unavailable("no leader is known; the cluster may have lost its quorum"));
+        }
+    }
+}
+
+/// Returns once `raft` knows a leader other than `old`.
+pub(crate) async fn deposed_from(raft: &Raft<TypeConfig>, old: NodeId) {
+    let mut every = tokio::time::interval(DEPOSED_CHECK);
+    loop {
+        every.tick().await;
+        if leader_of(raft).is_some_and(|(id, _)| id != old) {
+            return;
+        }
+    }
+}
+
 impl Manager {
     /// The leader as this manager sees it, with its address.
     pub fn leader(&self) -> Option<(NodeId, String)> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        let id = m.current_leader?;
-        let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())?;
-        Some((id, addr))
+        leader_of(&self.raft)
     }
 
     pub fn is_leader(&self) -> bool {
@@ -179,17 +210,7 @@ impl Manager {
 
     /// Waits until some leader is known.
     pub async fn wait_for_leader(&self, within: Duration) -> Result<(NodeId, String), OpError> {
-        let deadline = Instant::now() + within;
-        let mut rx = self.raft.metrics();
-        loop {
-            if let Some(l) = self.leader() {
-                return Ok(l);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || tokio::time::timeout(left, rx.changed()).await.is_err() {
-                return Err(OpError::unavailable("no leader is known; the cluster may have lost its quorum"));
-            }
-        }
+        wait_for_leader_of(&self.raft, within).await
     }
 
     /// Commits `cmd` (on the leader, forwarding if this manager does not lead) and returns
@@ -229,19 +250,12 @@ impl Manager {
             stages: self.metrics.stages.clone(),
             leader_wait: LEADER_WAIT,
             timeout: FORWARD_TIMEOUT,
-            deposed_check: DEPOSED_CHECK,
         }
     }
 
     /// Returns once this manager knows a leader other than `old`.
     async fn deposed(&self, old: NodeId) {
-        let mut every = tokio::time::interval(DEPOSED_CHECK);
-        loop {
-            every.tick().await;
-            if self.leader().is_some_and(|(id, _)| id != old) {
-                return;
-            }
-        }
+        deposed_from(&self.raft, old).await;
     }
 
     /// [`Manager::write`], with refusals turned into API errors.

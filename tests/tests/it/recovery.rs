@@ -10,8 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use coffer_api::client::Client;
 use coffer_api::error::ErrorCode;
-use coffer_api::services::{SecretRefSpec, ServiceCreate};
-use coffer_tests::{coffer, eventually, files_under, Cluster, ManagerProc, WorkerProc, DEADLINE};
+use coffer_tests::{coffer, eventually, files_under, service_of, Cluster, ManagerProc, WorkerProc, DEADLINE};
 
 use crate::bin;
 
@@ -100,21 +99,9 @@ async fn a_backup_saved_under_writes_restores_into_a_new_cluster() {
             admin.rotate_secret(&name, &value(&name, v)).await.expect("rotate");
         }
     }
-    let svc = ServiceCreate {
-        name: "api".into(),
-        replicas: Some(1),
-        constraints: vec![],
-        secrets: vec![SecretRefSpec {
-            source: "s0".into(),
-            target: Some("db".into()),
-            uid: None,
-            gid: None,
-            mode: Some(0o400),
-            version: None,
-        }],
-        labels: BTreeMap::new(),
-        run: Default::default(),
-    };
+    let mut svc = service_of("api", 1, "s0", vec![]);
+    svc.secrets[0].target = Some("db".into());
+    svc.secrets[0].mode = Some(0o400);
     admin.create_service(&svc).await.expect("service");
     let mut workers = c.start_workers(1, &[]).await.expect("worker");
     let v3 = value("s0", 3);

@@ -13,9 +13,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use coffer_api::services::{RunSpec, SecretRefSpec, ServiceCreate, ServiceUpdate};
+use coffer_api::services::{RunSpec, ServiceCreate, ServiceUpdate};
 use coffer_api::worker::TaskRunState;
-use coffer_tests::{coffer, eventually, tmpfs_dir, Cluster, WorkerProc, DEADLINE};
+use coffer_tests::{coffer, eventually, service_of, tmpfs_dir, Cluster, WorkerProc, DEADLINE};
 
 use crate::bin;
 
@@ -119,22 +119,12 @@ async fn engine_and_cluster() -> Option<(Engine, Cluster)> {
     Some((engine, Cluster::start(bin(), 1, &[]).await.expect("cluster")))
 }
 
+/// The harness's service, its secret `db_password` mounted as `db` with mode 0400.
 fn service(name: &str, replicas: u32, run: RunSpec) -> ServiceCreate {
-    ServiceCreate {
-        name: name.into(),
-        replicas: Some(replicas),
-        constraints: vec![],
-        secrets: vec![SecretRefSpec {
-            source: "db_password".into(),
-            target: Some("db".into()),
-            uid: None,
-            gid: None,
-            mode: Some(0o400),
-            version: None,
-        }],
-        labels: BTreeMap::new(),
-        run,
-    }
+    let mut s = service_of(name, replicas, "db_password", vec![]);
+    s.secrets[0].target = Some("db".into());
+    s.secrets[0].mode = Some(0o400);
+    ServiceCreate { run, ..s }
 }
 
 /// A container that runs until it is told to stop, and stops at once on SIGTERM.

@@ -99,9 +99,12 @@ pub fn request_bodies(data: &[u8]) {
 }
 
 /// What managers send each other and what the store reads back: commands (in the log and
-/// forwarded), state records, leader operations, Raft RPC bodies, snapshot headers.
+/// forwarded), state records, leader operations, Raft RPC bodies, snapshot headers, and
+/// the frames of a link, both ways.
 pub fn replicated(data: &[u8]) {
     use coffer_raft_store::codec::decode;
+    let _ = crate::manager::link::parse_request(data.to_vec());
+    let _ = crate::manager::link::parse_reply(data.to_vec());
     let _ = decode::<Command>(data);
     let _ = decode::<NodeRecord>(data);
     let _ = decode::<SecretRecord>(data);

@@ -16,6 +16,7 @@ pub(crate) mod extract;
 pub mod fuzz;
 pub(crate) mod health;
 pub(crate) mod join;
+pub(crate) mod link;
 pub mod locked;
 pub(crate) mod nodes;
 pub(crate) mod openapi;

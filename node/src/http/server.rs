@@ -1,5 +1,6 @@
 //! The accept loop: TCP, then TLS, then HTTP/1.1 or HTTP/2 into an axum router, with the
-//! caller's certificate identity and address attached to every request of the connection.
+//! caller's certificate identity and address attached to every request of the connection;
+//! or, for a manager that asked for it by ALPN, a link (`http::link`) into the same router.
 //!
 //! Owns: the connection budgets ([`Budgets`]: anonymous connections can never take the
 //! slots of managers, workers and admins, and a full anonymous budget closes its oldest
@@ -26,6 +27,7 @@ use crate::http::auth::Caller;
 use crate::http::budget::Budgets;
 use crate::local::config::ConnectionLimits;
 use crate::trust::pki::{self, PeerIdentity, Role};
+use crate::trust::tls::LINK_ALPN;
 
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Streams one HTTP/2 connection may carry at once.
@@ -166,6 +168,27 @@ impl Connection {
             None => (None, Some(anonymous)),
         };
         let from_manager = valid.is_some_and(|id| id.role == Role::Manager);
+        let unlocked = async {
+            match &self.locked {
+                Some(t) => t.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        if tls.get_ref().1.alpn_protocol() == Some(LINK_ALPN) {
+            // A link is for current managers only; anybody else asking for one is closed.
+            if from_manager {
+                let mut extensions = hyper::http::Extensions::new();
+                extensions.insert(Caller(caller));
+                extensions.insert(PeerAddr(peer));
+                let link = crate::http::link::serve(tls, self.app.clone(), extensions);
+                tokio::select! {
+                    () = link => {}
+                    () = self.shutdown.cancelled() => {}
+                    () = unlocked => {}
+                }
+            }
+            return;
+        }
         let evicted = anonymous.as_ref().map(|a| a.evicted.clone());
         // An anonymous connection gets few HTTP/2 streams: each may carry a body.
         let streams = if anonymous.is_some() { ANONYMOUS_STREAMS } else { MAX_STREAMS };
@@ -196,12 +219,6 @@ impl Connection {
         tokio::pin!(conn);
         let evicted = async {
             match evicted {
-                Some(t) => t.cancelled().await,
-                None => std::future::pending().await,
-            }
-        };
-        let unlocked = async {
-            match &self.locked {
                 Some(t) => t.cancelled().await,
                 None => std::future::pending().await,
             }

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub scheduler_plan: Histogram,
     /// Where a write's time goes, stage by stage.
     pub stages: WriteStages,
+    /// Calls to other managers, by how they went.
+    pub peer_calls: PeerCalls,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -108,6 +110,23 @@ impl StageObserver for WriteStages {
     }
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OverLabel {
+    over: &'static str,
+}
+
+/// Postcard calls to other managers (Raft RPC, forwarded writes, read indexes), in
+/// `coffer_peer_calls_total{over}`: `link` (`manager::link`), or `http` to a peer that does
+/// not take the link.
+#[derive(Debug, Clone, Default)]
+pub struct PeerCalls(Family<OverLabel, Counter>);
+
+impl PeerCalls {
+    pub fn count(&self, over: &'static str) {
+        self.0.get_or_create(&OverLabel { over }).inc();
+    }
+}
+
 /// 0.25 ms to about 8 s, doubling.
 fn pass_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
@@ -142,6 +161,7 @@ impl Default for Metrics {
             scheduler_pass: pass_buckets(),
             scheduler_plan: pass_buckets(),
             stages: WriteStages::default(),
+            peer_calls: PeerCalls::default(),
         };
         r.register("writes_local", "Commands this manager committed as leader", m.writes_local.clone());
         r.register("writes_forwarded", "Commands this manager forwarded to the leader", m.writes_forwarded.clone());
@@ -171,6 +191,7 @@ impl Default for Metrics {
             m.scheduler_plan.clone(),
         );
         r.register("write_stage_seconds", "Time of each stage of a write on this manager", m.stages.0.clone());
+        r.register("peer_calls", "Calls to other managers, over the link or over HTTP", m.peer_calls.0.clone());
         r.register("autolock", "1 when autolock is on", m.autolock.clone());
         r.register(
             "locked",

@@ -41,6 +41,7 @@ pub mod grants;
 pub(crate) mod group_commit;
 pub(crate) mod init;
 pub(crate) mod leader_ops;
+pub(crate) mod link;
 pub(crate) mod membership;
 pub(crate) mod metrics;
 pub(crate) mod open;

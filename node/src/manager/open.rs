@@ -15,6 +15,7 @@ use crate::local::data_dir::{DataDir, NodeIdentity};
 use crate::local::key_file;
 use crate::local::unlock_key::UnlockKey;
 use crate::manager::autolock::{self, StoreKey};
+use crate::manager::link::Links;
 use crate::manager::raft_net::{PeerNetwork, Peers};
 use crate::manager::read_index::ReadIndexBatch;
 use crate::manager::{audit, backup, metrics, recovery, scheduler, tls_keys, Manager};
@@ -132,6 +133,7 @@ impl Manager {
         let peers = Peers::new(
             tls::http_client(tls::peer_client_config(&local.ca_pem, cert.clone())?)?,
             tls::http_client(tls::client_config(&local.ca_pem, None)?)?,
+            Links::new(tls::link_client_config(&local.ca_pem, cert.clone())?, metrics.peer_calls.clone()),
         );
         if let Some(f) = config.force_new_cluster {
             recovery::force_new_cluster(&mut store, identity.node_id, &identity.advertise, &peers, f).await?;

@@ -25,6 +25,7 @@ use openraft::{Snapshot, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::manager::link::{LinkError, Links};
 use crate::manager::metrics::WriteStages;
 use crate::trust::pki::{self, Role};
 
@@ -40,11 +41,12 @@ pub(crate) struct Peers(std::sync::Arc<PeersInner>);
 pub(crate) struct PeersInner {
     client: std::sync::RwLock<reqwest::Client>,
     probe: reqwest::Client,
+    links: Links,
 }
 
 impl Peers {
-    pub(crate) fn new(client: reqwest::Client, probe: reqwest::Client) -> Self {
-        Self(std::sync::Arc::new(PeersInner { client: std::sync::RwLock::new(client), probe }))
+    pub(crate) fn new(client: reqwest::Client, probe: reqwest::Client, links: Links) -> Self {
+        Self(std::sync::Arc::new(PeersInner { client: std::sync::RwLock::new(client), probe, links }))
     }
 
     /// The current client (a cheap handle on its pool).
@@ -57,9 +59,11 @@ impl Peers {
         self.0.probe.clone()
     }
 
-    /// Starts a new pool: connections from now on present the current certificate.
+    /// Starts a new pool and closes the links: connections from now on present the current
+    /// certificate.
     pub(crate) fn replace(&self, client: reqwest::Client) {
         *self.0.client.write().unwrap_or_else(|p| p.into_inner()) = client;
+        self.0.links.reset();
     }
 }
 
@@ -122,7 +126,8 @@ pub fn check_peer(resp: &reqwest::Response, target: NodeId) -> Result<(), PeerEr
     Ok(())
 }
 
-/// POSTs a postcard body and decodes a postcard reply, checking the peer's identity.
+/// POSTs a postcard body and decodes a postcard reply, checking the peer's identity. To a
+/// manager (`target`), over its link; over HTTP when it has none.
 pub(crate) async fn post_postcard<Req: Serialize, Resp: DeserializeOwned>(
     peers: &Peers,
     url: &str,
@@ -131,6 +136,25 @@ pub(crate) async fn post_postcard<Req: Serialize, Resp: DeserializeOwned>(
     timeout: Duration,
 ) -> Result<Resp, PeerError> {
     let bytes = postcard::to_allocvec(body).map_err(|e| PeerError::Network(format!("encode: {e}")))?;
+    let addr_path = url.strip_prefix("https://").and_then(|rest| rest.find('/').map(|i| rest.split_at(i)));
+    if let (Some(target), Some((addr, path))) = (target, addr_path) {
+        let links = &peers.0.links;
+        match links.call(target, addr, path, &bytes, timeout).await {
+            Ok((status, body)) => {
+                links.calls.count("link");
+                return decode_reply(status, &body);
+            }
+            Err(LinkError::Unreachable(e)) => {
+                links.calls.count("link");
+                return Err(PeerError::Unreachable(e));
+            }
+            Err(LinkError::Network(e)) => {
+                links.calls.count("link");
+                return Err(PeerError::Network(e));
+            }
+            Err(LinkError::Unsupported) => links.calls.count("http"),
+        }
+    }
     let resp = peers
         .get()
         .post(url)
@@ -145,10 +169,14 @@ pub(crate) async fn post_postcard<Req: Serialize, Resp: DeserializeOwned>(
     }
     let status = resp.status();
     let body = resp.bytes().await.map_err(classify)?;
-    if !status.is_success() {
-        return Err(PeerError::Status { status: status.as_u16(), body: String::from_utf8_lossy(&body).into_owned() });
+    decode_reply(status.as_u16(), &body)
+}
+
+fn decode_reply<Resp: DeserializeOwned>(status: u16, body: &[u8]) -> Result<Resp, PeerError> {
+    if !(200..300).contains(&status) {
+        return Err(PeerError::Status { status, body: String::from_utf8_lossy(body).into_owned() });
     }
-    postcard::from_bytes(&body).map_err(|e| PeerError::Network(format!("decode reply: {e}")))
+    postcard::from_bytes(body).map_err(|e| PeerError::Network(format!("decode reply: {e}")))
 }
 
 fn classify(e: reqwest::Error) -> PeerError {

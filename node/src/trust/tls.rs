@@ -66,6 +66,10 @@ impl ResolvesClientCert for NodeCert {
 
 use coffer_api::tls::ALPN;
 
+/// ALPN of a manager-to-manager link (`manager::link`), served on the API port beside
+/// HTTP. Only the listener offers it with the others; a link's client offers it alone.
+pub const LINK_ALPN: &[u8] = b"coffer-link/1";
+
 /// The listener's config: our certificate, client certificates optional but verified
 /// against the cluster CA when present.
 pub fn server_config(ca_pem: &str, cert: Arc<NodeCert>) -> Result<Arc<ServerConfig>, TlsError> {
@@ -78,7 +82,7 @@ pub fn server_config(ca_pem: &str, cert: Arc<NodeCert>) -> Result<Arc<ServerConf
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(cert);
-    cfg.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    cfg.alpn_protocols = ALPN.iter().chain([&LINK_ALPN]).map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
 }
 
@@ -93,6 +97,13 @@ pub fn peer_client_config(ca_pem: &str, cert: Arc<NodeCert>) -> Result<ClientCon
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
     cfg.dangerous().set_certificate_verifier(Arc::new(ManagerServer(inner)));
+    Ok(cfg)
+}
+
+/// [`peer_client_config`] for a link (`manager::link`): it offers the link's protocol alone.
+pub fn link_client_config(ca_pem: &str, cert: Arc<NodeCert>) -> Result<ClientConfig, TlsError> {
+    let mut cfg = peer_client_config(ca_pem, cert)?;
+    cfg.alpn_protocols = vec![LINK_ALPN.to_vec()];
     Ok(cfg)
 }
 

@@ -34,7 +34,8 @@ async fn three_managers_form_and_a_write_through_a_follower_is_everywhere() {
 
 /// Writes sent to a follower at once travel to the leader together; each still gets its
 /// own answer: one create of a name wins and the rest are told it exists, and concurrent
-/// rotations get one version each. `/metrics` shows where the writes' time went.
+/// rotations get one version each. `/metrics` shows where the writes' time went, and
+/// that managers called each other over their links.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_through_a_follower_each_get_their_own_answer() {
     let c = Cluster::start(bin(), 3, &[]).await.expect("cluster");
@@ -84,6 +85,11 @@ async fn concurrent_writes_through_a_follower_each_get_their_own_answer() {
     let on_leader = c.admin(li).metrics().await.expect("leader metrics");
     for name in ["propose", "log_append", "replicate", "apply"] {
         assert!(stage(&on_leader, name), "the leader shows stage {name}");
+    }
+    // Raft RPC and forwarded writes went over the managers' links, none over HTTP.
+    for (who, text) in [("follower", &on_follower), ("leader", &on_leader)] {
+        assert!(text.contains("coffer_peer_calls_total{over=\"link\"}"), "the {who} calls over its links");
+        assert!(!text.contains("over=\"http\""), "the {who} fell back to HTTP");
     }
 }
 

@@ -41,6 +41,47 @@ fn client_with(c: &Cluster, i: usize, cert_pem: &str, key_pem: &str) -> AdminCli
     AdminClient::with_tls(&ca_pem(c), Some(std::sync::Arc::new(cert)), &c.managers[i].addr).expect("client")
 }
 
+type Link = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A connection to manager `i` that asks for a manager-to-manager link (by ALPN), with a
+/// certificate (PEM pair) or none.
+async fn link_to(c: &Cluster, i: usize, cert: Option<(&str, &str)>) -> Link {
+    let resolver = cert.map(|(cert, key)| {
+        std::sync::Arc::new(coffer_api::tls::StaticCert(tls::certified_key(cert, key).expect("cert")))
+            as std::sync::Arc<dyn rustls::client::ResolvesClientCert>
+    });
+    let mut cfg = coffer_api::tls::client_config(&ca_pem(c), resolver).expect("tls config");
+    cfg.alpn_protocols = vec![tls::LINK_ALPN.to_vec()];
+    let addr = &c.managers[i].addr;
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let host = addr.rsplit_once(':').expect("host:port").0.to_string();
+    let name = rustls::pki_types::ServerName::try_from(host).expect("server name");
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)).connect(name, tcp).await.expect("handshake")
+}
+
+/// One request frame on a link (length, id, path, body): the reply's status, or `None`
+/// when the manager closed the link instead of answering.
+async fn link_call(link: &mut Link, path: &str, body: &[u8]) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let len = 8 + 2 + path.len() + body.len();
+    let mut frame = (len as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&7u64.to_be_bytes());
+    frame.extend_from_slice(&(path.len() as u16).to_be_bytes());
+    frame.extend_from_slice(path.as_bytes());
+    frame.extend_from_slice(body);
+    let answered = async {
+        link.write_all(&frame).await.ok()?;
+        link.flush().await.ok()?;
+        let mut len = [0u8; 4];
+        link.read_exact(&mut len).await.ok()?;
+        let mut rest = vec![0u8; u32::from_be_bytes(len) as usize];
+        link.read_exact(&mut rest).await.ok()?;
+        assert_eq!(rest[..8], 7u64.to_be_bytes(), "the reply names the request it answers");
+        Some(u16::from_be_bytes([rest[8], rest[9]]))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), answered).await.expect("an answer or a close")
+}
+
 fn code(r: Result<serde_json::Value, ClientError>) -> ErrorCode {
     match r {
         Err(ClientError::Api { code, .. }) => code,
@@ -183,6 +224,8 @@ async fn each_endpoint_refuses_callers_without_its_role() {
     let anon = AdminClient::with_tls(&ca_pem(&c), None, &c.managers[0].addr).expect("client");
     assert_eq!(code(anon.get("/v1/nodes").await), ErrorCode::Unauthenticated);
     assert_eq!(code(anon.post("/raft/vote", &vote).await), ErrorCode::Unauthenticated);
+    // Nor does a link answer it: anyone but a manager who asks for one is closed.
+    assert_eq!(link_call(&mut link_to(&c, 0, None).await, "/raft/vote", b"").await, None);
 
     // A worker certificate: not an admin, not a manager.
     let (worker, worker_key) = join_raw(&c, &c.tokens.worker, NodeRole::Worker).await.expect("worker joins");
@@ -190,6 +233,14 @@ async fn each_endpoint_refuses_callers_without_its_role() {
     assert_eq!(code(w.post("/raft/vote", &vote).await), ErrorCode::PermissionDenied);
     assert_eq!(code(w.post("/raft/append", &vote).await), ErrorCode::PermissionDenied);
     assert_eq!(code(w.get("/v1/nodes").await), ErrorCode::PermissionDenied);
+    let mut wl = link_to(&c, 0, Some((&worker.cert_pem, worker_key.key_pem().expose()))).await;
+    assert_eq!(link_call(&mut wl, "/raft/vote", b"").await, None, "a worker's link was answered");
+    let admin_dir = c.client_dir();
+    let (acert, akey) = (
+        std::fs::read_to_string(admin_dir.join("client.pem")).expect("admin cert"),
+        std::fs::read_to_string(admin_dir.join("client.key")).expect("admin key"),
+    );
+    assert_eq!(link_call(&mut link_to(&c, 0, Some((&acert, &akey))).await, "/raft/vote", b"").await, None);
 
     // A manager's own certificate is not an admin credential either.
     let m3 = DataDir::new(&c.managers[2].dir);
@@ -197,8 +248,13 @@ async fn each_endpoint_refuses_callers_without_its_role() {
     let creds = coffer_node::trust::credentials::load_credentials(&m3, &kek).expect("creds");
     let m = client_with(&c, 0, &creds.cert_pem, creds.key_pem.expose());
     assert_eq!(code(m.get("/v1/nodes").await), ErrorCode::PermissionDenied);
-    // ...while Raft RPC accepts it (the body is garbage, so it fails later, as bad input).
+    // ...while Raft RPC accepts it (the body is garbage, so it fails later, as bad input),
+    // over HTTP and over a link, which is served by the same router.
     assert_eq!(code(m.post("/raft/vote", &vote).await), ErrorCode::InvalidArgument);
+    let mut ml = link_to(&c, 0, Some((&creds.cert_pem, creds.key_pem.expose()))).await;
+    assert_eq!(link_call(&mut ml, "/raft/vote", b"garbage").await, Some(400));
+    assert_eq!(link_call(&mut ml, "/v1/nodes", b"").await, Some(405), "a link reaches POST routes only");
+    assert_eq!(link_call(&mut ml, "/v1/secrets", b"{}").await, Some(403), "a link is no admin credential");
 
     // A certificate from a foreign CA: the TLS handshake itself fails.
     let fdir = foreign.client_dir();
@@ -224,6 +280,10 @@ async fn each_endpoint_refuses_callers_without_its_role() {
     admin.remove_forced(c.managers[2].id).await.expect("remove manager 3");
     let e = m.post::<_, serde_json::Value>("/raft/vote", &vote).await.expect_err("removed manager votes");
     assert_eq!(e.code(), Some(ErrorCode::PermissionDenied));
+    // Its link opened before the removal is refused request by request; a new one is closed.
+    assert_eq!(link_call(&mut ml, "/raft/vote", b"garbage").await, Some(403));
+    let mut again = link_to(&c, 0, Some((&creds.cert_pem, creds.key_pem.expose()))).await;
+    assert_eq!(link_call(&mut again, "/raft/vote", b"garbage").await, None, "a removed manager's new link");
     let nodes = admin.nodes().await.expect("ls");
     assert!(nodes.iter().all(|n| n.id != c.managers[2].id && n.id != worker.node_id), "removed nodes are listed");
     let s = admin.status().await.expect("status");

@@ -566,7 +566,14 @@ pub async fn run(bin: &Path, profile: &Profile, seed: u64) -> anyhow::Result<Rep
         report.note_resume(took, kind);
         if profile.workers > 0 {
             match rig.delivered(&names[0], profile.workers).await {
-                Ok(took) => report.longest_delivery = report.longest_delivery.max(took),
+                Ok(took) => {
+                    eprintln!(
+                        "chaos: {:>6.1} s  latest version in every task after {:.1} s",
+                        w.start.elapsed().as_secs_f64(),
+                        took.as_secs_f64()
+                    );
+                    report.longest_delivery = report.longest_delivery.max(took);
+                }
                 Err(e) => report.stale_files.push(format!("after {kind:?}: {e}")),
             }
         }

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::Router;
 use hyper::http::Extensions;
 use hyper::Request;
@@ -89,10 +89,10 @@ where
 }
 
 /// One request through the router: its status and body.
-async fn dispatch(app: Router, path: &str, body: Vec<u8>, extensions: Extensions) -> (u16, Vec<u8>) {
+async fn dispatch(app: Router, path: &str, body: Bytes, extensions: Extensions) -> (u16, Bytes) {
     let mut req = match Request::post(path).header("content-type", "application/octet-stream").body(Body::from(body)) {
         Ok(r) => r,
-        Err(e) => return (400, format!("bad path on a link: {e}").into_bytes()),
+        Err(e) => return (400, format!("bad path on a link: {e}").into()),
     };
     *req.extensions_mut() = extensions;
     let resp = match app.oneshot(req).await {
@@ -101,7 +101,7 @@ async fn dispatch(app: Router, path: &str, body: Vec<u8>, extensions: Extensions
     };
     let status = resp.status().as_u16();
     match axum::body::to_bytes(resp.into_body(), MAX_FRAME).await {
-        Ok(b) => (status, b.to_vec()),
-        Err(e) => (500, format!("reading the reply: {e}").into_bytes()),
+        Ok(b) => (status, b),
+        Err(e) => (500, format!("reading the reply: {e}").into()),
     }
 }

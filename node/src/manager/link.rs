@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use coffer_raft_store::NodeId;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
@@ -69,7 +70,7 @@ pub(crate) enum LinkError {
 }
 
 type Tls = TlsStream<TcpStream>;
-type Reply = (u16, Vec<u8>);
+type Reply = (u16, Bytes);
 
 /// This manager's links, one per peer, dialled on first use and again after one closes.
 pub(crate) struct Links {
@@ -379,13 +380,13 @@ pub(crate) fn request_frame(id: u64, path: &str, body: &[u8]) -> Result<Vec<u8>,
     Ok(f)
 }
 
-/// A request frame's id, path and body; `None` when malformed.
-pub(crate) fn parse_request(frame: Vec<u8>) -> Option<(u64, String, Vec<u8>)> {
+/// A request frame's id, path and body (the frame's own bytes, not a copy); `None` when
+/// malformed.
+pub(crate) fn parse_request(frame: Vec<u8>) -> Option<(u64, String, Bytes)> {
     let id = u64::from_be_bytes(frame.get(..8)?.try_into().ok()?);
     let path_len = u16::from_be_bytes(frame.get(8..10)?.try_into().ok()?) as usize;
     let path = std::str::from_utf8(frame.get(10..10 + path_len)?).ok()?.to_string();
-    let body = frame.get(10 + path_len..)?.to_vec();
-    Some((id, path, body))
+    Some((id, path, Bytes::from(frame).slice(10 + path_len..)))
 }
 
 /// A reply frame (length, id, status, body). A body too large for a frame becomes a 500.
@@ -402,10 +403,10 @@ pub(crate) fn reply_frame(id: u64, status: u16, body: &[u8]) -> Vec<u8> {
     f
 }
 
-pub(crate) fn parse_reply(frame: Vec<u8>) -> Option<(u64, u16, Vec<u8>)> {
+pub(crate) fn parse_reply(frame: Vec<u8>) -> Option<(u64, u16, Bytes)> {
     let id = u64::from_be_bytes(frame.get(..8)?.try_into().ok()?);
     let status = u16::from_be_bytes(frame.get(8..10)?.try_into().ok()?);
-    Some((id, status, frame.get(10..)?.to_vec()))
+    Some((id, status, Bytes::from(frame).slice(10..)))
 }
 
 #[cfg(test)]
@@ -489,9 +490,9 @@ mod tests {
         wire.extend_from_slice(&reply);
         let mut rd = wire.as_slice();
         let got = read_frame(&mut rd).await.expect("read").expect("the request frame");
-        assert_eq!(parse_request(got), Some((7, "/raft/append".to_string(), b"body".to_vec())));
+        assert_eq!(parse_request(got), Some((7, "/raft/append".to_string(), Bytes::from_static(b"body"))));
         let got = read_frame(&mut rd).await.expect("read").expect("the reply frame");
-        assert_eq!(parse_reply(got), Some((9, 503, b"not the leader".to_vec())));
+        assert_eq!(parse_reply(got), Some((9, 503, Bytes::from_static(b"not the leader"))));
         assert!(read_frame(&mut rd).await.expect("read").is_none(), "a clean end between frames");
 
         // A length beyond what a link carries is refused before anything is allocated.

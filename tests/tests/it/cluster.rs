@@ -398,6 +398,13 @@ async fn a_manager_that_lost_its_quorum_still_stops_on_sigterm() {
         c.managers[i].kill();
     }
     drop(workers);
+    // A write of our own waits for the lost quorum too. The scheduler's decision may never
+    // come: a leader re-elected in a new term just before the kills (a busy machine) first
+    // waits for a read index, which needs the quorum, before it decides anything.
+    let pending = {
+        let admin = c.admin(li);
+        tokio::spawn(async move { admin.create_secret("pending", b"v", BTreeMap::new()).await })
+    };
     // (On a busy machine leadership may have moved just before the kills: then the one left
     // is a follower without a leader, which must stop on SIGTERM just as well.)
     eventually("a proposal the lost quorum never commits", DEADLINE, || async {
@@ -408,6 +415,7 @@ async fn a_manager_that_lost_its_quorum_still_stops_on_sigterm() {
     .expect("the leader proposed a decision, or lost its leadership");
     let status = c.managers[li].terminate().expect("the leader stops within the deadline without a quorum");
     assert!(status.success(), "{status:?}: {}", c.managers[li].log());
+    assert!(pending.await.expect("join").is_err(), "a write was acknowledged without a quorum");
 }
 
 /// Found by the fault harness: a worker cut off together with the leader waited out its

@@ -139,20 +139,13 @@ pub(crate) async fn post_postcard<Req: Serialize, Resp: DeserializeOwned>(
     let addr_path = url.strip_prefix("https://").and_then(|rest| rest.find('/').map(|i| rest.split_at(i)));
     if let (Some(target), Some((addr, path))) = (target, addr_path) {
         let links = &peers.0.links;
-        match links.call(target, addr, path, &bytes, timeout).await {
-            Ok((status, body)) => {
-                links.calls.count("link");
-                return decode_reply(status, &body);
-            }
-            Err(LinkError::Unreachable(e)) => {
-                links.calls.count("link");
-                return Err(PeerError::Unreachable(e));
-            }
-            Err(LinkError::Network(e)) => {
-                links.calls.count("link");
-                return Err(PeerError::Network(e));
-            }
-            Err(LinkError::Unsupported) => links.calls.count("http"),
+        let answer = links.call(target, addr, path, &bytes, timeout).await;
+        links.calls.count(if matches!(answer, Err(LinkError::Unsupported)) { "http" } else { "link" });
+        match answer {
+            Ok((status, body)) => return decode_reply(status, &body),
+            Err(LinkError::Unreachable(e)) => return Err(PeerError::Unreachable(e)),
+            Err(LinkError::Network(e)) => return Err(PeerError::Network(e)),
+            Err(LinkError::Unsupported) => {}
         }
     }
     let resp = peers

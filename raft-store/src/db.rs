@@ -59,6 +59,8 @@ pub struct Db {
     pub(crate) placement: tokio::sync::watch::Sender<u64>,
     /// The changes applied since this process opened the store, for watchers.
     pub(crate) events: crate::events::EventLog,
+    /// How far the Raft log is on disk (see `durable`).
+    pub(crate) durable: crate::durable::Durable,
 }
 
 impl Db {
@@ -97,6 +99,7 @@ impl Db {
             snapshot_lock: std::sync::Mutex::new(()),
             placement: tokio::sync::watch::channel(0).0,
             events: crate::events::EventLog::new(),
+            durable: crate::durable::Durable::default(),
         }))
     }
 

@@ -52,6 +52,8 @@ pub enum StoreError {
     Backup(#[from] crate::backup::BackupError),
     #[error("background task failed: {0}")]
     Join(String),
+    #[error("syncing the raft log failed: {0}")]
+    Synced(String),
 }
 
 impl StoreError {

@@ -25,6 +25,7 @@ pub mod backup;
 pub mod codec;
 mod db;
 mod digest;
+mod durable;
 mod error;
 pub mod events;
 mod keys;
@@ -44,6 +45,7 @@ use serde::{Deserialize, Serialize};
 
 pub use db::STORE_FORMAT;
 pub use digest::StateDigest;
+pub use durable::DurableLog;
 pub use error::StoreError;
 pub use log_store::LogStore;
 pub use model::{Command, Response};
@@ -94,11 +96,15 @@ pub struct StoreOptions {
     pub snapshot_chunk_bytes: usize,
     /// Told how long log appends and applies take (the manager's `/metrics`).
     pub observer: Option<std::sync::Arc<dyn StageObserver>>,
+    /// This manager's Raft id: while it leads, its own entries are synced in the
+    /// background as they replicate (see [`DurableLog`]). `None`: every append is synced
+    /// before it returns.
+    pub node_id: Option<NodeId>,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { snapshot_chunk_bytes: DEFAULT_CHUNK_BYTES, observer: None }
+        Self { snapshot_chunk_bytes: DEFAULT_CHUNK_BYTES, observer: None, node_id: None }
     }
 }
 
@@ -109,6 +115,8 @@ pub struct Store {
     pub state_machine: StateMachine,
     pub reader: StateReader,
     pub snapshots: SnapshotInbox,
+    /// How far the log is on disk: the network tells followers no commit beyond it.
+    pub durable: DurableLog,
 }
 
 impl Store {
@@ -153,9 +161,10 @@ pub fn open(dir: &Path, kek: &dyn seal::KeyEncryptionKey, options: StoreOptions)
     let stages = stages::Stages(options.observer);
     let state_machine = StateMachine::open(db.clone(), options.snapshot_chunk_bytes, stages.clone())?;
     Ok(Store {
-        log: LogStore::new(db.clone(), stages),
+        log: LogStore::new(db.clone(), stages, options.node_id)?,
         state_machine,
         reader: StateReader::new(db.clone()),
+        durable: db.durable.handle(),
         snapshots: SnapshotInbox::new(db, options.snapshot_chunk_bytes),
     })
 }

@@ -2,8 +2,11 @@
 //!
 //! Durability contract (what openraft relies on):
 //! - `save_vote` returns only after the vote is synced to disk;
-//! - `append` reports completion through its callback only after the entries are synced
-//!   (one synced `WriteBatch` per call, so a batch of client writes costs one fsync);
+//! - `append` of a follower reports completion through its callback only after the entries
+//!   are synced (one synced `WriteBatch` per call, so a batch of client writes costs one
+//!   fsync). A leader's append of its own entries is reported after an unsynced write and
+//!   synced in the background while the entries replicate; `durable` says why that is safe
+//!   and what holds back apply and the commit index told to followers until then;
 //! - `purge` records `last_purged` in the same synced batch that deletes the range, so a
 //!   restart never finds a log that starts after a purge it does not know of;
 //! - `truncate` is synced too: a conflicting suffix must not come back after a crash.
@@ -32,6 +35,10 @@ pub(crate) const LAST_PURGED: &[u8] = b"last_purged";
 pub struct LogStore {
     db: Arc<Db>,
     stages: Stages,
+    /// This manager's Raft id, when its own entries may be synced in the background.
+    me: Option<NodeId>,
+    /// The vote last read or saved: tells a leader's own entries from a follower's.
+    vote: Option<Vote<NodeId>>,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -39,8 +46,24 @@ fn index_key(index: u64) -> [u8; 8] {
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<Db>, stages: Stages) -> Self {
-        Self { db, stages }
+    /// The log of `db`. A process that crashed may have left unsynced entries of its own
+    /// in the page cache: they are synced first, so that the log read here is on disk.
+    pub(crate) fn new(db: Arc<Db>, stages: Stages, me: Option<NodeId>) -> Result<Self, StoreError> {
+        db.db.flush_wal(true).map_err(StoreError::db("sync the log at open"))?;
+        let log = Self { db, stages, me, vote: None };
+        log.db.durable.all_synced(log.last_entry_id()?);
+        Ok(log)
+    }
+
+    /// Whether `entries` are this manager's own, appended while it leads: only those may
+    /// be synced after `append` returns.
+    fn own_as_leader(&self, entries: &[Entry<TypeConfig>]) -> bool {
+        let (Some(me), Some(vote)) = (self.me, self.vote) else { return false };
+        vote.is_committed()
+            && vote.leader_id().voted_for() == Some(me)
+            && entries
+                .iter()
+                .all(|e| e.log_id.leader_id.node_id == me && e.log_id.leader_id.term == vote.leader_id().term)
     }
 
     pub(crate) fn entries<RB: RangeBounds<u64>>(&self, range: RB) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
@@ -80,19 +103,36 @@ impl LogStore {
         Ok(Some(entry.log_id))
     }
 
-    fn append_batch(&self, entries: impl IntoIterator<Item = Entry<TypeConfig>>) -> Result<(), StoreError> {
+    /// Writes `entries`, synced unless they are the leader's own; then the syncer runs.
+    fn append_batch(&self, entries: Vec<Entry<TypeConfig>>) -> Result<(), StoreError> {
+        let Some(last) = entries.last().map(|e| e.log_id) else { return Ok(()) };
+        let sync = !self.own_as_leader(&entries);
         let mut batch = WriteBatch::default();
-        for entry in entries {
-            self.db.put_sealed(&mut batch, CF_LOG, &index_key(entry.log_id.index), &entry)?;
+        for entry in &entries {
+            self.db.put_sealed(&mut batch, CF_LOG, &index_key(entry.log_id.index), entry)?;
         }
-        self.db.write(batch, true, "append log entries")
+        self.db.write(batch, sync, "append log entries")?;
+        if sync {
+            self.db.durable.all_synced(Some(last));
+        } else if self.db.durable.written(last) {
+            let (db, stages) = (self.db.clone(), self.stages.clone());
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(move || crate::durable::sync_loop(&db, &stages))),
+                // openraft always runs in a runtime; without one, sync before returning.
+                Err(_) => crate::durable::sync_loop(&db, &stages),
+            }
+        }
+        Ok(())
     }
 
     fn delete_from(&self, from: u64) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(self.db.cf(CF_LOG)?, index_key(from), index_key(u64::MAX));
         batch.delete_cf(self.db.cf(CF_LOG)?, index_key(u64::MAX));
-        self.db.write(batch, true, "truncate log")
+        self.db.write(batch, true, "truncate log")?;
+        // The synced write synced everything before it: the remaining log is on disk.
+        self.db.durable.all_synced(self.last_entry_id()?);
+        Ok(())
     }
 
     fn purge_upto(&self, log_id: &LogId<NodeId>) -> Result<(), StoreError> {
@@ -140,11 +180,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.put_meta(VOTE, vote, "save vote").map_err(to_raft(ErrorSubject::Vote, ErrorVerb::Write))
+        self.put_meta(VOTE, vote, "save vote").map_err(to_raft(ErrorSubject::Vote, ErrorVerb::Write))?;
+        self.vote = Some(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        self.db.get_sealed(CF_RAFT, VOTE).map_err(to_raft(ErrorSubject::Vote, ErrorVerb::Read))
+        let vote: Option<Vote<NodeId>> =
+            self.db.get_sealed(CF_RAFT, VOTE).map_err(to_raft(ErrorSubject::Vote, ErrorVerb::Read))?;
+        self.vote = vote;
+        Ok(vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
@@ -167,6 +212,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<_> = entries.into_iter().collect();
         match self.stages.time(StoreStage::LogAppend, || self.append_batch(entries)) {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));

@@ -9,8 +9,11 @@ use std::time::{Duration, Instant};
 /// A stage of a write that the store runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StoreStage {
-    /// `append`: entries sealed and written to the log with one synced write.
+    /// `append`: entries sealed and written to the log (synced, except a leader's own
+    /// entries, which `LogSync` makes durable while they replicate).
     LogAppend,
+    /// The background sync of the leader's own appended entries (one covers many).
+    LogSync,
     /// `apply`: committed entries applied to the state machine (one unsynced write).
     Apply,
 }

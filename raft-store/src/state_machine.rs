@@ -300,6 +300,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        // Nothing is applied before it is on this manager's disk: a leader's own entries may
+        // still be syncing (see `durable`), and an answered write must survive a power loss.
+        let entries: Vec<_> = entries.into_iter().collect();
+        if let Some(last) = entries.last() {
+            self.db.durable.wait(last.log_id.index).await.map_err(to_raft(ErrorSubject::Logs, ErrorVerb::Write))?;
+        }
         let stages = self.stages.clone();
         stages
             .time(StoreStage::Apply, || self.apply_entries(entries))

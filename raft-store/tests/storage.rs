@@ -12,7 +12,7 @@ use coffer_raft_store::seal::{KeyBytes, LocalKek};
 use coffer_raft_store::{open, Response, Store, StoreError, StoreOptions, TypeConfig};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
-use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder, StorageError};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder, StorageError, Vote};
 use tempfile::TempDir;
 
 type NodeId = u64;
@@ -207,6 +207,77 @@ async fn acknowledged_appends_survive_sigkill() {
         assert!(store.reader.secret(&format!("id{n}")).expect("read").is_some(), "secret {n} missing");
     }
     store.state_machine.applied_state().await.expect("applied state");
+}
+
+/// Counts the store's stages, to tell which path an append took.
+#[derive(Debug, Default)]
+struct StageCount(std::sync::Mutex<Vec<coffer_raft_store::StoreStage>>);
+
+impl coffer_raft_store::StageObserver for StageCount {
+    fn observe(&self, stage: coffer_raft_store::StoreStage, _took: std::time::Duration) {
+        self.0.lock().expect("lock").push(stage);
+    }
+}
+
+impl StageCount {
+    fn syncs(&self) -> usize {
+        self.0.lock().expect("lock").iter().filter(|s| **s == coffer_raft_store::StoreStage::LogSync).count()
+    }
+}
+
+#[tokio::test]
+async fn a_leader_syncs_its_own_entries_behind_append_and_a_follower_before_it_answers() {
+    let dir = TempDir::new().expect("tempdir");
+    let stages = std::sync::Arc::new(StageCount::default());
+    let options = StoreOptions { node_id: Some(1), observer: Some(stages.clone()), ..Default::default() };
+    let by = |term: u64, leader: u64, index: u64| Entry::<TypeConfig> {
+        log_id: LogId::new(CommittedLeaderId::new(term, leader), index),
+        payload: EntryPayload::Normal(create_secret(index, b"v")),
+    };
+    let mut store = open(dir.path(), &kek(7), options.clone()).expect("open");
+
+    // A follower of node 2: what it appended is on disk when `append` calls back.
+    store.log.save_vote(&Vote::new_committed(1, 2)).await.expect("vote");
+    append(&mut store.log, vec![by(1, 2, 1), by(1, 2, 2)]).await;
+    assert_eq!(store.durable.synced(), Some(LogId::new(CommittedLeaderId::new(1, 2), 2)));
+    assert_eq!(stages.syncs(), 0, "a follower's append is synced inline");
+
+    // The leader of term 2: its own entries are synced in the background, and applied
+    // only once they are on disk.
+    store.log.save_vote(&Vote::new_committed(2, 1)).await.expect("vote");
+    let own: Vec<_> = (3..=9).map(|i| by(2, 1, i)).collect();
+    append(&mut store.log, own).await;
+    let all = store.log.try_get_log_entries(1..=9).await.expect("readable at once");
+    assert_eq!(all.len(), 9);
+    let replies = store.state_machine.apply(all).await.expect("apply");
+    assert_eq!(replies.len(), 9);
+    assert!(store.durable.synced().is_some_and(|l| l.index >= 9), "applied only once synced");
+    assert!(stages.syncs() >= 1, "the leader's entries went through the background sync");
+
+    // A candidate's entries of an uncommitted vote, and entries of a term it does not
+    // lead, are synced inline.
+    store.log.save_vote(&Vote::new(3, 1)).await.expect("vote");
+    let before = stages.syncs();
+    append(&mut store.log, vec![by(2, 1, 10)]).await;
+    assert_eq!(store.durable.synced().map(|l| l.index), Some(10));
+    assert_eq!(stages.syncs(), before);
+    drop(store);
+
+    // A background sync that was finishing holds the database for one more fsync.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut store = loop {
+        match open(dir.path(), &kek(7), options.clone()) {
+            Ok(s) => break s,
+            Err(e) if e.to_string().contains("lock") && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    };
+    let state = store.log.get_log_state().await.expect("log state");
+    assert_eq!(state.last_log_id.map(|l| l.index), Some(10));
+    assert_eq!(store.durable.synced().map(|l| l.index), Some(10), "the log read at open is on disk");
+    assert_eq!(store.reader.last_applied().expect("read").map(|l| l.index), Some(9));
 }
 
 trait PayloadCmd {

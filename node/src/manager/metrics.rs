@@ -66,9 +66,12 @@ type StageFamily = Family<StageLabel, Histogram, fn() -> Histogram>;
 ///
 /// - `seal`: a value sealed with the cluster's value key (the HTTP handler);
 /// - `propose`: on the leader, from handing a command to group commit to its result
-///   (holds `log_append`, `replicate` and `apply`);
+///   (holds `log_append`, `replicate` and `apply`; `log_sync` runs beside `replicate`);
 /// - `forward`: on a follower, a write sent to the leader and answered;
-/// - `log_append`: entries sealed and written to the log, synced;
+/// - `log_append`: entries sealed and written to the log (synced on a follower; on the
+///   leader its own entries are written, and synced by `log_sync` while they replicate);
+/// - `log_sync`: on the leader, one background sync of the log, covering every append
+///   since the last one;
 /// - `replicate`: on the leader, one AppendEntries with entries, sent and answered (holds
 ///   the follower's `follower_append`);
 /// - `follower_append`: on a follower, an AppendEntries with entries, decoded and appended;
@@ -104,6 +107,7 @@ impl StageObserver for WriteStages {
     fn observe(&self, stage: StoreStage, took: Duration) {
         let name = match stage {
             StoreStage::LogAppend => "log_append",
+            StoreStage::LogSync => "log_sync",
             StoreStage::Apply => "apply",
         };
         WriteStages::observe(self, name, took);

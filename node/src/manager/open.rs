@@ -114,7 +114,11 @@ impl Manager {
     ) -> anyhow::Result<Opened> {
         let (identity, data_dir) = (local.identity.clone(), local.data_dir.clone());
         let metrics = metrics::Metrics::default();
-        let options = StoreOptions { observer: Some(Arc::new(metrics.stages.clone())), ..Default::default() };
+        let options = StoreOptions {
+            observer: Some(Arc::new(metrics.stages.clone())),
+            node_id: Some(identity.node_id),
+            ..Default::default()
+        };
         let mut store = coffer_raft_store::open(&data_dir.store(), store_key.kek.as_ref(), options)
             .context("open the manager's store")?;
         let keks = [store_key.kek.as_ref(), local.kek.as_ref()];
@@ -142,7 +146,7 @@ impl Manager {
         let raft = Raft::new(
             identity.node_id,
             raft_config,
-            PeerNetwork::new(peers.clone(), metrics.stages.clone()),
+            PeerNetwork::new(peers.clone(), metrics.stages.clone(), store.durable.clone()),
             store.log,
             store.state_machine,
         )

@@ -14,7 +14,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
-use coffer_raft_store::{ManagerNode, NodeId, SnapshotFile, SnapshotInbox, SnapshotMeta, TypeConfig};
+use coffer_raft_store::{DurableLog, ManagerNode, NodeId, SnapshotFile, SnapshotInbox, SnapshotMeta, TypeConfig};
 use futures_util::StreamExt;
 use openraft::error::{
     Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError, Unreachable,
@@ -72,11 +72,12 @@ impl Peers {
 pub struct PeerNetwork {
     peers: Peers,
     stages: WriteStages,
+    durable: DurableLog,
 }
 
 impl PeerNetwork {
-    pub(crate) fn new(peers: Peers, stages: WriteStages) -> Self {
-        Self { peers, stages }
+    pub(crate) fn new(peers: Peers, stages: WriteStages, durable: DurableLog) -> Self {
+        Self { peers, stages, durable }
     }
 }
 
@@ -89,6 +90,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             base: format!("https://{}", node.addr),
             stages: self.stages.clone(),
+            durable: self.durable.clone(),
         }
     }
 }
@@ -99,6 +101,7 @@ pub struct PeerClient {
     target: NodeId,
     base: String,
     stages: WriteStages,
+    durable: DurableLog,
 }
 
 /// Why a call to a peer failed, before openraft's error types are chosen.
@@ -227,6 +230,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        // This manager's own entries may still be syncing while they replicate: a follower
+        // learns of a commit only once the leader holds it on disk too (see the store's
+        // `DurableLog`). A heartbeat waits a little for the sync rather than tell less.
+        rpc.leader_commit =
+            self.durable.commit_to_tell(rpc.leader_commit, !rpc.entries.is_empty(), option.soft_ttl() / 2).await;
         let keep = within_budget(&rpc.entries, APPEND_BYTES);
         if rpc.entries.is_empty() {
             return self.call("/raft/append", &rpc, &option).await;

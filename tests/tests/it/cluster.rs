@@ -83,7 +83,7 @@ async fn concurrent_writes_through_a_follower_each_get_their_own_answer() {
         assert!(stage(&on_follower, name), "the follower shows stage {name}");
     }
     let on_leader = c.admin(li).metrics().await.expect("leader metrics");
-    for name in ["propose", "log_append", "replicate", "apply"] {
+    for name in ["propose", "log_append", "log_sync", "replicate", "apply"] {
         assert!(stage(&on_leader, name), "the leader shows stage {name}");
     }
     // Raft RPC and forwarded writes went over the managers' links, none over HTTP.

@@ -197,18 +197,20 @@ impl DurableLog {
     ) -> Option<LogId<NodeId>> {
         let c = committed?;
         let durable = |s: &Synced| s.upto.is_some_and(|u| u.index >= c.index);
-        let mut rx = self.0.clone();
-        if durable(&rx.borrow()) {
+        if durable(&self.0.borrow()) {
             return committed;
         }
-        if !carries_entries
-            && tokio::time::timeout(patience, rx.wait_for(|s| durable(s))).await.is_ok_and(|r| r.is_ok())
-        {
-            return committed;
+        if !carries_entries {
+            let mut rx = self.0.clone();
+            if tokio::time::timeout(patience, rx.wait_for(|s| durable(s))).await.is_ok_and(|r| r.is_ok()) {
+                return committed;
+            }
         }
-        // The leader's log only grows, so its durable prefix is below `c` and committed too.
-        let upto = rx.borrow().upto;
-        upto.filter(|u| u.index < c.index)
+        // The leader's log only grows, so its durable prefix below `c` is committed too.
+        match self.0.borrow().upto {
+            Some(u) if u.index >= c.index => committed,
+            upto => upto,
+        }
     }
 
     /// The last log id known durable.

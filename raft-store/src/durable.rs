@@ -95,13 +95,30 @@ impl Durable {
 
     /// Everything up to `last` is on disk (at open, after a synced append or truncation).
     pub(crate) fn all_synced(&self, last: Option<LogId<NodeId>>) {
-        let mut s = self.lock();
+        self.set_synced(&mut self.lock(), last);
+    }
+
+    fn set_synced(&self, s: &mut State, last: Option<LogId<NodeId>>) {
         s.written = last;
         s.generation = s.generation.wrapping_add(1);
         self.synced.send_modify(|v| {
             v.upto = last;
             v.written = last;
         });
+    }
+
+    /// A synced write other than an append (a vote, a purge up to `purged`) synced the
+    /// whole write-ahead log: everything written is on disk. A purge beyond the log (after
+    /// a snapshot was installed) leaves the log starting after `purged`, which counts as
+    /// its last entry until the next append.
+    pub(crate) fn wal_synced(&self, purged: Option<LogId<NodeId>>) {
+        let mut s = self.lock();
+        let last = match (s.written, purged) {
+            (Some(w), Some(p)) if p.index > w.index => Some(p),
+            (None, p) => p,
+            (w, _) => w,
+        };
+        self.set_synced(&mut s, last);
     }
 
     /// An unsynced append of entries up to `last`; true when the caller must start the
@@ -156,7 +173,7 @@ pub(crate) fn sync_loop(db: &Db, stages: &Stages) {
             (s.written, s.generation)
         };
         let result = stages.time(StoreStage::LogSync, || db.db.flush_wal(true));
-        let s = durable.lock();
+        let mut s = durable.lock();
         match result {
             Ok(()) if s.generation == generation => {
                 durable.synced.send_if_modified(|v| {
@@ -171,8 +188,7 @@ pub(crate) fn sync_loop(db: &Db, stages: &Stages) {
             Err(e) => {
                 tracing::error!(error = %e, "syncing the raft log failed");
                 durable.synced.send_modify(|v| v.failed = Some(e.to_string().into()));
-                drop(s);
-                durable.lock().syncing = false;
+                s.syncing = false;
                 return;
             }
         }

@@ -48,11 +48,31 @@ fn index_key(index: u64) -> [u8; 8] {
 impl LogStore {
     /// The log of `db`. A process that crashed may have left unsynced entries of its own
     /// in the page cache: they are synced first, so that the log read here is on disk.
+    ///
+    /// A manager that led when it stopped stands for election again rather than resume
+    /// leading: openraft 0.9 restarts a node whose vote is committed for itself as the
+    /// leader of that term, numbering new entries after the log it finds. After a power
+    /// loss that log may lack entries it had sent (they were synced in the background),
+    /// and a follower holding one would take a new entry with the same log id for it. So
+    /// its vote is reopened uncommitted (same term, same candidate: it still votes for no
+    /// one else in that term), which a new election supersedes.
     pub(crate) fn new(db: Arc<Db>, stages: Stages, me: Option<NodeId>) -> Result<Self, StoreError> {
         db.db.flush_wal(true).map_err(StoreError::db("sync the log at open"))?;
         let log = Self { db, stages, me, vote: None };
-        log.db.durable.all_synced(log.last_entry_id()?);
+        if let Some(me) = me {
+            let vote: Option<Vote<NodeId>> = log.db.get_sealed(CF_RAFT, VOTE)?;
+            if let Some(v) = vote.filter(|v| v.is_committed() && v.leader_id().voted_for() == Some(me)) {
+                log.put_meta(VOTE, &Vote::new(v.leader_id().term, me), "reopen the vote of a leader")?;
+            }
+        }
+        log.db.durable.all_synced(log.durable_tail()?);
         Ok(log)
+    }
+
+    /// The last log id the log holds or purged: what is on disk after a synced write.
+    fn durable_tail(&self) -> Result<Option<LogId<NodeId>>, StoreError> {
+        let last_purged: Option<LogId<NodeId>> = self.db.get_sealed(CF_RAFT, LAST_PURGED)?;
+        Ok(self.last_entry_id()?.or(last_purged))
     }
 
     /// Whether `entries` are this manager's own, appended while it leads: only those may
@@ -131,7 +151,7 @@ impl LogStore {
         batch.delete_cf(self.db.cf(CF_LOG)?, index_key(u64::MAX));
         self.db.write(batch, true, "truncate log")?;
         // The synced write synced everything before it: the remaining log is on disk.
-        self.db.durable.all_synced(self.last_entry_id()?);
+        self.db.durable.all_synced(self.durable_tail()?);
         Ok(())
     }
 
@@ -139,7 +159,9 @@ impl LogStore {
         let mut batch = WriteBatch::default();
         self.db.put_sealed(&mut batch, CF_RAFT, LAST_PURGED, log_id)?;
         batch.delete_range_cf(self.db.cf(CF_LOG)?, index_key(0), index_key(log_id.index.saturating_add(1)));
-        self.db.write(batch, true, "purge log")
+        self.db.write(batch, true, "purge log")?;
+        self.db.durable.wal_synced(Some(*log_id));
+        Ok(())
     }
 
     fn put_meta<T: serde::Serialize>(&self, key: &[u8], value: &T, what: &str) -> Result<(), StoreError> {
@@ -182,6 +204,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
         self.put_meta(VOTE, vote, "save vote").map_err(to_raft(ErrorSubject::Vote, ErrorVerb::Write))?;
         self.vote = Some(*vote);
+        // The synced write synced every unsynced append before it (a leader stepping down).
+        self.db.durable.wal_synced(None);
         Ok(())
     }
 

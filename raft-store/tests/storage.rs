@@ -225,6 +225,21 @@ impl StageCount {
     }
 }
 
+/// Reopens the store under `dir`: a background sync that was finishing when the store
+/// was dropped holds the database for one more fsync.
+async fn reopen_when_free(dir: &Path, options: StoreOptions) -> Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match open(dir, &kek(7), options.clone()) {
+            Ok(s) => return s,
+            Err(e) if e.to_string().contains("lock") && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_leader_syncs_its_own_entries_behind_append_and_a_follower_before_it_answers() {
     let dir = TempDir::new().expect("tempdir");
@@ -261,23 +276,24 @@ async fn a_leader_syncs_its_own_entries_behind_append_and_a_follower_before_it_a
     append(&mut store.log, vec![by(2, 1, 10)]).await;
     assert_eq!(store.durable.synced().map(|l| l.index), Some(10));
     assert_eq!(stages.syncs(), before);
+    // It won the election of term 3 and led when it stopped.
+    store.log.save_vote(&Vote::new_committed(3, 1)).await.expect("vote");
     drop(store);
 
-    // A background sync that was finishing holds the database for one more fsync.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let mut store = loop {
-        match open(dir.path(), &kek(7), options.clone()) {
-            Ok(s) => break s,
-            Err(e) if e.to_string().contains("lock") && std::time::Instant::now() < deadline => {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-            Err(e) => panic!("reopen: {e}"),
-        }
-    };
+    let mut store = reopen_when_free(dir.path(), options).await;
     let state = store.log.get_log_state().await.expect("log state");
     assert_eq!(state.last_log_id.map(|l| l.index), Some(10));
     assert_eq!(store.durable.synced().map(|l| l.index), Some(10), "the log read at open is on disk");
     assert_eq!(store.reader.last_applied().expect("read").map(|l| l.index), Some(9));
+    // A leader that restarts stands for election (its log may lack entries it sent before
+    // a power loss): its vote is reopened uncommitted, in the same term for itself.
+    let vote = store.log.read_vote().await.expect("read vote");
+    assert_eq!(vote, Some(Vote::new(3, 1)));
+    // A store opened without a node id (a check, a restore) leaves the vote as it is.
+    store.log.save_vote(&Vote::new_committed(4, 1)).await.expect("vote");
+    drop(store);
+    let mut store = reopen_when_free(dir.path(), StoreOptions::default()).await;
+    assert_eq!(store.log.read_vote().await.expect("read vote"), Some(Vote::new_committed(4, 1)));
 }
 
 trait PayloadCmd {

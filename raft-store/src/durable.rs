@@ -21,7 +21,11 @@
 //! - a leader that steps down saves a new vote before it answers another leader or a
 //!   candidate, with a synced write: that syncs the whole write-ahead log, so no answer of
 //!   a former leader (a heartbeat's success counts its log as matching) covers an unsynced
-//!   entry of its own.
+//!   entry of its own;
+//! - a leader that restarts does not resume leading its term (openraft 0.9 would, and
+//!   would number new entries after a log that lost its unsynced tail, giving a follower's
+//!   entry's log id to another entry): `LogStore` reopens its vote uncommitted, so it
+//!   stands for election and any leader after it writes in a new term.
 //!
 //! An entry that the leader counted but lost in a power loss was applied nowhere and
 //! answered to nobody: losing it is losing an unacknowledged write, which Raft permits.

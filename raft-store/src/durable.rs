@@ -49,11 +49,11 @@ use crate::NodeId;
 /// What is known durable: the last log id synced, or why syncing failed (then nothing is
 /// applied any more and the manager's Raft stops on its next store error).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Synced {
-    pub upto: Option<LogId<NodeId>>,
-    /// The last entry written, synced or not.
-    pub written: Option<LogId<NodeId>>,
-    pub failed: Option<Arc<str>>,
+pub(crate) struct Synced {
+    upto: Option<LogId<NodeId>>,
+    /// The last entry written, synced or not (changed only under `Durable::state`).
+    written: Option<LogId<NodeId>>,
+    failed: Option<Arc<str>>,
 }
 
 impl Synced {
@@ -67,8 +67,6 @@ impl Synced {
 
 #[derive(Debug, Default)]
 struct State {
-    /// The last entry written to the log, synced or not.
-    written: Option<LogId<NodeId>>,
     /// Bumped by a truncation: a sync that began before it must not mark entries of the
     /// new suffix durable.
     generation: u64,
@@ -103,7 +101,6 @@ impl Durable {
     }
 
     fn set_synced(&self, s: &mut State, last: Option<LogId<NodeId>>) {
-        s.written = last;
         s.generation = s.generation.wrapping_add(1);
         self.synced.send_modify(|v| {
             v.upto = last;
@@ -117,7 +114,8 @@ impl Durable {
     /// its last entry until the next append.
     pub(crate) fn wal_synced(&self, purged: Option<LogId<NodeId>>) {
         let mut s = self.lock();
-        let last = match (s.written, purged) {
+        let written = self.synced.borrow().written;
+        let last = match (written, purged) {
             (Some(w), Some(p)) if p.index > w.index => Some(p),
             (None, p) => p,
             (w, _) => w,
@@ -129,7 +127,6 @@ impl Durable {
     /// syncer ([`sync_loop`]).
     pub(crate) fn written(&self, last: LogId<NodeId>) -> bool {
         let mut s = self.lock();
-        s.written = Some(last);
         // Waiters need not wake: more written never makes anything durable.
         self.synced.send_if_modified(|v| {
             v.written = Some(last);
@@ -146,6 +143,10 @@ impl Durable {
     /// # Errors
     /// The background sync failed.
     pub(crate) async fn wait(&self, index: u64) -> Result<(), StoreError> {
+        let ready = |s: &Synced| s.failed.is_none() && s.holds(index);
+        if ready(&self.synced.borrow()) {
+            return Ok(());
+        }
         let mut rx = self.synced.subscribe();
         let seen = rx.wait_for(|s| s.failed.is_some() || s.holds(index)).await;
         match seen {
@@ -174,7 +175,7 @@ pub(crate) fn sync_loop(db: &Db, stages: &Stages) {
                 return;
             }
             s.pending = false;
-            (s.written, s.generation)
+            (durable.synced.borrow().written, s.generation)
         };
         let result = stages.time(StoreStage::LogSync, || db.db.flush_wal(true));
         let mut s = durable.lock();
@@ -267,7 +268,7 @@ mod tests {
         let (target, generation) = {
             let mut s = d.lock();
             s.pending = false;
-            (s.written, s.generation)
+            (d.synced.borrow().written, s.generation)
         };
         d.all_synced(Some(id(1, 6)));
         d.written(id(3, 9));

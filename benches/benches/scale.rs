@@ -171,14 +171,24 @@ async fn until_all_hold(
     start: Instant,
     limit: Duration,
 ) -> anyhow::Result<Vec<Duration>> {
+    Ok(arrivals(files, want, start, limit).await?.into_iter().map(|(t, _)| t).collect())
+}
+
+/// [`until_all_hold`], with the file each time is of.
+async fn arrivals(
+    files: &[PathBuf],
+    want: &[u8],
+    start: Instant,
+    limit: Duration,
+) -> anyhow::Result<Vec<(Duration, PathBuf)>> {
     let (files, want) = (files.to_vec(), want.to_vec());
     tokio::task::spawn_blocking(move || {
-        let mut pending: Vec<&PathBuf> = files.iter().collect();
-        let mut arrived = Vec::with_capacity(files.len());
+        let mut pending: Vec<PathBuf> = files;
+        let mut arrived = Vec::with_capacity(pending.len());
         while !pending.is_empty() {
             pending.retain(|f| {
                 if std::fs::read(f).is_ok_and(|v| v == want) {
-                    arrived.push(start.elapsed());
+                    arrived.push((start.elapsed(), f.clone()));
                     false
                 } else {
                     true
@@ -191,6 +201,42 @@ async fn until_all_hold(
         Ok(arrived)
     })
     .await?
+}
+
+/// With `COFFER_SCALE_TRACE=<file>`, the hosted workers' warnings and their info events
+/// (secrets written, sessions lost) go to that file with the time since start, each with
+/// its worker's node id: the timeline of a straggler after the leader kill.
+fn trace_to_file() -> anyhow::Result<()> {
+    let Ok(path) = std::env::var("COFFER_SCALE_TRACE") else { return Ok(()) };
+    let file = std::fs::File::create(&path)?;
+    tracing_subscriber::fmt()
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .with_timer(tracing_subscriber::fmt::time::uptime())
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn,coffer_node::worker=info"))
+        .init();
+    println!("workers' events in {path}");
+    Ok(())
+}
+
+/// The CPU time each of `pids` has used so far (zero for a process that is gone).
+fn cpu_of(pids: &[u32], ticks: u64) -> Vec<Duration> {
+    pids.iter().map(|&p| usage(p, ticks).map(|u| u.cpu).unwrap_or_default()).collect()
+}
+
+/// Each process's share of a core between two [`cpu_of`] samples `wall` apart; the last
+/// pid is this process (the workers).
+fn print_cpu(label: &str, pids: &[u32], before: &[Duration], after: &[Duration], wall: Duration) {
+    let shares: Vec<String> = pids
+        .iter()
+        .zip(before.iter().zip(after))
+        .enumerate()
+        .map(|(i, (p, (b, a)))| {
+            let who = if i + 1 == pids.len() { "workers".to_string() } else { format!("pid {p}") };
+            format!("{who} {:.2}", a.saturating_sub(*b).as_secs_f64() / wall.as_secs_f64())
+        })
+        .collect();
+    println!("{label} (cores): {}", shares.join(", "));
 }
 
 fn print_rest(label: &str, c: &Cluster, rest: &[(f64, u64)]) {
@@ -236,6 +282,8 @@ fn main() -> anyhow::Result<()> {
     let rest_secs = env_usize("COFFER_SCALE_REST_SECS", 10) as u64;
     let bin = Path::new(env!("CARGO_BIN_EXE_coffer-bench-node"));
     let ticks = clock_ticks();
+    let began = Instant::now();
+    trace_to_file()?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
         let mut c = Cluster::start(bin, 3, &[]).await?;
@@ -383,17 +431,52 @@ fn main() -> anyhow::Result<()> {
             );
         }
 
+        // The same delivery without a fault, for comparison with the leader kill below:
+        // `shared` rotated once, every worker asks the leader for a grant and redeems it.
+        let mut all_pids: Vec<u32> = pids.clone();
+        all_pids.push(std::process::id());
+        let before = cpu_of(&all_pids, ticks);
+        let start = Instant::now();
+        let v = value(0, 1);
+        admin.rotate_secret("shared", &v).await?;
+        let arrived = until_all_hold(&everyone, &v, start, Duration::from_secs(120)).await?;
+        println!(
+            "rotation to every worker (no fault): p50 {:.2} s, p90 {:.2} s, p99 {:.2} s, all {n_workers} {:.2} s",
+            pct(&arrived, 0.5) / 1000.0,
+            pct(&arrived, 0.9) / 1000.0,
+            pct(&arrived, 0.99) / 1000.0,
+            pct(&arrived, 1.0) / 1000.0
+        );
+        print_cpu("  CPU meanwhile", &all_pids, &before, &cpu_of(&all_pids, ticks), start.elapsed());
+
         // SIGKILL the leader; rotate `shared` as soon as a write is accepted; wait until
         // every worker holds it.
         let survivor = c.admin(fi);
+        let before = cpu_of(&all_pids, ticks);
         let killed = Instant::now();
         c.managers[li].kill();
-        let v = value(0, 1);
+        let v = value(0, 2);
         let resumed = eventually("a write after the leader kill", Duration::from_secs(60), || async {
             survivor.rotate_secret("shared", &v).await.ok().map(|_| killed.elapsed())
         })
         .await?;
-        let arrived = until_all_hold(&everyone, &v, killed, Duration::from_secs(120)).await?;
+        let timed = arrivals(&everyone, &v, killed, Duration::from_secs(120)).await?;
+        let arrived: Vec<Duration> = timed.iter().map(|(t, _)| *t).collect();
+        let by_dir: HashMap<&Path, u64> = workers.secrets.iter().map(|(id, d)| (d.as_path(), *id)).collect();
+        let stragglers: Vec<String> = timed
+            .iter()
+            .rev()
+            .take(5)
+            .map(|(t, f)| {
+                let id = f.ancestors().find_map(|d| by_dir.get(d)).copied().unwrap_or(0);
+                format!("{id:016x} at {:.2} s", t.as_secs_f64())
+            })
+            .collect();
+        println!(
+            "  slowest workers (the kill was {:.2} s into the run): {}",
+            killed.duration_since(began).as_secs_f64(),
+            stragglers.join(", ")
+        );
         println!(
             "leader SIGKILLed: writes resumed after {:.2} s; a value rotated then reached the workers after \
              (from the kill) p50 {:.2} s, p90 {:.2} s, p99 {:.2} s, all {n_workers} {:.2} s",
@@ -403,6 +486,7 @@ fn main() -> anyhow::Result<()> {
             pct(&arrived, 0.99) / 1000.0,
             pct(&arrived, 1.0) / 1000.0
         );
+        print_cpu("  CPU meanwhile", &all_pids, &before, &cpu_of(&all_pids, ticks), killed.elapsed());
 
         // Compact every survivor's log (`coffer cluster compact`), then a new manager joins:
         // the log it would replay is gone, so it catches up from a snapshot.

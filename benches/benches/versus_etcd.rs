@@ -18,6 +18,8 @@
 //! values (Coffer: new versions of 1 000 secrets; etcd: puts to 1 000 keys) and each
 //! member's RSS and data dir size are printed; `COFFER_BENCH_MANAGER_ARGS` adds flags to
 //! every manager; `COFFER_BENCH_POINTS=1,3`: only those points, counted from 1;
+//! `COFFER_BENCH_PREFILL_MB=MB`: first, both write MB MiB as the memory mode does, so that
+//! the points run on clusters that have written before, as long-running ones have;
 //! `COFFER_BENCH_STAGES=1`: after each Coffer point, where its writes' time went, stage
 //! by stage, from the managers' `coffer_write_stage_seconds`).
 
@@ -345,8 +347,37 @@ fn dir_mib(dir: &Path) -> f64 {
 /// 64 clients write `mb` MiB of 4 KiB values, as new versions of 1 000 secrets (Coffer)
 /// or puts to 1 000 keys (etcd); then each member's RSS, at once and after 10 s at rest.
 async fn memory(t: &Target, procs: &[(u32, PathBuf)], mb: u64) -> anyhow::Result<()> {
+    let before: Vec<f64> = procs.iter().map(|(p, _)| rss_mib(*p)).collect();
+    let (total, took) = fill(t, mb, "m").await?;
+    let after: Vec<f64> = procs.iter().map(|(p, _)| rss_mib(*p)).collect();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    println!(
+        "== {}: {mb} MiB as {total} writes of 4 KiB to {FILL_KEYS} keys, 64 clients, {:.0} s ({:.0}/s) ==",
+        t.name,
+        took,
+        total as f64 / took
+    );
+    println!("{:>8} {:>12} {:>12} {:>14} {:>12}", "member", "RSS before", "RSS after", "RSS +10 s", "data dir");
+    for (i, (pid, dir)) in procs.iter().enumerate() {
+        println!(
+            "{i:>8} {:>9.0} MiB {:>8.0} MiB {:>10.0} MiB {:>8.0} MiB",
+            before[i],
+            after[i],
+            rss_mib(*pid),
+            dir_mib(dir)
+        );
+    }
+    Ok(())
+}
+
+const FILL_KEYS: u64 = 1000;
+
+/// 64 clients write `mb` MiB of 4 KiB values to `FILL_KEYS` keys named `<prefix><n>`:
+/// secrets created then rotated (Coffer), puts (etcd). The number of writes and the
+/// seconds they took.
+async fn fill(t: &Target, mb: u64, prefix: &'static str) -> anyhow::Result<(u64, f64)> {
     const VALUE: usize = 4096;
-    const KEYS: u64 = 1000;
+    const KEYS: u64 = FILL_KEYS;
     let total = mb * (1 << 20) / VALUE as u64;
     let b64 = base64::engine::general_purpose::STANDARD;
     let value = b64.encode(vec![b'm'; VALUE]);
@@ -354,18 +385,17 @@ async fn memory(t: &Target, procs: &[(u32, PathBuf)], mb: u64) -> anyhow::Result
     for k in 0..KEYS {
         let resp = if t.name == "coffer" {
             http.post(format!("{}/v1/secrets", t.members[0]))
-                .json(&serde_json::json!({"name": format!("m{k}"), "data": value}))
+                .json(&serde_json::json!({"name": format!("{prefix}{k}"), "data": value}))
                 .send()
                 .await?
         } else {
             http.post(format!("{}/v3/kv/put", t.members[0]))
-                .json(&serde_json::json!({"key": b64.encode(format!("m{k}")), "value": value}))
+                .json(&serde_json::json!({"key": b64.encode(format!("{prefix}{k}")), "value": value}))
                 .send()
                 .await?
         };
         anyhow::ensure!(resp.status().is_success(), "seeding {}: {}", t.name, resp.status());
     }
-    let before: Vec<f64> = procs.iter().map(|(p, _)| rss_mib(*p)).collect();
     let next = Arc::new(AtomicU64::new(KEYS));
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -379,7 +409,7 @@ async fn memory(t: &Target, procs: &[(u32, PathBuf)], mb: u64) -> anyhow::Result
                 if n >= total {
                     break;
                 }
-                let key = format!("m{}", n % KEYS);
+                let key = format!("{prefix}{}", n % KEYS);
                 let resp = if t.name == "coffer" {
                     http.post(format!("{base}/v1/secrets/{key}/rotate"))
                         .json(&serde_json::json!({"data": value}))
@@ -409,26 +439,7 @@ async fn memory(t: &Target, procs: &[(u32, PathBuf)], mb: u64) -> anyhow::Result
     for task in tasks {
         task.await??;
     }
-    let took = start.elapsed().as_secs_f64();
-    let after: Vec<f64> = procs.iter().map(|(p, _)| rss_mib(*p)).collect();
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    println!(
-        "== {}: {mb} MiB as {total} writes of 4 KiB to {KEYS} keys, 64 clients, {:.0} s ({:.0}/s) ==",
-        t.name,
-        took,
-        total as f64 / took
-    );
-    println!("{:>8} {:>12} {:>12} {:>14} {:>12}", "member", "RSS before", "RSS after", "RSS +10 s", "data dir");
-    for (i, (pid, dir)) in procs.iter().enumerate() {
-        println!(
-            "{i:>8} {:>9.0} MiB {:>8.0} MiB {:>10.0} MiB {:>8.0} MiB",
-            before[i],
-            after[i],
-            rss_mib(*pid),
-            dir_mib(dir)
-        );
-    }
-    Ok(())
+    Ok((total, start.elapsed().as_secs_f64()))
 }
 
 async fn growth(t: &Target, total: u64) -> anyhow::Result<()> {
@@ -567,7 +578,14 @@ fn main() -> anyhow::Result<()> {
         if let Some(e) = &etcd {
             targets.push(e.target.clone());
         }
+        // A long-running cluster has written before: its write-ahead logs are recycled
+        // (Coffer) or preallocated segments (etcd) by now. A fresh one appends to new files.
+        let prefill = env_u64("COFFER_BENCH_PREFILL_MB", 0);
         for t in &targets {
+            if prefill > 0 {
+                let (n, took) = fill(t, prefill, "p").await?;
+                println!("{}: prefilled with {prefill} MiB ({n} writes of 4 KiB) in {took:.0} s", t.name);
+            }
             t.seed_reads().await?;
         }
         let next = Arc::new(AtomicU64::new(0));

@@ -38,6 +38,7 @@ pub fn router(m: Arc<Manager>) -> Router {
         .route("/raft/read-index", post(raft::read_index))
         .route("/raft/applied", post(raft::applied))
         .route("/raft/heartbeat", post(worker::forwarded_heartbeat))
+        .route("/raft/grants", post(worker::relayed_grants))
         .route("/raft/op", post(raft::op))
         .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT))
         .route("/raft/snapshot", post(raft::snapshot))

@@ -26,8 +26,9 @@ use coffer_api::error::CodedError;
 use crate::http::auth::{ManagerCaller, NodeCaller, Operator};
 use crate::http::extract::ApiJson;
 use crate::manager::grants;
-use crate::manager::raft_net::post_postcard;
+use crate::manager::raft_net::{post_postcard, PeerError};
 use crate::manager::Manager;
+use crate::manager::{forward_error, LEADER_LOSS_WAIT};
 use crate::trust::pki::Role;
 
 type S = State<Arc<Manager>>;
@@ -176,12 +177,54 @@ async fn record_heartbeat(m: &Manager, node: NodeId) -> Result<(), ApiError> {
         m.liveness.seen(node);
         return Ok(());
     }
-    let (id, addr) = m.leader().ok_or_else(|| ApiError::unavailable("this manager knows no leader"))?;
-    let url = format!("https://{addr}/raft/heartbeat");
-    post_postcard::<_, ()>(&m.peers, &url, Some(id), &node, Duration::from_secs(2))
-        .await
-        .map_err(|e| ApiError::unavailable(format!("cannot reach the leader: {e}")))
+    let leader = m.leader().ok_or_else(|| ApiError::unavailable("this manager knows no leader"))?;
+    // Within the worker's own timeout for the call (its heartbeat interval), so that an
+    // election does not move every session to another manager.
+    let every = m.cluster().map(|c| c.settings.worker_heartbeat_ms).unwrap_or(2000);
+    let wait = HEARTBEAT_LOSS_WAIT.min(Duration::from_millis(every.saturating_mul(3) / 4));
+    match to_leader::<_, ()>(m, leader, "/raft/heartbeat", &node, wait, HEARTBEAT_CALL).await {
+        Ok(Some(())) => Ok(()),
+        // Elected here meanwhile.
+        Ok(None) => {
+            m.liveness.seen(node);
+            Ok(())
+        }
+        Err(e) => Err(ApiError::unavailable(format!("cannot reach the leader: {}", e.message))),
+    }
 }
+
+/// How long a forwarded heartbeat waits, at most, for a new leader when the old one cannot
+/// be reached, and how long the call to the leader may take.
+const HEARTBEAT_LOSS_WAIT: Duration = Duration::from_millis(1500);
+const HEARTBEAT_CALL: Duration = Duration::from_secs(2);
+
+/// Sends `body` to `path` on the leader over this manager's link; when the leader cannot be
+/// reached (it died), once more to the leader an election names within `wait`. Only for
+/// requests that are safe to send twice. `Ok(None)`: this manager was elected meanwhile,
+/// and the caller serves the request itself.
+async fn to_leader<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+    m: &Manager,
+    leader: (NodeId, String),
+    path: &str,
+    body: &Req,
+    wait: Duration,
+    timeout: Duration,
+) -> Result<Option<Resp>, crate::manager::error::OpError> {
+    let send = |(id, addr): (NodeId, String)| async move {
+        post_postcard::<_, Resp>(&m.peers, &format!("https://{addr}{path}"), Some(id), body, timeout).await
+    };
+    match send(leader.clone()).await {
+        Err(PeerError::Unreachable(e)) => match m.replacement(leader.0, wait).await {
+            Some(next) if next.0 == m.id => Ok(None),
+            Some(next) => send(next).await.map(Some).map_err(forward_error),
+            None => Err(forward_error(PeerError::Unreachable(e))),
+        },
+        r => r.map(Some).map_err(forward_error),
+    }
+}
+
+/// How long a call relayed to the leader may take.
+const LEADER_CALL: Duration = Duration::from_secs(5);
 
 /// A heartbeat forwarded by a follower.
 pub async fn forwarded_heartbeat(
@@ -209,10 +252,38 @@ pub async fn grants(
     ApiJson(req): ApiJson<GrantRequest>,
 ) -> Result<Json<GrantList>, ApiError> {
     let node = worker(&caller)?;
-    if req.task_ids.len() > 1024 {
+    if req.task_ids.len() > MAX_GRANTS {
         return Err(ApiError::invalid("at most 1024 tasks per request"));
     }
-    Ok(Json(GrantList { grants: grants::issue(&m, node, &req.task_ids).await? }))
+    if m.is_leader() {
+        return Ok(Json(GrantList { grants: grants::issue(&m, node, &req.task_ids).await? }));
+    }
+    // A follower asks the leader on the worker's behalf, over its link, as it passes on
+    // heartbeats: the worker needs no connection of its own to the leader. Only the leader
+    // issues grants, for tasks it has placed on this worker (the node the follower vouches
+    // for from the worker's certificate, checked here).
+    let leader =
+        m.leader().ok_or_else(|| ApiError::unavailable("this manager knows no leader; try another manager"))?;
+    let request = (node, req.task_ids);
+    let grants = match to_leader(&m, leader, "/raft/grants", &request, LEADER_LOSS_WAIT, LEADER_CALL).await? {
+        Some(grants) => grants,
+        None => grants::issue(&m, node, &request.1).await?,
+    };
+    Ok(Json(GrantList { grants }))
+}
+
+const MAX_GRANTS: usize = 1024;
+
+/// Grants asked for by a follower on behalf of a worker whose session it holds.
+pub async fn relayed_grants(State(m): S, _c: ManagerCaller, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let (node, task_ids): (NodeId, Vec<String>) =
+        postcard::from_bytes(&body).map_err(|_| ApiError::invalid("malformed grant request"))?;
+    if task_ids.len() > MAX_GRANTS {
+        return Err(ApiError::invalid("at most 1024 tasks per request"));
+    }
+    let grants = grants::issue(&m, node, &task_ids).await?;
+    let bytes = postcard::to_allocvec(&grants).map_err(|e| ApiError::internal("encoding grants", e))?;
+    Ok(axum::response::IntoResponse::into_response(([("content-type", "application/octet-stream")], bytes)))
 }
 
 #[utoipa::path(post, operation_id = "redeemGrant", path = "/v1/worker/redeem", tag = "worker", request_body = RedeemRequest,

@@ -60,6 +60,10 @@ const LEADER_WAIT: Duration = Duration::from_secs(10);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often a forwarded write looks whether the leader it waits on was replaced.
 const DEPOSED_CHECK: Duration = Duration::from_millis(200);
+/// How long a request that could not reach the leader (it died, or restarted) waits for
+/// an election to name another before it fails: elections take under a second. Only
+/// requests that are safe to send twice wait (read indexes, heartbeats, grant requests).
+pub(crate) const LEADER_LOSS_WAIT: Duration = Duration::from_secs(3);
 /// How long a leader keeps asking its quorum to confirm a read index that came back
 /// unconfirmed (followers that answered late) before the read fails as `unavailable`.
 const READ_INDEX_PATIENCE: Duration = Duration::from_secs(2);
@@ -259,6 +263,13 @@ impl Manager {
         deposed_from(&self.raft, old).await;
     }
 
+    /// The leader that replaced `old`, once an election names one within `within`: for a
+    /// request that could not reach `old` and is safe to send again.
+    pub(crate) async fn replacement(&self, old: NodeId, within: Duration) -> Option<(NodeId, String)> {
+        tokio::time::timeout(within, self.deposed(old)).await.ok()?;
+        self.leader()
+    }
+
     /// [`Manager::write`], with refusals turned into API errors.
     pub async fn propose(&self, cmd: Command) -> Result<Applied, OpError> {
         Ok(self.write(cmd).await??)
@@ -354,9 +365,18 @@ impl Manager {
                 &(),
                 FORWARD_TIMEOUT,
             );
+            // A read index can be asked again: of the leader that replaced this one, when
+            // this one is replaced while asked, or cannot be reached at all (it died: the
+            // read waits for the election rather than fail while one is under way).
             tokio::select! {
-                r = asked => return r.map_err(forward_error)?.map_err(OpError::unavailable),
-                // A read index can be asked again: of the leader that replaced this one.
+                r = asked => match r {
+                    Err(PeerError::Unreachable(e)) => {
+                        if self.replacement(leader.0, LEADER_LOSS_WAIT).await.is_none() {
+                            return Err(forward_error(PeerError::Unreachable(e)));
+                        }
+                    }
+                    r => return r.map_err(forward_error)?.map_err(OpError::unavailable),
+                },
                 () = self.deposed(leader.0) => {}
             }
             leader = self.wait_for_leader(LEADER_WAIT).await?;
@@ -414,7 +434,7 @@ impl Manager {
     }
 }
 
-fn forward_error(e: PeerError) -> OpError {
+pub(crate) fn forward_error(e: PeerError) -> OpError {
     match e {
         PeerError::Status { status, body } => serde_json::from_str::<coffer_api::error::ErrorBody>(&body)
             .map(OpError::from_body)

@@ -38,9 +38,9 @@ pub use files::check_in_memory;
 pub use settings::{RuntimeKind, WorkerSettings};
 
 /// How long a worker keeps an idle connection. Its session's connection is never idle (a
-/// long poll is always in flight); the one it opens to the leader for grants, when its
-/// session is on another manager, is let go: a leader of 1 000 workers held 1 000 idle
-/// TLS connections (about 35 KiB each) before.
+/// long poll is always in flight); one it opens elsewhere (to the leader for grants, when
+/// the manager of its session could not ask for it) is let go: a leader of 1 000 workers
+/// held 1 000 idle TLS connections (about 35 KiB each) before.
 const POOL_IDLE: Duration = Duration::from_secs(10);
 
 /// `worker join`: a certificate through the join flow, then the worker's data dir.

@@ -137,21 +137,33 @@ impl Agent {
         self.settings.secrets_dir.join(format!("{}.{}", t.service_name, t.slot))
     }
 
-    /// Grants for `tasks`, from the leader (trying every manager if the leader moved).
+    /// Grants for `tasks`, issued by the leader. Asked of the manager of the session first,
+    /// which asks the leader on this worker's behalf over its own link: a thousand workers
+    /// whose value was rotated open no connection to the leader. Then of the leader
+    /// directly (a manager of an earlier release answers that only the leader issues
+    /// grants), then of every manager, in case the leader moved.
     async fn grants(&mut self, tasks: &[String]) -> anyhow::Result<GrantList> {
-        let mut candidates: Vec<String> = self.leader.iter().cloned().collect();
+        let mut candidates = vec![self.managers.current().1];
+        candidates.extend(self.leader.iter().cloned());
         candidates.extend(self.managers.all());
-        let mut last = String::new();
+        let mut tried: Vec<String> = Vec::new();
+        let mut errors = Vec::new();
         for addr in candidates {
+            if tried.contains(&addr) {
+                continue;
+            }
+            tried.push(addr.clone());
             match self.client.at(&addr).with_timeout(CALL_TIMEOUT).grants(tasks).await {
-                Ok(g) => {
-                    self.leader = Some(addr);
-                    return Ok(g);
+                Ok(g) => return Ok(g),
+                // The leader's refusal (a task not placed here, or gone) is final: asking
+                // again elsewhere would only ask the leader again.
+                Err(e @ ClientError::Api { status, .. }) if (400..500).contains(&status) && status != 421 => {
+                    bail!("grants refused at {addr}: {e}")
                 }
-                Err(e) => last = format!("{addr}: {e}"),
+                Err(e) => errors.push(format!("{addr}: {e}")),
             }
         }
-        bail!("no manager issued grants: {last}")
+        bail!("no manager issued grants: {}", errors.join("; "))
     }
 
     /// Redeems `grant` at the manager of the session, moving on past managers that cannot

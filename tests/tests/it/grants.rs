@@ -1,7 +1,7 @@
 //! Grants are useless to any node but their own, after their expiry, after a newer leader
 //! term has an authority, when altered or forged, once their task moved, and to a removed
-//! node; only the leader issues them. Driven through the worker API with real worker
-//! certificates, each refusal returning no value.
+//! node; only the leader issues them (a follower asks it for the worker). Driven through
+//! the worker API with real worker certificates, each refusal returning no value.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -78,15 +78,25 @@ async fn grants_are_useless_to_anyone_but_their_node_and_only_while_current() {
     let li = c.index_of(leader).expect("leader index");
     let fi = (li + 1) % 3;
 
-    // Only the leader issues.
-    let e = grant(&a.clients[fi], &task).await.expect_err("a follower issued a grant");
-    assert_eq!(e.code(), Some(ErrorCode::NotLeader), "{e}");
+    // Only the leader issues: a follower asks it on the worker's behalf, over its link.
+    let relayed = grant(&a.clients[fi], &task).await.expect("a follower relays the request");
+    let issued: coffer_node::manager::grants::GrantBody =
+        postcard::from_bytes(&base64::engine::general_purpose::STANDARD.decode(&relayed.body).expect("b64"))
+            .expect("body");
+    assert_eq!(issued.node_id, a.id, "issued to the caller");
+    assert_eq!(redeem(&a.clients[fi], &relayed).await.expect("the relayed grant redeems").secrets.len(), 1);
     let g = grant(&a.clients[li], &task).await.expect("the leader issues");
-    // And only for the caller's own tasks.
-    assert_eq!(
-        grant(&b.clients[li], &task).await.expect_err("grant for another's task").code(),
-        Some(ErrorCode::PermissionDenied)
-    );
+    // And only for the caller's own tasks, asked at the leader or through a follower.
+    for i in [li, fi] {
+        assert_eq!(
+            grant(&b.clients[i], &task).await.expect_err("grant for another's task").code(),
+            Some(ErrorCode::PermissionDenied)
+        );
+    }
+    // A worker cannot pose as a manager relaying for another node.
+    let posed: Result<serde_json::Value, _> =
+        b.clients[li].post("/raft/grants", &serde_json::json!({ "node": a.id, "tasks": [task] })).await;
+    assert_eq!(posed.expect_err("a worker relayed").code(), Some(ErrorCode::PermissionDenied));
 
     // The right node redeems at any manager (a follower here).
     let ok = redeem(&a.clients[fi], &g).await.expect("redeem");

@@ -4,17 +4,25 @@
 //!
 //! | column family | keys | values |
 //! |---|---|---|
-//! | `meta` | `format`, `kek_kind`, `data_key` | store format (u32 BE), KEK kind, wrapped data key |
+//! | `meta` | `format` | store format (u32 BE) |
 //! | `log` | log index, u64 big-endian | sealed `Entry` |
 //! | `raft` | `vote`, `committed`, `last_purged` | sealed openraft metadata |
 //! | `sm_meta` | `last_applied`, `membership`, `installing` | sealed state-machine metadata |
 //! | `sm` | see [`crate::keys`] | sealed state records |
 //!
 //! Invariant: every value outside `meta` is sealed with the data key for `(column family,
-//! key)`; `meta` holds nothing secret (the data key there is wrapped by the KEK).
+//! key)`; `meta` holds nothing secret. The data key, wrapped by the KEK, is in a file of its
+//! own beside `db` (`data_key`), never in the database.
 //!
 //! Because all column families share one WAL, a synced write (a log append, a vote) also
 //! makes every earlier unsynced write durable, state-machine writes included.
+//!
+//! The write-ahead log's files are recycled: RocksDB overwrites an obsolete log instead of
+//! appending to a new file, so a synced write need not also journal the file's new size
+//! (on ext4 here, an fdatasync after overwriting took 0.18 ms against 0.41 ms after
+//! appending; every write waits for one). A store of an earlier release, whose logs may
+//! hold the data key's wrapping, is opened without recycling until they are gone
+//! (`data_key::WAL_MARKER`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +33,7 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use crate::codec;
+use crate::data_key::{self, Wrapped};
 use crate::error::StoreError;
 use crate::seal::{Aad, KeyBytes, KeyEncryptionKey, Sealer};
 
@@ -32,18 +41,25 @@ use crate::seal::{Aad, KeyBytes, KeyEncryptionKey, Sealer};
 const MEMTABLES_BYTES: usize = 48 << 20;
 
 /// The layout version of the data dir as a whole (column families and key schemes).
-pub const STORE_FORMAT: u32 = 1;
+/// 2: the data key is in its own file (`data_key`), no longer in `meta`. An earlier
+/// release refuses a store of format 2 as a newer one's, rather than find no key in it.
+pub const STORE_FORMAT: u32 = 2;
 
 pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_RAFT: &str = "raft";
 pub(crate) const CF_SM_META: &str = "sm_meta";
 pub(crate) const CF_SM: &str = "sm";
-const ALL_CFS: [&str; 5] = [CF_META, CF_LOG, CF_RAFT, CF_SM_META, CF_SM];
+pub(crate) const ALL_CFS: [&str; 5] = [CF_META, CF_LOG, CF_RAFT, CF_SM_META, CF_SM];
 
-const META_FORMAT: &[u8] = b"format";
-const META_KEK_KIND: &[u8] = b"kek_kind";
-const META_DATA_KEY: &[u8] = b"data_key";
+pub(crate) const META_FORMAT: &[u8] = b"format";
+
+/// How many obsolete write-ahead logs are kept to be overwritten.
+const RECYCLED_LOGS: usize = 2;
+
+/// The write-ahead log's total size at which the oldest log's memtables are flushed and a
+/// new (recycled) log begins. It also bounds what a restart replays.
+const MAX_WAL_BYTES: u64 = 32 << 20;
 
 /// The open database plus the key that seals everything in it. Shared by the log store,
 /// the state machine, readers and snapshot builders.
@@ -74,6 +90,11 @@ impl Db {
     pub fn open(dir: &Path, kek: &dyn KeyEncryptionKey) -> Result<Arc<Self>, StoreError> {
         std::fs::create_dir_all(dir).map_err(StoreError::io("create data dir", dir))?;
         let db_path = dir.join("db");
+        let marker = dir.join(data_key::WAL_MARKER);
+        // A new store never writes a wrapping into the database; an older one is opened
+        // without recycling until its logs are known to be free of one.
+        let fresh = !db_path.join("CURRENT").exists();
+        let recycle = marker.exists() || fresh;
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -87,11 +108,24 @@ impl Db {
         // purged after each snapshot and the state is read through the block cache, so
         // larger memtables buy little.
         opts.set_db_write_buffer_size(MEMTABLES_BYTES);
+        opts.set_max_total_wal_size(MAX_WAL_BYTES);
+        opts.set_recycle_log_file_num(if recycle { RECYCLED_LOGS } else { 0 });
         let cfs = ALL_CFS.iter().map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, &db_path, cfs)
             .map_err(StoreError::db(format!("open {}", db_path.display())))?;
 
+        // A marker beside a database that still holds a wrapping (a data dir put together
+        // from two) is not believed.
+        if marker.exists() && data_key::legacy(&db)?.is_some() {
+            std::fs::remove_file(&marker).map_err(StoreError::io("remove the log marker", &marker))?;
+        }
+        if !fresh && !marker.exists() {
+            data_key::free_logs(&db, dir)?;
+        }
         let sealer = Self::load_or_create_key(&db, dir, kek)?;
+        if fresh {
+            data_key::mark(dir)?;
+        }
         Ok(Arc::new(Self {
             db,
             sealer,
@@ -118,12 +152,10 @@ impl Db {
                 }
             }
             let key = KeyBytes::generate();
-            let wrapped = kek.wrap(&key)?;
+            data_key::write(dir, &Wrapped::new(kek, &key)?)?;
             let mut batch = WriteBatch::default();
             batch.put_cf(meta, META_FORMAT, STORE_FORMAT.to_be_bytes());
-            batch.put_cf(meta, META_KEK_KIND, kek.kind().as_bytes());
-            batch.put_cf(meta, META_DATA_KEY, &wrapped);
-            db.write_opt(batch, &synced()).map_err(StoreError::db("write data key"))?;
+            db.write_opt(batch, &synced()).map_err(StoreError::db("write store format"))?;
             tracing::info!(kek = kek.kind(), "created a new data key for this store");
             return Ok(Sealer::new(&key));
         };
@@ -134,11 +166,12 @@ impl Db {
         if found > STORE_FORMAT {
             return Err(StoreError::NewerStore { path: dir.to_path_buf(), found, supported: STORE_FORMAT });
         }
-        Ok(Sealer::new(&unwrap_data_key(db, dir, kek)?))
+        Ok(Sealer::new(&wrapped_key(dir)?.unwrap(kek)?))
     }
 
     /// Re-wraps the data key under `new_kek` (e.g. when autolock is turned on or the unlock
-    /// key is rotated). Data is not re-encrypted: only the wrapping changes.
+    /// key is rotated). Data is not re-encrypted: only the wrapping changes. The old
+    /// wrapping was only ever in the file this replaces.
     ///
     /// # Errors
     /// When `old_kek` does not open the current wrapping, or the write fails.
@@ -147,25 +180,10 @@ impl Db {
         old_kek: &dyn KeyEncryptionKey,
         new_kek: &dyn KeyEncryptionKey,
     ) -> Result<(), StoreError> {
-        let meta = self.cf(CF_META)?;
-        let wrapped =
-            self.db.get_cf(meta, META_DATA_KEY).map_err(StoreError::db("read data key"))?.ok_or_else(|| {
-                StoreError::Inconsistent { path: self.dir.clone(), reason: "the data key is missing".into() }
-            })?;
-        let key = old_kek.unwrap(&wrapped).map_err(|_| StoreError::WrongKey { kek_kind: old_kek.kind().into() })?;
-        let mut batch = WriteBatch::default();
-        batch.put_cf(meta, META_KEK_KIND, new_kek.kind().as_bytes());
-        batch.put_cf(meta, META_DATA_KEY, new_kek.wrap(&key)?);
-        self.db.write_opt(batch, &synced()).map_err(StoreError::db("rewrap data key"))?;
-        // The old wrapping must not stay behind in a write-ahead log or a table file, where
-        // whoever has the old key-encryption key (a key file beside the store) would find
-        // it: flush every column family (the logs that hold it become obsolete and are
-        // deleted) and rewrite the metadata's tables without it.
-        for name in ALL_CFS {
-            self.db.flush_cf(self.cf(name)?).map_err(StoreError::db(format!("flush {name} after rewrap")))?;
-        }
-        self.db.compact_range_cf(meta, None::<&[u8]>, None::<&[u8]>);
-        Ok(())
+        let current = wrapped_key(&self.dir)?;
+        let key =
+            old_kek.unwrap(&current.wrapped).map_err(|_| StoreError::WrongKey { kek_kind: old_kek.kind().into() })?;
+        data_key::write(&self.dir, &Wrapped::new(new_kek, &key)?)
     }
 
     /// The kind of key-encryption key the store under `dir` was sealed with (`key-file`,
@@ -174,14 +192,7 @@ impl Db {
     /// # Errors
     /// A store that cannot be read.
     pub fn kek_kind(dir: &Path) -> Result<Option<String>, StoreError> {
-        let db_path = dir.join("db");
-        if !db_path.join("CURRENT").exists() {
-            return Ok(None);
-        }
-        let db = DB::open_cf_for_read_only(&Options::default(), &db_path, ALL_CFS, false)
-            .map_err(StoreError::db(format!("open {} to read its key kind", db_path.display())))?;
-        let kind = db.get_cf(cf_of(&db, CF_META)?, META_KEK_KIND).map_err(StoreError::db("read kek kind"))?;
-        Ok(kind.map(|k| String::from_utf8_lossy(&k).into_owned()))
+        Ok(Self::stored_key(dir)?.map(|w| w.kind))
     }
 
     /// Whether `kek` opens the store under `dir`, checked read-only: trying a wrong key
@@ -190,10 +201,26 @@ impl Db {
     /// # Errors
     /// [`StoreError::WrongKey`] for another key (or kind of key); a store that cannot be read.
     pub fn check_kek(dir: &Path, kek: &dyn KeyEncryptionKey) -> Result<(), StoreError> {
+        let stored = Self::stored_key(dir)?.ok_or_else(|| StoreError::Inconsistent {
+            path: dir.to_path_buf(),
+            reason: "the data key is missing".into(),
+        })?;
+        stored.unwrap(kek).map(drop)
+    }
+
+    /// The wrapped data key of the store under `dir`, read without opening it for writing:
+    /// its file, or where a store of an earlier release kept it.
+    fn stored_key(dir: &Path) -> Result<Option<Wrapped>, StoreError> {
+        if let Some(w) = data_key::read(dir)? {
+            return Ok(Some(w));
+        }
         let db_path = dir.join("db");
+        if !db_path.join("CURRENT").exists() {
+            return Ok(None);
+        }
         let db = DB::open_cf_for_read_only(&Options::default(), &db_path, ALL_CFS, false)
             .map_err(StoreError::db(format!("open {} read-only", db_path.display())))?;
-        unwrap_data_key(&db, dir, kek).map(drop)
+        data_key::legacy(&db)
     }
 
     pub(crate) fn cf(&self, name: &str) -> Result<&ColumnFamily, StoreError> {
@@ -262,26 +289,17 @@ impl Db {
     }
 }
 
-/// The store's data key, unwrapped with `kek` after checking that the store was sealed by
-/// that kind of key.
-fn unwrap_data_key(db: &DB, dir: &Path, kek: &dyn KeyEncryptionKey) -> Result<KeyBytes, StoreError> {
-    let meta = cf_of(db, CF_META)?;
-    let kind = db.get_cf(meta, META_KEK_KIND).map_err(StoreError::db("read kek kind"))?.unwrap_or_default();
-    let kind = String::from_utf8_lossy(&kind).into_owned();
-    if kind != kek.kind() {
-        return Err(StoreError::WrongKey { kek_kind: format!("{} (the store was sealed by {kind})", kek.kind()) });
-    }
-    let wrapped = db.get_cf(meta, META_DATA_KEY).map_err(StoreError::db("read data key"))?.ok_or_else(|| {
-        StoreError::Inconsistent { path: dir.to_path_buf(), reason: "the data key is missing".into() }
-    })?;
-    kek.unwrap(&wrapped).map_err(|_| StoreError::WrongKey { kek_kind: kind })
+/// The data key's file under `dir`, which an opened store has.
+fn wrapped_key(dir: &Path) -> Result<Wrapped, StoreError> {
+    data_key::read(dir)?
+        .ok_or_else(|| StoreError::Inconsistent { path: dir.to_path_buf(), reason: "the data key is missing".into() })
 }
 
 pub(crate) fn decode_at<T: DeserializeOwned>(cf: &str, key: &[u8], plain: &[u8]) -> Result<T, StoreError> {
     codec::decode(plain).map_err(|source| StoreError::Decode { what: describe(cf, key), source })
 }
 
-fn cf_of<'a>(db: &'a DB, name: &str) -> Result<&'a ColumnFamily, StoreError> {
+pub(crate) fn cf_of<'a>(db: &'a DB, name: &str) -> Result<&'a ColumnFamily, StoreError> {
     db.cf_handle(name).ok_or_else(|| StoreError::Inconsistent {
         path: PathBuf::from(db.path()),
         reason: format!("column family {name} is missing"),

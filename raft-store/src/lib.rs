@@ -23,6 +23,7 @@
 mod apply;
 pub mod backup;
 pub mod codec;
+mod data_key;
 mod db;
 mod digest;
 mod durable;
@@ -43,6 +44,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub use data_key::{DATA_KEY_FILE, WAL_MARKER};
 pub use db::STORE_FORMAT;
 pub use digest::StateDigest;
 pub use durable::DurableLog;

@@ -399,15 +399,19 @@ async fn wrong_key_newer_format_and_corrupt_files_are_refused() {
 
     {
         let db = raw_db(dir.path());
-        db.put_cf(db.cf_handle("meta").expect("cf"), b"format", 2u32.to_be_bytes()).expect("put");
+        let newer = coffer_raft_store::STORE_FORMAT + 1;
+        db.put_cf(db.cf_handle("meta").expect("cf"), b"format", newer.to_be_bytes()).expect("put");
     }
     match open_at(dir.path()) {
-        Err(e @ StoreError::NewerStore { found: 2, .. }) => assert!(e.to_string().contains("format 2"), "{e}"),
+        Err(e @ StoreError::NewerStore { found, .. }) if found == coffer_raft_store::STORE_FORMAT + 1 => {
+            assert!(e.to_string().contains(&format!("format {found}")), "{e}")
+        }
         other => panic!("expected NewerStore, got {other:?}"),
     }
     {
         let db = raw_db(dir.path());
-        db.put_cf(db.cf_handle("meta").expect("cf"), b"format", 1u32.to_be_bytes()).expect("put");
+        let current = coffer_raft_store::STORE_FORMAT;
+        db.put_cf(db.cf_handle("meta").expect("cf"), b"format", current.to_be_bytes()).expect("put");
         for cf in ["log", "sm", "sm_meta", "raft"] {
             db.flush_cf(db.cf_handle(cf).expect("cf")).expect("flush");
         }
@@ -983,11 +987,7 @@ async fn reforming_alone_keeps_every_entry_of_the_log() {
 async fn a_rewrapped_data_key_leaves_no_old_wrapping_on_disk() {
     let dir = TempDir::new().expect("tempdir");
     store_with_secrets(dir.path()).await;
-    let old = {
-        let raw = raw_db(dir.path());
-        let meta = raw.cf_handle("meta").expect("meta");
-        raw.get_cf(meta, b"data_key").expect("read").expect("a wrapped key")
-    };
+    let old = wrapping(dir.path());
     {
         let store = open_at(dir.path()).expect("open");
         store.rewrap_data_key(&kek(7), &kek(8)).expect("rewrap");
@@ -998,4 +998,129 @@ async fn a_rewrapped_data_key_leaves_no_old_wrapping_on_disk() {
     }
     assert!(open_at(dir.path()).is_err(), "the old key opens nothing");
     open(dir.path(), &kek(8), StoreOptions::default()).expect("the new key opens it");
+}
+
+/// Whether any file under `dir` (all of it, or only the write-ahead logs) holds `bytes`.
+fn a_file_holds(dir: &Path, bytes: &[u8], only_logs: bool) -> bool {
+    files_under(dir)
+        .iter()
+        .filter(|f| !only_logs || f.extension().is_some_and(|x| x == "log"))
+        .any(|f| std::fs::read(f).unwrap_or_default().windows(bytes.len()).any(|w| w == bytes))
+}
+
+/// The `recycle_log_file_num` RocksDB last opened the store under `dir` with (its newest
+/// OPTIONS file).
+fn recycled_logs(dir: &Path) -> usize {
+    let newest = files_under(&dir.join("db"))
+        .into_iter()
+        .filter(|f| f.file_name().is_some_and(|n| n.to_string_lossy().starts_with("OPTIONS-")))
+        .max()
+        .expect("an OPTIONS file");
+    let text = std::fs::read_to_string(newest).expect("read OPTIONS");
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("recycle_log_file_num="))
+        .and_then(|v| v.parse().ok())
+        .expect("recycle_log_file_num in OPTIONS")
+}
+
+/// The data key's wrapping, from its file (the KEK's kind and the wrapping).
+fn wrapping(dir: &Path) -> Vec<u8> {
+    let bytes = std::fs::read(dir.join(coffer_raft_store::DATA_KEY_FILE)).expect("the data key's file");
+    coffer_raft_store::codec::decode::<(String, Vec<u8>)>(&bytes).expect("decode").1
+}
+
+/// Opens the store under `dir` until it is marked free of wrappings in its logs (at most 3
+/// times), each time without recycling and with its data intact.
+fn open_until_marked(dir: &Path) {
+    let mut opens = 0;
+    while !dir.join(coffer_raft_store::WAL_MARKER).exists() {
+        opens += 1;
+        assert!(opens <= 3, "the store was never marked free of the data key");
+        let store = open_at(dir).expect("open");
+        assert_eq!(recycled_logs(dir), 0, "no log is recycled while one may hold the key");
+        assert_eq!(store.reader.secrets().expect("read").len(), 3, "data is intact");
+    }
+}
+
+/// Write-ahead logs are recycled (overwritten, not appended to: a cheaper fsync), so the
+/// data key's wrapping must never be written into the database: a recycled log would keep
+/// an old wrapping after a rewrap.
+#[tokio::test]
+async fn a_new_store_recycles_its_logs_and_keeps_its_data_key_out_of_the_database() {
+    let dir = TempDir::new().expect("tempdir");
+    drop(open_at(dir.path()).expect("open"));
+    assert!(dir.path().join(coffer_raft_store::WAL_MARKER).exists(), "a new store is marked at once");
+    store_with_secrets(dir.path()).await;
+    assert_eq!(recycled_logs(dir.path()), 2, "a marked store recycles its logs");
+    let wrapped = wrapping(dir.path());
+    assert!(!a_file_holds(&dir.path().join("db"), &wrapped, false), "the database holds the data key");
+    open_at(dir.path()).expect("open").rewrap_data_key(&kek(7), &kek(8)).expect("rewrap");
+    let rewrapped = wrapping(dir.path());
+    assert_ne!(rewrapped, wrapped);
+    assert!(!a_file_holds(&dir.path().join("db"), &rewrapped, false), "the database holds the new wrapping");
+    assert!(!a_file_holds(dir.path(), &wrapped, false), "a file holds the old wrapping");
+    open(dir.path(), &kek(8), StoreOptions::default()).expect("the new key opens it");
+}
+
+/// A store of an earlier release keeps its wrapping in `meta`, and its logs may hold it:
+/// the wrapping moves to its file, the store is opened without recycling until no old log
+/// is left, and a rewrap then leaves the old wrapping nowhere on disk.
+#[tokio::test]
+async fn a_store_of_an_earlier_release_moves_its_data_key_out_before_its_logs_are_recycled() {
+    let dir = TempDir::new().expect("tempdir");
+    store_with_secrets(dir.path()).await;
+    // As an earlier release left it: format 1, the wrapping in `meta`, written through the
+    // log, no file, no marker.
+    let old = wrapping(dir.path());
+    {
+        let raw = raw_db(dir.path());
+        let meta = raw.cf_handle("meta").expect("meta");
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(meta, b"format", 1u32.to_be_bytes());
+        batch.put_cf(meta, b"kek_kind", b"key-file");
+        batch.put_cf(meta, b"data_key", &old);
+        let mut synced = rocksdb::WriteOptions::default();
+        synced.set_sync(true);
+        raw.write_opt(batch, &synced).expect("write through the log");
+    }
+    std::fs::remove_file(dir.path().join(coffer_raft_store::DATA_KEY_FILE)).expect("remove the key file");
+    std::fs::remove_file(dir.path().join(coffer_raft_store::WAL_MARKER)).expect("remove the marker");
+    assert!(a_file_holds(dir.path(), &old, true), "the earlier release's log holds the wrapping");
+    assert_eq!(coffer_raft_store::kek_kind(dir.path()).expect("kind"), Some("key-file".into()));
+    coffer_raft_store::check_kek(dir.path(), &kek(7)).expect("the key is checked where the release kept it");
+
+    open_until_marked(dir.path());
+    assert_eq!(wrapping(dir.path()), old, "the wrapping moved to its file");
+    assert!(!a_file_holds(&dir.path().join("db"), &old, false), "the database still holds the wrapping");
+    {
+        let store = open_at(dir.path()).expect("open");
+        assert_eq!(recycled_logs(dir.path()), 2, "a marked store recycles its logs");
+        store.rewrap_data_key(&kek(7), &kek(8)).expect("rewrap");
+    }
+    assert!(!a_file_holds(dir.path(), &old, false), "a file holds the old wrapping");
+    assert!(open_at(dir.path()).is_err(), "the old key opens nothing");
+    open(dir.path(), &kek(8), StoreOptions::default()).expect("the new key opens it");
+}
+
+/// A move of an earlier release's store cut short after the wrapping left `meta` but before
+/// `meta`'s tables were rewritten: the next start finishes it, so a rewrap still leaves the
+/// old wrapping nowhere.
+#[tokio::test]
+async fn a_move_cut_short_is_finished_at_the_next_start() {
+    let dir = TempDir::new().expect("tempdir");
+    store_with_secrets(dir.path()).await;
+    let old = wrapping(dir.path());
+    {
+        let raw = raw_db(dir.path());
+        let meta = raw.cf_handle("meta").expect("meta");
+        raw.put_cf(meta, b"data_key", &old).expect("put");
+        raw.flush_cf(meta).expect("flush: the wrapping is in a table now");
+        raw.delete_cf(meta, b"data_key").expect("deleted, not yet compacted away");
+    }
+    std::fs::remove_file(dir.path().join(coffer_raft_store::WAL_MARKER)).expect("remove the marker");
+    assert!(a_file_holds(&dir.path().join("db"), &old, false), "a table holds the wrapping");
+    open_until_marked(dir.path());
+    assert!(!a_file_holds(&dir.path().join("db"), &old, false), "the database still holds the wrapping");
+    open_at(dir.path()).expect("open").rewrap_data_key(&kek(7), &kek(8)).expect("rewrap");
+    assert!(!a_file_holds(dir.path(), &old, false), "a file holds the old wrapping");
 }

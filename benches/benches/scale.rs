@@ -219,6 +219,18 @@ fn trace_to_file() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// p50, p90, p99 and the last of sorted arrival times, in seconds.
+fn spread(arrived: &[Duration]) -> String {
+    format!(
+        "p50 {:.2} s, p90 {:.2} s, p99 {:.2} s, all {} {:.2} s",
+        pct(arrived, 0.5) / 1000.0,
+        pct(arrived, 0.9) / 1000.0,
+        pct(arrived, 0.99) / 1000.0,
+        arrived.len(),
+        pct(arrived, 1.0) / 1000.0
+    )
+}
+
 /// The CPU time each of `pids` has used so far (zero for a process that is gone).
 fn cpu_of(pids: &[u32], ticks: u64) -> Vec<Duration> {
     pids.iter().map(|&p| usage(p, ticks).map(|u| u.cpu).unwrap_or_default()).collect()
@@ -432,7 +444,8 @@ fn main() -> anyhow::Result<()> {
         }
 
         // The same delivery without a fault, for comparison with the leader kill below:
-        // `shared` rotated once, every worker asks the leader for a grant and redeems it.
+        // `shared` rotated once, every worker gets a grant (through the manager of its
+        // session) and redeems it.
         let mut all_pids: Vec<u32> = pids.clone();
         all_pids.push(std::process::id());
         let before = cpu_of(&all_pids, ticks);
@@ -440,13 +453,7 @@ fn main() -> anyhow::Result<()> {
         let v = value(0, 1);
         admin.rotate_secret("shared", &v).await?;
         let arrived = until_all_hold(&everyone, &v, start, Duration::from_secs(120)).await?;
-        println!(
-            "rotation to every worker (no fault): p50 {:.2} s, p90 {:.2} s, p99 {:.2} s, all {n_workers} {:.2} s",
-            pct(&arrived, 0.5) / 1000.0,
-            pct(&arrived, 0.9) / 1000.0,
-            pct(&arrived, 0.99) / 1000.0,
-            pct(&arrived, 1.0) / 1000.0
-        );
+        println!("rotation to every worker (no fault): {}", spread(&arrived));
         print_cpu("  CPU meanwhile", &all_pids, &before, &cpu_of(&all_pids, ticks), start.elapsed());
 
         // SIGKILL the leader; rotate `shared` as soon as a write is accepted; wait until
@@ -479,12 +486,9 @@ fn main() -> anyhow::Result<()> {
         );
         println!(
             "leader SIGKILLed: writes resumed after {:.2} s; a value rotated then reached the workers after \
-             (from the kill) p50 {:.2} s, p90 {:.2} s, p99 {:.2} s, all {n_workers} {:.2} s",
+             (from the kill) {}",
             resumed.as_secs_f64(),
-            pct(&arrived, 0.5) / 1000.0,
-            pct(&arrived, 0.9) / 1000.0,
-            pct(&arrived, 0.99) / 1000.0,
-            pct(&arrived, 1.0) / 1000.0
+            spread(&arrived)
         );
         print_cpu("  CPU meanwhile", &all_pids, &before, &cpu_of(&all_pids, ticks), killed.elapsed());
 

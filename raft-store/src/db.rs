@@ -201,11 +201,7 @@ impl Db {
     /// # Errors
     /// [`StoreError::WrongKey`] for another key (or kind of key); a store that cannot be read.
     pub fn check_kek(dir: &Path, kek: &dyn KeyEncryptionKey) -> Result<(), StoreError> {
-        let stored = Self::stored_key(dir)?.ok_or_else(|| StoreError::Inconsistent {
-            path: dir.to_path_buf(),
-            reason: "the data key is missing".into(),
-        })?;
-        stored.unwrap(kek).map(drop)
+        Self::stored_key(dir)?.ok_or_else(|| key_missing(dir))?.unwrap(kek).map(drop)
     }
 
     /// The wrapped data key of the store under `dir`, read without opening it for writing:
@@ -291,8 +287,11 @@ impl Db {
 
 /// The data key's file under `dir`, which an opened store has.
 fn wrapped_key(dir: &Path) -> Result<Wrapped, StoreError> {
-    data_key::read(dir)?
-        .ok_or_else(|| StoreError::Inconsistent { path: dir.to_path_buf(), reason: "the data key is missing".into() })
+    data_key::read(dir)?.ok_or_else(|| key_missing(dir))
+}
+
+fn key_missing(dir: &Path) -> StoreError {
+    StoreError::Inconsistent { path: dir.to_path_buf(), reason: "the data key is missing".into() }
 }
 
 pub(crate) fn decode_at<T: DeserializeOwned>(cf: &str, key: &[u8], plain: &[u8]) -> Result<T, StoreError> {

@@ -179,9 +179,12 @@ async fn record_heartbeat(m: &Manager, node: NodeId) -> Result<(), ApiError> {
     }
     let leader = m.leader().ok_or_else(|| ApiError::unavailable("this manager knows no leader"))?;
     // Within the worker's own timeout for the call (its heartbeat interval), so that an
-    // election does not move every session to another manager.
-    let every = m.cluster().map(|c| c.settings.worker_heartbeat_ms).unwrap_or(2000);
-    let wait = HEARTBEAT_LOSS_WAIT.min(Duration::from_millis(every.saturating_mul(3) / 4));
+    // election does not move every session to another manager. Read only when the leader
+    // is gone: the cluster record is not read on every heartbeat.
+    let wait = || {
+        let every = m.cluster().map(|c| c.settings.worker_heartbeat_ms).unwrap_or(2000);
+        HEARTBEAT_LOSS_WAIT.min(Duration::from_millis(every.saturating_mul(3) / 4))
+    };
     match to_leader::<_, ()>(m, leader, "/raft/heartbeat", &node, wait, HEARTBEAT_CALL).await {
         Ok(Some(())) => Ok(()),
         // Elected here meanwhile.
@@ -199,7 +202,7 @@ const HEARTBEAT_LOSS_WAIT: Duration = Duration::from_millis(1500);
 const HEARTBEAT_CALL: Duration = Duration::from_secs(2);
 
 /// Sends `body` to `path` on the leader over this manager's link; when the leader cannot be
-/// reached (it died), once more to the leader an election names within `wait`. Only for
+/// reached (it died), once more to the leader an election names within `wait()`. Only for
 /// requests that are safe to send twice. `Ok(None)`: this manager was elected meanwhile,
 /// and the caller serves the request itself.
 async fn to_leader<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
@@ -207,14 +210,14 @@ async fn to_leader<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
     leader: (NodeId, String),
     path: &str,
     body: &Req,
-    wait: Duration,
+    wait: impl FnOnce() -> Duration,
     timeout: Duration,
 ) -> Result<Option<Resp>, crate::manager::error::OpError> {
     let send = |(id, addr): (NodeId, String)| async move {
         post_postcard::<_, Resp>(&m.peers, &format!("https://{addr}{path}"), Some(id), body, timeout).await
     };
     match send(leader.clone()).await {
-        Err(PeerError::Unreachable(e)) => match m.replacement(leader.0, wait).await {
+        Err(PeerError::Unreachable(e)) => match m.replacement(leader.0, wait()).await {
             Some(next) if next.0 == m.id => Ok(None),
             Some(next) => send(next).await.map(Some).map_err(forward_error),
             None => Err(forward_error(PeerError::Unreachable(e))),
@@ -265,7 +268,7 @@ pub async fn grants(
     let leader =
         m.leader().ok_or_else(|| ApiError::unavailable("this manager knows no leader; try another manager"))?;
     let request = (node, req.task_ids);
-    let grants = match to_leader(&m, leader, "/raft/grants", &request, LEADER_LOSS_WAIT, LEADER_CALL).await? {
+    let grants = match to_leader(&m, leader, "/raft/grants", &request, || LEADER_LOSS_WAIT, LEADER_CALL).await? {
         Some(grants) => grants,
         None => grants::issue(&m, node, &request.1).await?,
     };

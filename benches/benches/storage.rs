@@ -5,6 +5,10 @@
 //! - `seal/<size>` vs `raw_aead/<size>`: our sealing (random nonce, associated data,
 //!   framing) against bare XChaCha20-Poly1305 on the same buffers.
 //!
+//! - in the summary only, reads of the state by key on a store of 200 000 secrets (which
+//!   RocksDB holds in several levels of table files): by name, and of an id that does not
+//!   exist, as every lookup of a secret by name first is.
+//!
 //! After criterion's own report, a summary prints appends per second and the seal/raw
 //! throughput ratio, measured over a fixed number of operations.
 //!
@@ -19,10 +23,25 @@ use coffer_raft_store::model::{Command, SealedBytes};
 use coffer_raft_store::seal::{Aad, KeyBytes, LocalKek, Sealer};
 use coffer_raft_store::{open, LogStore, StoreOptions, TypeConfig};
 use criterion::{black_box, BenchmarkId, Criterion, Throughput};
-use openraft::storage::RaftLogStorageExt;
+use openraft::storage::{RaftLogStorageExt, RaftStateMachine};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 
 const ENTRY_VALUE: usize = 256;
+
+/// Log entry `index`: the creation of secret `id` named `name`, with a `value`-byte value.
+fn create_entry(index: u64, id: String, name: String, value: usize) -> Entry<TypeConfig> {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Command::CreateSecret {
+            id,
+            name,
+            labels: BTreeMap::new(),
+            value: SealedBytes(vec![0x5a; value]),
+            size: value as u32,
+            at: index,
+        }),
+    }
+}
 
 struct AppendBench {
     _dir: tempfile::TempDir,
@@ -58,17 +77,7 @@ impl AppendBench {
             .map(|_| {
                 let index = self.next;
                 self.next += 1;
-                Entry {
-                    log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-                    payload: EntryPayload::Normal(Command::CreateSecret {
-                        id: format!("id{index}"),
-                        name: format!("name{index}"),
-                        labels: BTreeMap::new(),
-                        value: SealedBytes(vec![0x5a; value]),
-                        size: value as u32,
-                        at: index,
-                    }),
-                }
+                create_entry(index, format!("id{index}"), format!("name{index}"), value)
             })
             .collect();
         let log = &mut self.log;
@@ -125,6 +134,29 @@ fn per_second(ops: u64, f: impl FnMut()) -> f64 {
     ops as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Reads by key of the state of `n` secrets (applied 1 000 to an entry batch).
+fn state_reads(n: u64) {
+    let dir = tempfile::TempDir::new().expect("tempdir");
+    let kek = LocalKek::new(&KeyBytes::generate(), "key-file");
+    let mut store = open(dir.path(), &kek, StoreOptions::default()).expect("open store");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    for first in (1..=n).step_by(1000) {
+        let entries: Vec<Entry<TypeConfig>> = (first..(first + 1000).min(n + 1))
+            .map(|i| create_entry(i, format!("{i:016x}"), format!("secret-{i}"), ENTRY_VALUE))
+            .collect();
+        rt.block_on(store.state_machine.apply(entries)).expect("apply");
+    }
+    let reader = store.reader.clone();
+    let mut x = 1u64;
+    let found = per_second(100_000, || {
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        let name = format!("secret-{}", 1 + (x >> 33) % n);
+        assert!(black_box(reader.secret_by_name(&name).expect("read")).is_some());
+    });
+    let missing = per_second(100_000, || assert!(black_box(reader.secret("secret-1").expect("read")).is_none()));
+    println!("state reads by key, {n} secrets: by name {found:>7.0}/s, of an id that does not exist {missing:>7.0}/s");
+}
+
 fn summary() {
     println!("\n== storage summary ==");
     for (batch, batches) in [(1usize, 400u64), (16, 200), (64, 100)] {
@@ -139,6 +171,7 @@ fn summary() {
     let prefill = b.prefill(96);
     let rate = per_second(400, || b.append(1));
     println!("log appends, batch  1, after {prefill} MiB written before: {rate:>9.0} synced writes/s");
+    state_reads(200_000);
     let key = KeyBytes::generate();
     let sealer = Sealer::new(&key);
     let raw = XChaCha20Poly1305::new(key.expose().into());

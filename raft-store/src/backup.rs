@@ -38,8 +38,8 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::codec;
+use crate::records::records;
 use crate::seal::{Aad, KeyBytes, Sealer};
-use crate::snapshot::records;
 use crate::NodeId;
 
 /// The backup file format this build writes and reads.

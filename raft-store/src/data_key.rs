@@ -22,8 +22,8 @@ use std::path::Path;
 use rocksdb::{BottommostLevelCompaction, CompactOptions, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{cf_of, synced, ALL_CFS, CF_META, META_FORMAT, STORE_FORMAT};
 use crate::error::StoreError;
+use crate::layout::{cf_of, synced, ALL_CFS, CF_META, META_FORMAT, STORE_FORMAT};
 use crate::seal::{KeyBytes, KeyEncryptionKey};
 
 /// The data key's file, beside `db`.

@@ -35,6 +35,9 @@ use zeroize::Zeroizing;
 use crate::codec;
 use crate::data_key::{self, Wrapped};
 use crate::error::StoreError;
+pub(crate) use crate::layout::{
+    cf_of, synced, ALL_CFS, CF_LOG, CF_META, CF_RAFT, CF_SM, CF_SM_META, META_FORMAT, STORE_FORMAT,
+};
 use crate::seal::{Aad, KeyBytes, KeyEncryptionKey, Sealer};
 
 /// The memory all column families' memtables may take together.
@@ -47,20 +50,6 @@ const BLOCK_CACHE_BYTES: usize = 32 << 20;
 
 /// Bits per key of the state's Bloom filters (about 1% false positives).
 const BLOOM_BITS_PER_KEY: f64 = 10.0;
-
-/// The layout version of the data dir as a whole (column families and key schemes).
-/// 2: the data key is in its own file (`data_key`), no longer in `meta`. An earlier
-/// release refuses a store of format 2 as a newer one's, rather than find no key in it.
-pub const STORE_FORMAT: u32 = 2;
-
-pub(crate) const CF_META: &str = "meta";
-pub(crate) const CF_LOG: &str = "log";
-pub(crate) const CF_RAFT: &str = "raft";
-pub(crate) const CF_SM_META: &str = "sm_meta";
-pub(crate) const CF_SM: &str = "sm";
-pub(crate) const ALL_CFS: [&str; 5] = [CF_META, CF_LOG, CF_RAFT, CF_SM_META, CF_SM];
-
-pub(crate) const META_FORMAT: &[u8] = b"format";
 
 /// How many obsolete write-ahead logs are kept to be overwritten.
 const RECYCLED_LOGS: usize = 2;
@@ -325,20 +314,6 @@ fn key_missing(dir: &Path) -> StoreError {
 
 pub(crate) fn decode_at<T: DeserializeOwned>(cf: &str, key: &[u8], plain: &[u8]) -> Result<T, StoreError> {
     codec::decode(plain).map_err(|source| StoreError::Decode { what: describe(cf, key), source })
-}
-
-pub(crate) fn cf_of<'a>(db: &'a DB, name: &str) -> Result<&'a ColumnFamily, StoreError> {
-    db.cf_handle(name).ok_or_else(|| StoreError::Inconsistent {
-        path: PathBuf::from(db.path()),
-        reason: format!("column family {name} is missing"),
-    })
-}
-
-/// Write options for anything that must be on disk before we report it done.
-pub(crate) fn synced() -> WriteOptions {
-    let mut o = WriteOptions::default();
-    o.set_sync(true);
-    o
 }
 
 /// Names a record for an error message: the column family and a printable key. Keys hold

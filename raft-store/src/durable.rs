@@ -41,7 +41,6 @@ use std::time::Duration;
 use openraft::LogId;
 use tokio::sync::watch;
 
-use crate::db::Db;
 use crate::error::StoreError;
 use crate::stages::{Stages, StoreStage};
 use crate::NodeId;
@@ -164,9 +163,8 @@ impl Durable {
     }
 }
 
-/// Syncs the write-ahead log until no unsynced append waits; runs on a blocking thread.
-pub(crate) fn sync_loop(db: &Db, stages: &Stages) {
-    let durable = &db.durable;
+/// Syncs `db`'s write-ahead log until no unsynced append waits; runs on a blocking thread.
+pub(crate) fn sync_loop(db: &rocksdb::DB, durable: &Durable, stages: &Stages) {
     loop {
         let (target, generation) = {
             let mut s = durable.lock();
@@ -177,7 +175,7 @@ pub(crate) fn sync_loop(db: &Db, stages: &Stages) {
             s.pending = false;
             (durable.synced.borrow().written, s.generation)
         };
-        let result = stages.time(StoreStage::LogSync, || db.db.flush_wal(true));
+        let result = stages.time(StoreStage::LogSync, || db.flush_wal(true));
         let mut s = durable.lock();
         match result {
             Ok(()) if s.generation == generation => {

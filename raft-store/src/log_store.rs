@@ -137,9 +137,9 @@ impl LogStore {
         } else if self.db.durable.written(last) {
             let (db, stages) = (self.db.clone(), self.stages.clone());
             match tokio::runtime::Handle::try_current() {
-                Ok(rt) => drop(rt.spawn_blocking(move || crate::durable::sync_loop(&db, &stages))),
+                Ok(rt) => drop(rt.spawn_blocking(move || crate::durable::sync_loop(&db.db, &db.durable, &stages))),
                 // openraft always runs in a runtime; without one, sync before returning.
-                Err(_) => crate::durable::sync_loop(&db, &stages),
+                Err(_) => crate::durable::sync_loop(&db.db, &db.durable, &stages),
             }
         }
         Ok(())

@@ -18,7 +18,7 @@ use crate::db::{decode_at, CF_LOG, CF_RAFT, CF_SM, CF_SM_META};
 use crate::error::StoreError;
 use crate::log_store::{COMMITTED, LAST_PURGED, VOTE};
 use crate::model::{ClusterRecord, Command, Response};
-use crate::snapshot::records;
+use crate::records::records;
 use crate::state_machine::{self, LAST_APPLIED, MEMBERSHIP};
 use crate::{keys, seal, ManagerNode, NodeId, StateReader, Store, StoreOptions};
 

@@ -32,6 +32,7 @@ use zeroize::Zeroizing;
 
 use crate::codec;
 use crate::error::StoreError;
+use crate::records::{add_record, records};
 use crate::seal::{Aad, Sealer};
 use crate::{ManagerNode, NodeId};
 
@@ -230,33 +231,6 @@ impl Iterator for ChunkReader {
     }
 }
 
-/// Splits a plaintext chunk into `(key, value)` records.
-pub(crate) fn records(chunk: &[u8]) -> impl Iterator<Item = Result<(&[u8], &[u8]), String>> {
-    let mut rest = chunk;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let mut take = || -> Result<&[u8], String> {
-            if rest.len() < 4 {
-                return Err("record length cut short".into());
-            }
-            let n = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            if rest.len() < 4 + n {
-                return Err(format!("record of {n} bytes cut short"));
-            }
-            let (field, tail) = rest[4..].split_at(n);
-            rest = tail;
-            Ok(field)
-        };
-        let r = take().and_then(|k| Ok((k, take()?)));
-        if r.is_err() {
-            rest = &[];
-        }
-        Some(r)
-    })
-}
-
 /// Writes a snapshot file: records or whole plaintext chunks in, one sealed frame per chunk.
 pub struct SnapshotWriter {
     out: BufWriter<File>,
@@ -328,12 +302,8 @@ impl SnapshotWriter {
 
     /// Adds one record; seals a chunk whenever enough records are buffered.
     pub(crate) fn add_record(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        for field in [key, value] {
-            let n = u32::try_from(field.len())
-                .map_err(|_| StoreError::Snapshot { path: self.tmp.clone(), reason: "record too large".into() })?;
-            self.pending.extend_from_slice(&n.to_be_bytes());
-            self.pending.extend_from_slice(field);
-        }
+        add_record(&mut self.pending, key, value)
+            .ok_or_else(|| StoreError::Snapshot { path: self.tmp.clone(), reason: "record too large".into() })?;
         if self.pending.len() >= self.chunk_bytes {
             self.flush_chunk()?;
         }

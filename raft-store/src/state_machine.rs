@@ -230,7 +230,7 @@ fn load_into_db(db: &Db, snap: &SnapshotFile) -> Result<(), StoreError> {
     for chunk in snap.chunks() {
         let chunk = chunk?;
         let mut batch = WriteBatch::default();
-        for rec in snapshot::records(&chunk) {
+        for rec in crate::records::records(&chunk) {
             let (key, value) =
                 rec.map_err(|reason| StoreError::Snapshot { path: snap.path().to_path_buf(), reason })?;
             db.put_sealed_raw(&mut batch, CF_SM, key, value)?;

@@ -51,6 +51,10 @@ const BLOCK_CACHE_BYTES: usize = 32 << 20;
 /// Bits per key of the state's Bloom filters (about 1% false positives).
 const BLOOM_BITS_PER_KEY: f64 = 10.0;
 
+/// The share of a memtable's size given to its own Bloom filter, which lets a read by key
+/// skip a memtable that does not hold the key (most reads are of older records).
+const MEMTABLE_BLOOM_RATIO: f64 = 0.02;
+
 /// How many obsolete write-ahead logs are kept to be overwritten.
 const RECYCLED_LOGS: usize = 2;
 
@@ -88,10 +92,12 @@ fn column_families() -> Vec<ColumnFamilyDescriptor> {
         .map(|name| {
             let mut table = BlockBasedOptions::default();
             table.set_block_cache(&cache);
+            let mut opts = Options::default();
             if *name != CF_LOG {
                 table.set_bloom_filter(BLOOM_BITS_PER_KEY, false);
+                opts.set_memtable_whole_key_filtering(true);
+                opts.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
             }
-            let mut opts = Options::default();
             opts.set_block_based_table_factory(&table);
             ColumnFamilyDescriptor::new(*name, opts)
         })

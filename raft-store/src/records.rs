@@ -37,3 +37,22 @@ pub(crate) fn records(chunk: &[u8]) -> impl Iterator<Item = Result<(&[u8], &[u8]
         Some(r)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_read_back_as_written_and_a_cut_chunk_ends_in_an_error() {
+        let mut chunk = Vec::new();
+        add_record(&mut chunk, b"secret/1", b"sealed").expect("small record");
+        add_record(&mut chunk, b"", b"an empty key is still a record").expect("small record");
+        let read: Vec<_> = records(&chunk).collect::<Result<_, _>>().expect("whole chunk");
+        assert_eq!(read, vec![(&b"secret/1"[..], &b"sealed"[..]), (&b""[..], &b"an empty key is still a record"[..])]);
+
+        let cut: Vec<_> = records(&chunk[..chunk.len() - 1]).collect();
+        assert_eq!(cut.len(), 2, "the error is the last item");
+        assert!(cut[0].is_ok());
+        assert_eq!(cut[1], Err("record of 30 bytes cut short".to_string()));
+    }
+}

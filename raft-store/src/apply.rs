@@ -16,10 +16,11 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use crate::codec;
-use crate::db::{decode_at, Db, CF_SM};
+use crate::db::{decode_at, Db};
 use crate::error::StoreError;
 use crate::events::{ChangeAction, ChangeKind};
 use crate::keys;
+use crate::layout::CF_SM;
 use crate::model::*;
 use crate::NodeId;
 

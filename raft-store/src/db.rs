@@ -1,14 +1,6 @@
 //! The RocksDB database under a manager's data dir, and sealed reads and writes on it.
 //!
-//! Layout of `<dir>/db` (one RocksDB, several column families, one shared WAL):
-//!
-//! | column family | keys | values |
-//! |---|---|---|
-//! | `meta` | `format` | store format (u32 BE) |
-//! | `log` | log index, u64 big-endian | sealed `Entry` |
-//! | `raft` | `vote`, `committed`, `last_purged` | sealed openraft metadata |
-//! | `sm_meta` | `last_applied`, `membership`, `installing` | sealed state-machine metadata |
-//! | `sm` | see [`crate::keys`] | sealed state records |
+//! The column families and what they hold are in `layout`.
 //!
 //! Invariant: every value outside `meta` is sealed with the data key for `(column family,
 //! key)`; `meta` holds nothing secret. The data key, wrapped by the KEK, is in a file of its
@@ -35,9 +27,7 @@ use zeroize::Zeroizing;
 use crate::codec;
 use crate::data_key::{self, Wrapped};
 use crate::error::StoreError;
-pub(crate) use crate::layout::{
-    cf_of, synced, ALL_CFS, CF_LOG, CF_META, CF_RAFT, CF_SM, CF_SM_META, META_FORMAT, STORE_FORMAT,
-};
+use crate::layout::{cf_of, synced, ALL_CFS, CF_LOG, CF_META, CF_RAFT, CF_SM, CF_SM_META, META_FORMAT, STORE_FORMAT};
 use crate::seal::{Aad, KeyBytes, KeyEncryptionKey, Sealer};
 
 /// The memory all column families' memtables may take together.

@@ -7,8 +7,9 @@ use openraft::LogId;
 use rocksdb::IteratorMode;
 use sha2::{Digest, Sha256};
 
-use crate::db::{decode_at, CF_SM, CF_SM_META};
+use crate::db::decode_at;
 use crate::error::StoreError;
+use crate::layout::{CF_SM, CF_SM_META};
 use crate::state_machine::LAST_APPLIED;
 use crate::{NodeId, StateReader};
 

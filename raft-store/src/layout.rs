@@ -1,5 +1,16 @@
 //! The data dir's layout as RocksDB sees it: the column families, the format record, and
 //! the helpers that both the database (`db`) and the data key's move (`data_key`) use.
+//!
+//! Layout of `<dir>/db` (one RocksDB, several column families, one shared WAL):
+//!
+//! | column family | keys | values |
+//! |---|---|---|
+//! | `meta` | `format` | store format (u32 BE) |
+//! | `log` | log index, u64 big-endian | sealed `Entry` |
+//! | `raft` | `vote`, `committed`, `last_purged` | sealed openraft metadata |
+//! | `sm_meta` | `last_applied`, `membership`, `installing` | sealed state-machine metadata |
+//! | `sm` | see [`crate::keys`] | sealed state records |
+//!
 
 use std::path::PathBuf;
 

@@ -21,8 +21,9 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogReader, StorageError, Vote};
 use rocksdb::{IteratorMode, WriteBatch};
 
-use crate::db::{decode_at, Db, CF_LOG, CF_RAFT};
+use crate::db::{decode_at, Db};
 use crate::error::{to_raft, StoreError};
+use crate::layout::{CF_LOG, CF_RAFT};
 use crate::stages::{Stages, StoreStage};
 use crate::{NodeId, TypeConfig};
 

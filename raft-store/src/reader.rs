@@ -12,9 +12,10 @@ use openraft::{LogId, StoredMembership};
 use rocksdb::{Direction, IteratorMode};
 use serde::de::DeserializeOwned;
 
-use crate::db::{decode_at, Db, CF_SM, CF_SM_META};
+use crate::db::{decode_at, Db};
 use crate::error::StoreError;
 use crate::keys;
+use crate::layout::{CF_SM, CF_SM_META};
 use crate::model::*;
 use crate::{ManagerNode, NodeId};
 
@@ -58,7 +59,7 @@ impl StateReader {
 
     /// The last log id this manager knows to be committed (as last saved by openraft).
     pub fn committed(&self) -> Result<Option<LogId<NodeId>>, StoreError> {
-        Ok(self.db.get_sealed::<Option<LogId<NodeId>>>(crate::db::CF_RAFT, b"committed")?.flatten())
+        Ok(self.db.get_sealed::<Option<LogId<NodeId>>>(crate::layout::CF_RAFT, b"committed")?.flatten())
     }
 
     pub fn membership(&self) -> Result<StoredMembership<NodeId, ManagerNode>, StoreError> {
@@ -252,20 +253,20 @@ impl StateReader {
     /// The first record that fails, named.
     pub fn verify_all(&self) -> Result<VerifyReport, StoreError> {
         let mut report = VerifyReport::default();
-        for cf_name in [crate::db::CF_LOG, crate::db::CF_RAFT, CF_SM_META, CF_SM] {
+        for cf_name in [crate::layout::CF_LOG, crate::layout::CF_RAFT, CF_SM_META, CF_SM] {
             let cf = self.db.cf(cf_name)?;
             for item in self.db.db.iterator_cf(cf, IteratorMode::Start) {
                 let (key, sealed) = item.map_err(StoreError::db(format!("iterate {cf_name}")))?;
                 let plain = self.db.open_at(cf_name, &key, &sealed)?;
                 let what = || crate::db::describe(cf_name, &key);
-                if cf_name == crate::db::CF_LOG {
+                if cf_name == crate::layout::CF_LOG {
                     decode_at::<openraft::Entry<crate::TypeConfig>>(cf_name, &key, &plain)?;
                 } else {
                     crate::codec::check_version(&plain)
                         .map_err(|source| StoreError::Decode { what: what(), source })?;
                 }
                 match cf_name {
-                    crate::db::CF_LOG => report.log_entries += 1,
+                    crate::layout::CF_LOG => report.log_entries += 1,
                     CF_SM => report.state_records += 1,
                     _ => report.metadata_records += 1,
                 }

@@ -14,8 +14,9 @@ use zeroize::Zeroizing;
 
 use crate::apply::Txn;
 use crate::backup::{BackupInfo, StateCounts, UnlockedBackup};
-use crate::db::{decode_at, CF_LOG, CF_RAFT, CF_SM, CF_SM_META};
+use crate::db::decode_at;
 use crate::error::StoreError;
+use crate::layout::{CF_LOG, CF_RAFT, CF_SM, CF_SM_META};
 use crate::log_store::{COMMITTED, LAST_PURGED, VOTE};
 use crate::model::{ClusterRecord, Command, Response};
 use crate::records::records;

@@ -20,8 +20,9 @@ use rand::RngCore;
 use rocksdb::{IteratorMode, WriteBatch};
 
 use crate::apply::Txn;
-use crate::db::{decode_at, Db, CF_SM, CF_SM_META};
+use crate::db::{decode_at, Db};
 use crate::error::{to_raft, StoreError};
+use crate::layout::{CF_SM, CF_SM_META};
 use crate::model::{Applied, Response};
 use crate::snapshot::{self, Meta, SnapshotFile, SnapshotWriter};
 use crate::stages::{Stages, StoreStage};

@@ -5,7 +5,10 @@
 //! `/v3/kv/range`. Writes go to the leader unless the point says "spread"; reads are
 //! always spread over every member. Points are interleaved (etcd and Coffer alternate which
 //! goes first), each is warmed up, then measured, and the median of the repetitions is
-//! printed with the ratio.
+//! printed with the ratio, and with the CPU time (user and system, all threads) that each
+//! system's three server processes used per operation in the measured window: on a
+//! machine shared by both clusters and the clients, a system that spends more CPU on an
+//! operation also waits longer for the cores at one client.
 //!
 //! etcd is Debian's `etcd-server` (`apt-get install etcd-server`): three members with peer
 //! mutual TLS and client TLS, on loopback. Without it, the etcd half is skipped and said so.
@@ -67,6 +70,8 @@ struct Target {
     tls: Arc<rustls::ClientConfig>,
     /// Base URLs, the leader first.
     members: Vec<String>,
+    /// Its server processes, whose CPU time is counted per operation.
+    pids: Vec<u32>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -135,6 +140,23 @@ struct Measured {
     ops: u64,
     secs: f64,
     latencies: Vec<Duration>,
+    /// CPU seconds the target's server processes used in the measured window.
+    cpu_secs: f64,
+}
+
+/// CPU seconds (user and system, all threads) that `pids` have used so far.
+fn cpu_secs(pids: &[u32]) -> f64 {
+    // Clock ticks of /proc/PID/stat: 100 a second on Linux (USER_HZ).
+    const TICKS: f64 = 100.0;
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name (which may hold spaces) in parentheses.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split(' ').collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / TICKS)
+        })
+        .sum()
 }
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
@@ -180,12 +202,21 @@ async fn load(
             anyhow::Ok(lat)
         }));
     }
+    // The servers' CPU over the measured window (the clients' own is not counted).
+    let pids = t.pids.clone();
+    let cpu = tokio::spawn(async move {
+        tokio::time::sleep_until(start.into()).await;
+        let before = cpu_secs(&pids);
+        tokio::time::sleep_until(end.into()).await;
+        cpu_secs(&pids) - before
+    });
     let mut latencies = Vec::new();
     for task in tasks {
         latencies.extend(task.await??);
     }
     latencies.sort();
-    Ok(Measured { ops: latencies.len() as u64, secs: secs.as_secs_f64(), latencies })
+    let cpu_secs = cpu.await?;
+    Ok(Measured { ops: latencies.len() as u64, secs: secs.as_secs_f64(), latencies, cpu_secs })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -284,8 +315,9 @@ async fn start_etcd(bin: &Path) -> anyhow::Result<Etcd> {
     })
     .await?;
     members.swap(0, leader);
+    let pids = children.iter().map(Child::id).collect();
     let data_dirs = (0..3).map(|i| dir.path().join(format!("e{i}.data"))).collect();
-    Ok(Etcd { children, data_dirs, _dir: dir, target: Target { name: "etcd", tls, members } })
+    Ok(Etcd { children, data_dirs, _dir: dir, target: Target { name: "etcd", tls, members, pids } })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -299,7 +331,8 @@ async fn coffer_target(c: &Cluster) -> anyhow::Result<Target> {
     let tls = Arc::new(coffer_api::tls::client_config(&read("ca.pem")?, Some(Arc::new(StaticCert(key))))?);
     let mut members: Vec<String> = c.managers.iter().map(|m| format!("https://{}", m.addr)).collect();
     members.swap(0, li);
-    Ok(Target { name: "coffer", tls, members })
+    let pids = c.managers.iter().map(|m| m.pid()).collect();
+    Ok(Target { name: "coffer", tls, members, pids })
 }
 
 struct Point {
@@ -596,6 +629,7 @@ fn main() -> anyhow::Result<()> {
         let stages = std::env::var("COFFER_BENCH_STAGES").is_ok_and(|v| v == "1");
         let mut figures: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); targets.len()]; POINTS.len()];
         let mut p99: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); targets.len()]; POINTS.len()];
+        let mut cpu: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); targets.len()]; POINTS.len()];
         for rep in 0..reps {
             for (pi, point) in POINTS.iter().enumerate().filter(|(pi, _)| chosen(*pi)) {
                 let mut order: Vec<usize> = (0..targets.len()).collect();
@@ -612,6 +646,7 @@ fn main() -> anyhow::Result<()> {
                     }
                     figures[pi][ti].push(m.ops as f64 / m.secs);
                     p99[pi][ti].push(pct(&m.latencies, 0.99));
+                    cpu[pi][ti].push(m.cpu_secs * 1e6 / (m.ops.max(1) as f64));
                 }
             }
         }
@@ -622,25 +657,28 @@ fn main() -> anyhow::Result<()> {
             warmup.as_secs()
         );
         println!(
-            "{:<40} {:>10} {:>10} {:>8} {:>12} {:>12}",
-            "point", "etcd/s", "coffer/s", "ratio", "etcd p99 ms", "coffer p99"
+            "{:<40} {:>10} {:>10} {:>8} {:>12} {:>12} {:>12} {:>12}",
+            "point", "etcd/s", "coffer/s", "ratio", "etcd p99 ms", "coffer p99", "etcd cpu us", "coffer cpu"
         );
         for (pi, point) in POINTS.iter().enumerate().filter(|(pi, _)| chosen(*pi)) {
             let coffer_rate = median(figures[pi][0].clone());
             let coffer_p99 = median(p99[pi][0].clone());
+            let coffer_cpu = median(cpu[pi][0].clone());
             match targets.len() {
                 2 => {
                     let etcd_rate = median(figures[pi][1].clone());
                     let etcd_p99 = median(p99[pi][1].clone());
+                    let etcd_cpu = median(cpu[pi][1].clone());
                     println!(
-                        "{:<40} {etcd_rate:>10.0} {coffer_rate:>10.0} {:>8.2} {etcd_p99:>12.1} {coffer_p99:>12.1}",
+                        "{:<40} {etcd_rate:>10.0} {coffer_rate:>10.0} {:>8.2} {etcd_p99:>12.1} {coffer_p99:>12.1} \
+                         {etcd_cpu:>12.0} {coffer_cpu:>12.0}",
                         point.label,
                         coffer_rate / etcd_rate.max(1.0)
                     );
                 }
                 _ => println!(
-                    "{:<40} {:>10} {coffer_rate:>10.0} {:>8} {:>12} {coffer_p99:>12.1}",
-                    point.label, "-", "-", "-"
+                    "{:<40} {:>10} {coffer_rate:>10.0} {:>8} {:>12} {coffer_p99:>12.1} {:>12} {coffer_cpu:>12.0}",
+                    point.label, "-", "-", "-", "-"
                 ),
             }
         }

@@ -68,6 +68,9 @@ pub struct Db {
     pub(crate) events: crate::events::EventLog,
     /// How far the Raft log is on disk (see `durable`).
     pub(crate) durable: crate::durable::Durable,
+    /// The commit index openraft last asked to save, not written yet: it goes to disk
+    /// with the next apply's batch (see `LogStore::save_committed`).
+    pub(crate) unsaved_committed: std::sync::Mutex<Option<Option<openraft::LogId<crate::NodeId>>>>,
 }
 
 /// The column families' options: one block cache for all, and Bloom filters on those read
@@ -148,6 +151,7 @@ impl Db {
             placement: tokio::sync::watch::channel(0).0,
             events: crate::events::EventLog::new(),
             durable: crate::durable::Durable::default(),
+            unsaved_committed: std::sync::Mutex::new(None),
         }))
     }
 

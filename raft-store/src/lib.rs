@@ -31,6 +31,7 @@ mod error;
 pub mod events;
 mod keys;
 mod layout;
+mod log_cache;
 mod log_store;
 pub mod model;
 mod reader;

@@ -21,9 +21,11 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogReader, StorageError, Vote};
 use rocksdb::{IteratorMode, WriteBatch};
 
+use crate::codec;
 use crate::db::{decode_at, Db};
 use crate::error::{to_raft, StoreError};
 use crate::layout::{CF_LOG, CF_RAFT};
+use crate::log_cache::LogCache;
 use crate::stages::{Stages, StoreStage};
 use crate::{NodeId, TypeConfig};
 
@@ -40,6 +42,8 @@ pub struct LogStore {
     me: Option<NodeId>,
     /// The vote last read or saved: tells a leader's own entries from a follower's.
     vote: Option<Vote<NodeId>>,
+    /// The log's newest entries, shared by every clone (see `log_cache`).
+    cache: Arc<LogCache>,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -59,7 +63,7 @@ impl LogStore {
     /// one else in that term), which a new election supersedes.
     pub(crate) fn new(db: Arc<Db>, stages: Stages, me: Option<NodeId>) -> Result<Self, StoreError> {
         db.db.flush_wal(true).map_err(StoreError::db("sync the log at open"))?;
-        let log = Self { db, stages, me, vote: None };
+        let log = Self { db, stages, me, vote: None, cache: Arc::default() };
         if let Some(me) = me {
             let vote: Option<Vote<NodeId>> = log.db.get_sealed(CF_RAFT, VOTE)?;
             if let Some(v) = vote.filter(|v| v.is_committed() && v.leader_id().voted_for() == Some(me)) {
@@ -68,6 +72,11 @@ impl LogStore {
         }
         log.db.durable.all_synced(log.durable_tail()?);
         Ok(log)
+    }
+
+    /// The log was changed behind this store's back (a re-formed store's purge).
+    pub(crate) fn forget_cached(&self) {
+        self.cache.forget();
     }
 
     /// The last log id the log holds or purged: what is on disk after a synced write.
@@ -93,6 +102,14 @@ impl LogStore {
             Bound::Excluded(&i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => Some(i.saturating_add(1)),
+            Bound::Excluded(&i) => Some(i),
+            Bound::Unbounded => None,
+        };
+        if let Some(cached) = self.cache.get(start, end) {
+            return Ok(cached);
+        }
         let cf = self.db.cf(CF_LOG)?;
         let mut out = Vec::new();
         let iter = self.db.db.iterator_cf(cf, IteratorMode::From(&index_key(start), rocksdb::Direction::Forward));
@@ -129,10 +146,14 @@ impl LogStore {
         let Some(last) = entries.last().map(|e| e.log_id) else { return Ok(()) };
         let sync = !self.own_as_leader(&entries);
         let mut batch = WriteBatch::default();
+        let mut sizes = Vec::with_capacity(entries.len());
         for entry in &entries {
-            self.db.put_sealed(&mut batch, CF_LOG, &index_key(entry.log_id.index), entry)?;
+            let plain = zeroize::Zeroizing::new(codec::encode(entry).map_err(StoreError::Encode)?);
+            self.db.put_sealed_raw(&mut batch, CF_LOG, &index_key(entry.log_id.index), &plain)?;
+            sizes.push(plain.len());
         }
         self.db.write(batch, sync, "append log entries")?;
+        self.cache.appended(entries.into_iter().zip(sizes).collect());
         if sync {
             self.db.durable.all_synced(Some(last));
         } else if self.db.durable.written(last) {
@@ -147,6 +168,8 @@ impl LogStore {
     }
 
     fn delete_from(&self, from: u64) -> Result<(), StoreError> {
+        // Out of the cache first: a reader meanwhile reads the log itself.
+        self.cache.truncated_from(from);
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(self.db.cf(CF_LOG)?, index_key(from), index_key(u64::MAX));
         batch.delete_cf(self.db.cf(CF_LOG)?, index_key(u64::MAX));
@@ -157,6 +180,7 @@ impl LogStore {
     }
 
     fn purge_upto(&self, log_id: &LogId<NodeId>) -> Result<(), StoreError> {
+        self.cache.purged_upto(log_id.index);
         let mut batch = WriteBatch::default();
         self.db.put_sealed(&mut batch, CF_RAFT, LAST_PURGED, log_id)?;
         batch.delete_range_cf(self.db.cf(CF_LOG)?, index_key(0), index_key(log_id.index.saturating_add(1)));
@@ -218,15 +242,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
-        // Not synced on its own: losing it only means re-applying from the last applied id.
-        let mut batch = WriteBatch::default();
-        self.db
-            .put_sealed(&mut batch, CF_RAFT, COMMITTED, &committed)
-            .and_then(|()| self.db.write(batch, false, "save committed"))
-            .map_err(to_raft(ErrorSubject::Store, ErrorVerb::Write))
+        // Written with the apply that follows every advance of the commit index, in the
+        // same batch (one write instead of two on every write's path), and never synced
+        // on its own: losing it only means re-applying from the last applied id.
+        *self.db.unsaved_committed.lock().unwrap_or_else(|p| p.into_inner()) = Some(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        if let Some(c) = *self.db.unsaved_committed.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Ok(c);
+        }
         let c: Option<Option<LogId<NodeId>>> =
             self.db.get_sealed(CF_RAFT, COMMITTED).map_err(to_raft(ErrorSubject::Store, ErrorVerb::Read))?;
         Ok(c.flatten())

@@ -218,6 +218,7 @@ impl Store {
         db.put_sealed(&mut batch, CF_RAFT, COMMITTED, &Some(applied))?;
         db.put_sealed(&mut batch, CF_RAFT, VOTE, &Vote::new(term, me))?;
         db.write(batch, true, "purge the log of the old configuration")?;
+        self.log.forget_cached();
         db.durable.all_synced(Some(applied));
         tracing::warn!(
             applied = %applied, replayed, old_voters = ?old_voters,

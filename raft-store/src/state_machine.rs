@@ -22,7 +22,8 @@ use rocksdb::{IteratorMode, WriteBatch};
 use crate::apply::Txn;
 use crate::db::{decode_at, Db};
 use crate::error::{to_raft, StoreError};
-use crate::layout::{CF_SM, CF_SM_META};
+use crate::layout::{CF_RAFT, CF_SM, CF_SM_META};
+use crate::log_store::COMMITTED;
 use crate::model::{Applied, Response};
 use crate::snapshot::{self, Meta, SnapshotFile, SnapshotWriter};
 use crate::stages::{Stages, StoreStage};
@@ -115,6 +116,10 @@ impl StateMachine {
             }
         }
         self.db.put_sealed(&mut batch, CF_SM_META, LAST_APPLIED, &Some(last))?;
+        let committed = self.db.unsaved_committed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(committed) = committed {
+            self.db.put_sealed(&mut batch, CF_RAFT, COMMITTED, &committed)?;
+        }
         if let Some(m) = membership {
             self.db.put_sealed(&mut batch, CF_SM_META, MEMBERSHIP, &m)?;
         }

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coffer_api::cluster::NodeRole;
+use coffer_benches::{clock_ticks, usage, Usage};
 use coffer_node::local::data_dir::DataDir;
 use coffer_node::start::{join_worker, RunningWorker, WorkerSettings};
 use coffer_tests::{eventually, service_of, Cluster, ManagerProc};
@@ -49,46 +50,17 @@ fn value(i: usize, v: usize) -> Vec<u8> {
     out
 }
 
-/// CPU time (user + system) and resident memory of a process, from `/proc`.
-#[derive(Debug, Clone, Copy)]
-struct Usage {
-    cpu: Duration,
-    rss_kib: u64,
-}
-
-fn clock_ticks() -> u64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100)
-}
-
-fn usage(pid: u32, ticks: u64) -> anyhow::Result<Usage> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start at the state, field 3.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let (utime, stime): (u64, u64) = (f[11].parse()?, f[12].parse()?);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    Ok(Usage { cpu: Duration::from_millis((utime + stime) * 1000 / ticks), rss_kib })
+fn usage_of(pid: u32, ticks: u64) -> anyhow::Result<Usage> {
+    usage(pid, ticks).ok_or_else(|| anyhow::anyhow!("process {pid} is gone"))
 }
 
 /// Each process's share of a core over `secs`, and its RSS at the end.
 async fn at_rest(pids: &[u32], secs: u64, ticks: u64) -> anyhow::Result<Vec<(f64, u64)>> {
-    let before: Vec<Usage> = pids.iter().map(|&p| usage(p, ticks)).collect::<Result<_, _>>()?;
+    let before: Vec<Usage> = pids.iter().map(|&p| usage_of(p, ticks)).collect::<Result<_, _>>()?;
     let start = Instant::now();
     tokio::time::sleep(Duration::from_secs(secs)).await;
     let wall = start.elapsed().as_secs_f64();
-    let after: Vec<Usage> = pids.iter().map(|&p| usage(p, ticks)).collect::<Result<_, _>>()?;
+    let after: Vec<Usage> = pids.iter().map(|&p| usage_of(p, ticks)).collect::<Result<_, _>>()?;
     Ok(before
         .iter()
         .zip(&after)

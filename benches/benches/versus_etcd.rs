@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use coffer_benches::{clock_ticks, usage};
 use coffer_tests::{eventually, Cluster};
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -145,18 +146,8 @@ struct Measured {
 }
 
 /// CPU seconds (user and system, all threads) that `pids` have used so far.
-fn cpu_secs(pids: &[u32]) -> f64 {
-    // Clock ticks of /proc/PID/stat: 100 a second on Linux (USER_HZ).
-    const TICKS: f64 = 100.0;
-    pids.iter()
-        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
-        .filter_map(|stat| {
-            // Fields after the command name (which may hold spaces) in parentheses.
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let f: Vec<&str> = rest.split(' ').collect();
-            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / TICKS)
-        })
-        .sum()
+fn cpu_secs(pids: &[u32], ticks: u64) -> f64 {
+    pids.iter().filter_map(|&p| usage(p, ticks)).map(|u| u.cpu.as_secs_f64()).sum()
 }
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
@@ -205,10 +196,11 @@ async fn load(
     // The servers' CPU over the measured window (the clients' own is not counted).
     let pids = t.pids.clone();
     let cpu = tokio::spawn(async move {
+        let ticks = clock_ticks();
         tokio::time::sleep_until(start.into()).await;
-        let before = cpu_secs(&pids);
+        let before = cpu_secs(&pids, ticks);
         tokio::time::sleep_until(end.into()).await;
-        cpu_secs(&pids) - before
+        cpu_secs(&pids, ticks) - before
     });
     let mut latencies = Vec::new();
     for task in tasks {
@@ -357,11 +349,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse::<f64>().ok()))
-        .unwrap_or(0.0)
-        / 1024.0
+    usage(pid, 100).map_or(0.0, |u| u.rss_kib as f64 / 1024.0)
 }
 
 fn dir_mib(dir: &Path) -> f64 {

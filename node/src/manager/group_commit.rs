@@ -94,14 +94,15 @@ impl GroupCommit {
         take_within(&self.queue, MAX_COMMANDS, MAX_BYTES)
     }
 
-    /// Commits `cmd` on this manager's Raft (which must lead), with whatever else is
-    /// queued, on a task of its own: a queued write is never left behind by a caller that
+    /// Commits `cmd` on this manager's Raft (which must lead): alone on the caller's task
+    /// when nothing is queued and a slot is free; otherwise with whatever else is queued,
+    /// on a task of its own, so that a queued write is never left behind by a caller that
     /// went away, to be applied much later.
     pub(crate) async fn commit(self: &Arc<Self>, raft: &openraft::Raft<TypeConfig>, cmd: Command) -> Committed {
         // A lone write (nothing queued, a slot free) is committed by its caller: it carries
         // no one else's write, so a caller that goes away abandons only its own. This
         // spares a write at one client a task and two hand-offs between threads.
-        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+        if let Ok(permit) = self.slots.try_acquire() {
             if self.queue.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
                 let out = commit_all(raft, vec![cmd]).await.pop();
                 drop(permit);

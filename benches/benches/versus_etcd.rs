@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use coffer_benches::{clock_ticks, usage};
+use coffer_benches::{clock_ticks, threads_cpu, usage};
 use coffer_tests::{eventually, Cluster};
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -143,11 +143,15 @@ struct Measured {
     latencies: Vec<Duration>,
     /// CPU seconds the target's server processes used in the measured window.
     cpu_secs: f64,
+    /// Of which RocksDB's own threads (flushes and compactions): none for etcd.
+    background_secs: f64,
 }
 
-/// CPU seconds (user and system, all threads) that `pids` have used so far.
-fn cpu_secs(pids: &[u32], ticks: u64) -> f64 {
-    pids.iter().filter_map(|&p| usage(p, ticks)).map(|u| u.cpu.as_secs_f64()).sum()
+/// CPU seconds (user and system) that `pids` have used so far: all threads, and RocksDB's.
+fn cpu_secs(pids: &[u32], ticks: u64) -> (f64, f64) {
+    let all = pids.iter().filter_map(|&p| usage(p, ticks)).map(|u| u.cpu.as_secs_f64()).sum();
+    let rocksdb = pids.iter().map(|&p| threads_cpu(p, ticks, "rocksdb:").as_secs_f64()).sum();
+    (all, rocksdb)
 }
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
@@ -200,15 +204,16 @@ async fn load(
         tokio::time::sleep_until(start.into()).await;
         let before = cpu_secs(&pids, ticks);
         tokio::time::sleep_until(end.into()).await;
-        cpu_secs(&pids, ticks) - before
+        let after = cpu_secs(&pids, ticks);
+        (after.0 - before.0, after.1 - before.1)
     });
     let mut latencies = Vec::new();
     for task in tasks {
         latencies.extend(task.await??);
     }
     latencies.sort();
-    let cpu_secs = cpu.await?;
-    Ok(Measured { ops: latencies.len() as u64, secs: secs.as_secs_f64(), latencies, cpu_secs })
+    let (cpu_secs, background_secs) = cpu.await?;
+    Ok(Measured { ops: latencies.len() as u64, secs: secs.as_secs_f64(), latencies, cpu_secs, background_secs })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -503,6 +508,22 @@ async fn growth(t: &Target, total: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Each manager's `coffer_raft_snapshot_index`: the Raft snapshots a manager built (or
+/// installed) between two readings show as a change.
+async fn snapshot_indexes(c: &Cluster) -> anyhow::Result<Vec<f64>> {
+    let mut out = Vec::new();
+    for i in 0..c.managers.len() {
+        let text = c.admin(i).metrics().await?;
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix("coffer_raft_snapshot_index "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        out.push(value);
+    }
+    Ok(out)
+}
+
 /// Each manager's `coffer_write_stage_seconds` as (stage, sum, count).
 async fn stage_sums(c: &Cluster) -> anyhow::Result<Vec<Vec<(String, f64, f64)>>> {
     let mut out = Vec::new();
@@ -618,6 +639,7 @@ fn main() -> anyhow::Result<()> {
         let mut figures: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); targets.len()]; POINTS.len()];
         let mut p99: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); targets.len()]; POINTS.len()];
         let mut cpu: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); targets.len()]; POINTS.len()];
+        let mut background: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); targets.len()]; POINTS.len()];
         for rep in 0..reps {
             for (pi, point) in POINTS.iter().enumerate().filter(|(pi, _)| chosen(*pi)) {
                 let mut order: Vec<usize> = (0..targets.len()).collect();
@@ -626,15 +648,37 @@ fn main() -> anyhow::Result<()> {
                 }
                 for ti in order {
                     let before = if stages && ti == 0 { Some(stage_sums(&c).await?) } else { None };
+                    let snapshots_before = if ti == 0 { snapshot_indexes(&c).await? } else { Vec::new() };
                     let m = load(&targets[ti], point.op, point.clients, point.spread, warmup, secs, &next).await?;
+                    let snapshots = if ti == 0 {
+                        let after = snapshot_indexes(&c).await?;
+                        let built = after.iter().zip(&snapshots_before).filter(|(a, b)| a != b).count();
+                        format!(", {built} of the managers built a Raft snapshot (warm-up included)")
+                    } else {
+                        String::new()
+                    };
                     if let Some(before) = before {
                         let after = stage_sums(&c).await?;
                         println!("{} (Coffer, repetition {}): {:.0}/s", point.label, rep + 1, m.ops as f64 / m.secs);
                         print_stages(&c, c.leader_seen_by(0).await?, &before, &after);
                     }
+                    let per_op = |secs: f64| secs * 1e6 / (m.ops.max(1) as f64);
+                    // Each repetition's figures, so that an outlier of the median shows, and
+                    // whether RocksDB's flushes and compactions ran in its window.
+                    println!(
+                        "{:<40} {:<6} rep {}: {:>8.0}/s, p99 {:>6.1} ms, cpu {:>5.0} us/op, of which RocksDB's threads {:>4.0}{snapshots}",
+                        point.label,
+                        targets[ti].name,
+                        rep + 1,
+                        m.ops as f64 / m.secs,
+                        pct(&m.latencies, 0.99),
+                        per_op(m.cpu_secs),
+                        per_op(m.background_secs)
+                    );
                     figures[pi][ti].push(m.ops as f64 / m.secs);
                     p99[pi][ti].push(pct(&m.latencies, 0.99));
-                    cpu[pi][ti].push(m.cpu_secs * 1e6 / (m.ops.max(1) as f64));
+                    cpu[pi][ti].push(per_op(m.cpu_secs));
+                    background[pi][ti].push(per_op(m.background_secs));
                 }
             }
         }
@@ -645,13 +689,14 @@ fn main() -> anyhow::Result<()> {
             warmup.as_secs()
         );
         println!(
-            "{:<40} {:>10} {:>10} {:>8} {:>12} {:>12} {:>12} {:>12}",
-            "point", "etcd/s", "coffer/s", "ratio", "etcd p99 ms", "coffer p99", "etcd cpu us", "coffer cpu"
+            "{:<40} {:>10} {:>10} {:>8} {:>12} {:>12} {:>12} {:>12} {:>12}",
+            "point", "etcd/s", "coffer/s", "ratio", "etcd p99 ms", "coffer p99", "etcd cpu us", "coffer cpu", "of it rocksdb"
         );
         for (pi, point) in POINTS.iter().enumerate().filter(|(pi, _)| chosen(*pi)) {
             let coffer_rate = median(figures[pi][0].clone());
             let coffer_p99 = median(p99[pi][0].clone());
             let coffer_cpu = median(cpu[pi][0].clone());
+            let coffer_bg = median(background[pi][0].clone());
             match targets.len() {
                 2 => {
                     let etcd_rate = median(figures[pi][1].clone());
@@ -659,13 +704,13 @@ fn main() -> anyhow::Result<()> {
                     let etcd_cpu = median(cpu[pi][1].clone());
                     println!(
                         "{:<40} {etcd_rate:>10.0} {coffer_rate:>10.0} {:>8.2} {etcd_p99:>12.1} {coffer_p99:>12.1} \
-                         {etcd_cpu:>12.0} {coffer_cpu:>12.0}",
+                         {etcd_cpu:>12.0} {coffer_cpu:>12.0} {coffer_bg:>12.0}",
                         point.label,
                         coffer_rate / etcd_rate.max(1.0)
                     );
                 }
                 _ => println!(
-                    "{:<40} {:>10} {coffer_rate:>10.0} {:>8} {:>12} {coffer_p99:>12.1} {:>12} {coffer_cpu:>12.0}",
+                    "{:<40} {:>10} {coffer_rate:>10.0} {:>8} {:>12} {coffer_p99:>12.1} {:>12} {coffer_cpu:>12.0} {coffer_bg:>12.0}",
                     point.label, "-", "-", "-", "-"
                 ),
             }

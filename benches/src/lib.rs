@@ -41,6 +41,28 @@ pub fn usage(pid: u32, ticks: u64) -> Option<Usage> {
     Some(Usage { cpu: Duration::from_millis((utime + stime) * 1000 / ticks.max(1)), rss_kib })
 }
 
+/// CPU time (user and system) that the threads of process `pid` whose name starts with
+/// `prefix` have used so far: say `rocksdb:` for RocksDB's flushes and compactions. A
+/// thread that has ended no longer counts, so only differences over a window in which
+/// the threads live (RocksDB's pool lives as long as its database) mean anything.
+#[must_use]
+pub fn threads_cpu(pid: u32, ticks: u64, prefix: &str) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Duration::ZERO };
+    let ticks_used: u64 = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        .filter_map(|stat| {
+            let (head, rest) = stat.rsplit_once(')')?;
+            let (_, name) = head.split_once('(')?;
+            if !name.starts_with(prefix) {
+                return None;
+            }
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum();
+    Duration::from_millis(ticks_used * 1000 / ticks.max(1))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -48,5 +70,26 @@ mod tests {
         let u = super::usage(std::process::id(), super::clock_ticks()).expect("our own /proc entry");
         assert!(u.rss_kib > 0);
         assert!(super::usage(u32::MAX, 100).is_none(), "no such process");
+    }
+
+    #[test]
+    fn a_thread_is_found_by_its_name() {
+        let ticks = super::clock_ticks();
+        let busy = std::thread::Builder::new()
+            .name("bench-spin".into())
+            .spawn(|| {
+                // Work, not wall time: CPU enough for the kernel's clock ticks to count
+                // (a tenth of a second or more), however busy the machine is.
+                (0..100_000_000u64).fold(0u64, |x, i| std::hint::black_box(x.wrapping_add(i)))
+            })
+            .expect("spawn");
+        let me = std::process::id();
+        let mut seen = std::time::Duration::ZERO;
+        while !busy.is_finished() {
+            seen = seen.max(super::threads_cpu(me, ticks, "bench-spin"));
+        }
+        busy.join().expect("join");
+        assert!(seen > std::time::Duration::ZERO, "the spinning thread's CPU was seen");
+        assert_eq!(super::threads_cpu(me, ticks, "no-such-thread"), std::time::Duration::ZERO);
     }
 }

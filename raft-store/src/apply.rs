@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 
-use rocksdb::{Direction, IteratorMode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -112,8 +111,7 @@ impl<'a> Txn<'a> {
     /// Every record under `prefix`, as of this transaction, in key order.
     fn scan<T: DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, T)>, StoreError> {
         let mut merged: BTreeMap<Vec<u8>, Option<Zeroizing<Vec<u8>>>> = BTreeMap::new();
-        let cf = self.db.cf(CF_SM)?;
-        for item in self.db.db.iterator_cf(cf, IteratorMode::From(prefix, Direction::Forward)) {
+        for item in self.db.prefix_iter(CF_SM, prefix)? {
             let (key, sealed) = item.map_err(StoreError::db("scan state"))?;
             if !key.starts_with(prefix) {
                 break;

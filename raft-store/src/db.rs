@@ -19,7 +19,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions,
+    WriteBatch, WriteOptions, DB,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -51,6 +54,16 @@ const RECYCLED_LOGS: usize = 2;
 /// The write-ahead log's total size at which the oldest log's memtables are flushed and a
 /// new (recycled) log begins. It also bounds what a restart replays.
 const MAX_WAL_BYTES: u64 = 32 << 20;
+
+/// Read options of a pass over the whole state (a snapshot build, a digest, an export):
+/// what it reads is not put in the block cache. A snapshot is built every time the log
+/// grows as long as the state is large, and a pass through a state of hundreds of MiB
+/// would otherwise empty the cache of the records that the API reads.
+pub(crate) fn bulk_read() -> ReadOptions {
+    let mut opts = ReadOptions::default();
+    opts.fill_cache(false);
+    opts
+}
 
 /// The open database plus the key that seals everything in it. Shared by the log store,
 /// the state machine, readers and snapshot builders.
@@ -241,6 +254,20 @@ impl Db {
         cf_of(&self.db, name)
     }
 
+    /// The keys of `cf` that start with `prefix`, in order, with their sealed values. The
+    /// iterator is told where the prefix ends: RocksDB then stops there rather than seek
+    /// on to the next live key (through any deleted ones after the prefix), and skips the
+    /// table files that start past it.
+    pub(crate) fn prefix_iter<'a>(
+        &'a self,
+        cf: &str,
+        prefix: &[u8],
+    ) -> Result<rocksdb::DBIteratorWithThreadMode<'a, DB>, StoreError> {
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(crate::keys::prefix_end(prefix));
+        Ok(self.db.iterator_cf_opt(self.cf(cf)?, opts, IteratorMode::From(prefix, Direction::Forward)))
+    }
+
     pub(crate) fn placement_changed(&self) {
         self.placement.send_modify(|v| *v = v.wrapping_add(1));
     }
@@ -329,4 +356,24 @@ pub(crate) fn describe(cf: &str, key: &[u8]) -> String {
         .map(|&c| if c.is_ascii_graphic() { char::from(c).to_string() } else { format!("\\x{c:02x}") })
         .collect();
     format!("{cf}/{printable}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seal::{KeyBytes, LocalKek};
+
+    #[test]
+    fn a_prefix_scan_stops_at_its_prefix() {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let db = Db::open(dir.path(), &LocalKek::new(&KeyBytes::generate(), "test")).expect("open");
+        let mut batch = WriteBatch::default();
+        for key in ["service-name/a", "service/a", "service/b", "service0", "task/a"] {
+            db.put_sealed_raw(&mut batch, CF_SM, key.as_bytes(), b"v").expect("seal");
+        }
+        db.write(batch, false, "write").expect("write");
+        let keys: Vec<Vec<u8>> =
+            db.prefix_iter(CF_SM, b"service/").expect("iter").map(|i| i.expect("item").0.to_vec()).collect();
+        assert_eq!(keys, vec![b"service/a".to_vec(), b"service/b".to_vec()]);
+    }
 }

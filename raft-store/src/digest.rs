@@ -39,7 +39,7 @@ impl StateReader {
             };
         let mut hash = Sha256::new();
         let mut records = 0;
-        for item in view.iterator_cf(db.cf(CF_SM)?, IteratorMode::Start) {
+        for item in view.iterator_cf_opt(db.cf(CF_SM)?, crate::db::bulk_read(), IteratorMode::Start) {
             let (key, sealed) = item.map_err(StoreError::db("iterate state for a digest"))?;
             let plain = db.open_at(CF_SM, &key, &sealed)?;
             for field in [&key[..], &plain[..]] {

@@ -112,7 +112,12 @@ impl LogStore {
         }
         let cf = self.db.cf(CF_LOG)?;
         let mut out = Vec::new();
-        let iter = self.db.db.iterator_cf(cf, IteratorMode::From(&index_key(start), rocksdb::Direction::Forward));
+        let mut opts = rocksdb::ReadOptions::default();
+        if let Some(end) = end {
+            opts.set_iterate_upper_bound(index_key(end));
+        }
+        let iter =
+            self.db.db.iterator_cf_opt(cf, opts, IteratorMode::From(&index_key(start), rocksdb::Direction::Forward));
         for item in iter {
             let (key, sealed) = item.map_err(StoreError::db("iterate log"))?;
             let index = parse_index(&key)?;

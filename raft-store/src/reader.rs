@@ -39,9 +39,8 @@ impl StateReader {
     }
 
     fn scan<T: DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<T>, StoreError> {
-        let cf = self.db.cf(CF_SM)?;
         let mut out = Vec::new();
-        for item in self.db.db.iterator_cf(cf, IteratorMode::From(prefix, Direction::Forward)) {
+        for item in self.db.prefix_iter(CF_SM, prefix)? {
             let (key, sealed) = item.map_err(StoreError::db("scan state"))?;
             if !key.starts_with(prefix) {
                 break;
@@ -201,9 +200,8 @@ impl StateReader {
     /// The tasks placed on `node`, through the per-node index (not a scan of all tasks).
     pub fn tasks_of_node(&self, node: NodeId) -> Result<Vec<TaskRecord>, StoreError> {
         let prefix = keys::node_tasks(node);
-        let cf = self.db.cf(CF_SM)?;
         let mut out = Vec::new();
-        for item in self.db.db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
+        for item in self.db.prefix_iter(CF_SM, &prefix)? {
             let (key, _) = item.map_err(StoreError::db("scan node tasks"))?;
             if !key.starts_with(&prefix) {
                 break;
@@ -255,7 +253,7 @@ impl StateReader {
         let mut report = VerifyReport::default();
         for cf_name in [crate::layout::CF_LOG, crate::layout::CF_RAFT, CF_SM_META, CF_SM] {
             let cf = self.db.cf(cf_name)?;
-            for item in self.db.db.iterator_cf(cf, IteratorMode::Start) {
+            for item in self.db.db.iterator_cf_opt(cf, crate::db::bulk_read(), IteratorMode::Start) {
                 let (key, sealed) = item.map_err(StoreError::db(format!("iterate {cf_name}")))?;
                 let plain = self.db.open_at(cf_name, &key, &sealed)?;
                 let what = || crate::db::describe(cf_name, &key);

@@ -58,14 +58,14 @@ impl StateReader {
             })?;
         let cluster: ClusterRecord = decode_at(CF_SM, keys::CLUSTER, &db.open_at(CF_SM, keys::CLUSTER, &cluster)?)?;
         let mut counts = StateCounts::default();
-        for item in view.iterator_cf(sm, IteratorMode::Start) {
+        for item in view.iterator_cf_opt(sm, crate::db::bulk_read(), IteratorMode::Start) {
             let (key, _) = item.map_err(StoreError::db("count state records"))?;
             counts.count(&key);
         }
         on_info(&BackupInfo { cluster_id: cluster.id.clone(), last_applied, created_at_ms, counts })?;
         let (mut chunks, mut recs) = (0u64, 0u64);
         let mut pending = Zeroizing::new(Vec::with_capacity(chunk_bytes + 4096));
-        for item in view.iterator_cf(sm, IteratorMode::Start) {
+        for item in view.iterator_cf_opt(sm, crate::db::bulk_read(), IteratorMode::Start) {
             let (key, sealed) = item.map_err(StoreError::db("iterate state for export"))?;
             let plain = db.open_at(CF_SM, &key, &sealed)?;
             for field in [&key[..], &plain[..]] {

@@ -211,7 +211,7 @@ pub(crate) fn build(db: &Db, chunk_bytes: usize) -> Result<SnapshotFile, StoreEr
     let meta = Meta { last_log_id: last_applied, last_membership: membership, snapshot_id };
     let _guard = db.snapshot_lock.lock().map_err(|_| StoreError::Join("snapshot lock poisoned".into()))?;
     let mut writer = SnapshotWriter::create(&db.snapshots_dir(), db.sealer.clone(), meta, chunk_bytes)?;
-    for item in view.iterator_cf(db.cf(CF_SM)?, IteratorMode::Start) {
+    for item in view.iterator_cf_opt(db.cf(CF_SM)?, crate::db::bulk_read(), IteratorMode::Start) {
         let (key, sealed) = item.map_err(StoreError::db("iterate state for snapshot"))?;
         let plain = db.open_at(CF_SM, &key, &sealed)?;
         writer.add_record(&key, &plain)?;

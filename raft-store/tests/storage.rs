@@ -541,6 +541,7 @@ fn leak_forms(value: &[u8]) -> Vec<Vec<u8>> {
 #[tokio::test]
 async fn no_file_holds_a_secret_value_in_plaintext() {
     let canary = b"COFFER-CANARY-7f3e19a2c4b85d60-do-not-leak".to_vec();
+    let large: Vec<u8> = canary.iter().copied().cycle().take(4096).collect();
     let dir = TempDir::new().expect("tempdir");
     {
         let mut store = open_at(dir.path()).expect("open");
@@ -559,19 +560,30 @@ async fn no_file_holds_a_secret_value_in_plaintext() {
                 at: 9,
             },
         ));
+        // A large value: the state keeps it in a blob file, not in a table.
+        entries.push(entry(52, create_secret(52, &large)));
         append(&mut store.log, entries.clone()).await;
         store.state_machine.apply(entries).await.expect("apply");
         store.log.save_vote(&openraft::Vote::new(1, 1)).await.expect("vote");
         let snap = store.state_machine.get_snapshot_builder().await.build_snapshot().await.expect("snapshot");
-        assert_eq!(snap.meta.last_log_id, Some(log_id(1, 51)));
+        assert_eq!(snap.meta.last_log_id, Some(log_id(1, 52)));
         store.log.purge(log_id(1, 40)).await.expect("purge");
         // Install the snapshot again, as a follower would: the install path writes too.
         let cur = store.state_machine.get_current_snapshot().await.expect("current").expect("some");
         store.state_machine.install_snapshot(&cur.meta, cur.snapshot).await.expect("install");
     }
     {
-        // Compact every column family so nothing lingers only in the WAL or memtables.
-        let db = raw_db(dir.path());
+        // Compact every column family so nothing lingers only in the WAL or memtables,
+        // with the state's large records in blob files, as the store keeps them.
+        let mut sm = rocksdb::Options::default();
+        sm.set_enable_blob_files(true);
+        sm.set_min_blob_size(1024);
+        let cfs = ["meta", "log", "raft", "sm_meta"]
+            .map(|cf| rocksdb::ColumnFamilyDescriptor::new(cf, rocksdb::Options::default()))
+            .into_iter()
+            .chain([rocksdb::ColumnFamilyDescriptor::new("sm", sm)]);
+        let db = rocksdb::DB::open_cf_descriptors(&rocksdb::Options::default(), dir.path().join("db"), cfs)
+            .expect("raw open");
         for cf in ["meta", "log", "raft", "sm_meta", "sm"] {
             let h = db.cf_handle(cf).expect("cf");
             db.flush_cf(h).expect("flush");
@@ -582,6 +594,7 @@ async fn no_file_holds_a_secret_value_in_plaintext() {
     let files = files_under(dir.path());
     assert!(files.iter().any(|f| f.extension().is_some_and(|x| x == "snap")), "no snapshot file was written");
     assert!(files.iter().any(|f| f.extension().is_some_and(|x| x == "sst")), "no table file was written");
+    assert!(files.iter().any(|f| f.extension().is_some_and(|x| x == "blob")), "no blob file was written");
     for f in &files {
         let bytes = std::fs::read(f).expect("read file");
         for form in &forms {
@@ -596,6 +609,8 @@ async fn no_file_holds_a_secret_value_in_plaintext() {
     // And the store still reads back what was written.
     let store = open_at(dir.path()).expect("reopen");
     assert_eq!(store.reader.secret_value("id1", 2).expect("read"), Some(SealedBytes(canary)));
+    assert_eq!(store.reader.secret_value("id52", 1).expect("read a blob"), Some(SealedBytes(large)));
+    assert!(store.reader.verify_all().expect("verify").state_records > 52);
 }
 
 // ---------------------------------------------------------------------------------------

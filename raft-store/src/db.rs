@@ -96,6 +96,8 @@ pub struct Db {
     /// The commit index openraft last asked to save, not written yet: it goes to disk
     /// with the next apply's batch (see `LogStore::save_committed`).
     pub(crate) unsaved_committed: std::sync::Mutex<Option<Option<openraft::LogId<crate::NodeId>>>>,
+    /// A reclaim of blob garbage is running (see [`Db::reclaim_blob_garbage`]).
+    reclaiming: std::sync::atomic::AtomicBool,
 }
 
 /// The column families' options: one block cache for all, and Bloom filters on those read
@@ -199,6 +201,7 @@ impl Db {
             events: crate::events::EventLog::new(),
             durable: crate::durable::Durable::default(),
             unsaved_committed: std::sync::Mutex::new(None),
+            reclaiming: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -291,7 +294,7 @@ impl Db {
     /// Reclaims the space of removed secrets' values once they are at least `min_bytes`
     /// and half of the blob files: one full compaction of the state with blob garbage
     /// collection on, which moves the live values out of files that are mostly garbage and
-    /// deletes those files. Blocking; returns whether it ran.
+    /// deletes those files. Blocking, and one at a time; returns whether it ran.
     ///
     /// Garbage is counted as compactions drop the records of removed versions, so what a
     /// removal frees shows once its deletion has been compacted down.
@@ -305,7 +308,17 @@ impl Db {
         if garbage < min_bytes || garbage.saturating_mul(2) < live || garbage == 0 {
             return Ok(false);
         }
+        if self.reclaiming.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return Ok(false);
+        }
         tracing::info!(live, garbage, "reclaiming the space of removed values");
+        let collected = self.collect_blob_garbage(cf);
+        self.reclaiming.store(false, std::sync::atomic::Ordering::Release);
+        collected.map(|()| true)
+    }
+
+    /// One full compaction of `cf` with blob garbage collection on for every blob file.
+    fn collect_blob_garbage(&self, cf: &ColumnFamily) -> Result<(), StoreError> {
         let set = |on: &str, cutoff: &str| {
             self.db
                 .set_options_cf(
@@ -318,8 +331,7 @@ impl Db {
         let mut full = rocksdb::CompactOptions::default();
         full.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
         self.db.compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &full);
-        set("false", "0.25")?;
-        Ok(true)
+        set("false", "0.25")
     }
 
     /// The keys of `cf` that start with `prefix`, in order, with their sealed values. The
@@ -464,6 +476,9 @@ mod tests {
         assert!(garbage >= 16 * 4096, "removed values are counted as garbage: {garbage} of {live}");
 
         assert!(!db.reclaim_blob_garbage(live + 1).expect("reclaim"), "below the threshold nothing runs");
+        db.reclaiming.store(true, std::sync::atomic::Ordering::Release);
+        assert!(!db.reclaim_blob_garbage(1).expect("reclaim"), "one reclaim at a time");
+        db.reclaiming.store(false, std::sync::atomic::Ordering::Release);
         assert!(db.reclaim_blob_garbage(1).expect("reclaim"));
         let (after, garbage) = blob_bytes(&db);
         assert_eq!(garbage, 0);

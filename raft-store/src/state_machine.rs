@@ -209,7 +209,7 @@ pub(crate) fn build(db: &Db, chunk_bytes: usize) -> Result<SnapshotFile, StoreEr
         None => format!("0-0-{}", snapshot::hex(&rnd)),
     };
     let meta = Meta { last_log_id: last_applied, last_membership: membership, snapshot_id };
-    let guard = db.snapshot_lock.lock().map_err(|_| StoreError::Join("snapshot lock poisoned".into()))?;
+    let _guard = db.snapshot_lock.lock().map_err(|_| StoreError::Join("snapshot lock poisoned".into()))?;
     let mut writer = SnapshotWriter::create(&db.snapshots_dir(), db.sealer.clone(), meta, chunk_bytes)?;
     for item in view.iterator_cf_opt(db.cf(CF_SM)?, crate::db::bulk_read(), IteratorMode::Start) {
         let (key, sealed) = item.map_err(StoreError::db("iterate state for snapshot"))?;
@@ -219,14 +219,6 @@ pub(crate) fn build(db: &Db, chunk_bytes: usize) -> Result<SnapshotFile, StoreEr
     let file = writer.finish()?;
     snapshot::remove_others(&db.snapshots_dir(), file.path());
     tracing::info!(snapshot = %file.meta().snapshot_id, "built snapshot");
-    drop(guard);
-    // A view held open keeps what it sees from being compacted away.
-    drop(view);
-    // Snapshots come as the state is rewritten, removals included: the time to reclaim
-    // what removed values hold. A failure costs disk space, not the snapshot.
-    if let Err(e) = db.reclaim_blob_garbage(crate::db::RECLAIM_BLOB_GARBAGE_BYTES) {
-        tracing::warn!(error = %e, "cannot reclaim the space of removed values");
-    }
     Ok(file)
 }
 
@@ -298,6 +290,17 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let file = blocking(move || build(&db, chunk_bytes))
             .await
             .map_err(to_raft(ErrorSubject::Snapshot(None), ErrorVerb::Write))?;
+        // Snapshots come as the state is rewritten, removals included: the time to reclaim
+        // what removed values hold. That may take a full compaction, which neither the
+        // snapshot nor `coffer cluster compact` waits for; the build's view of the
+        // database, which would keep removed records alive, is gone by now. A failure costs
+        // disk space, not the snapshot.
+        let db = self.db.clone();
+        drop(tokio::task::spawn_blocking(move || {
+            if let Err(e) = db.reclaim_blob_garbage(crate::db::RECLAIM_BLOB_GARBAGE_BYTES) {
+                tracing::warn!(error = %e, "cannot reclaim the space of removed values");
+            }
+        }));
         Ok(Snapshot { meta: file.meta().clone(), snapshot: Box::new(file) })
     }
 }

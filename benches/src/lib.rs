@@ -23,14 +23,21 @@ pub fn clock_ticks() -> u64 {
         .unwrap_or(100)
 }
 
+/// The name and the CPU time (user and system, in clock ticks) of a `/proc/.../stat` line.
+fn name_and_ticks(stat: &str) -> Option<(&str, u64)> {
+    // The name is in parentheses and may hold spaces and parentheses of its own; the
+    // fields after it start at the state, field 3.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let (_, name) = head.split_once('(')?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some((name, f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?))
+}
+
 /// What process `pid` has used so far; `None` once it is gone (or `/proc` is unreadable).
 #[must_use]
 pub fn usage(pid: u32, ticks: u64) -> Option<Usage> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start at the state, field 3.
-    let (_, rest) = stat.rsplit_once(')')?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let (utime, stime): (u64, u64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
+    let (_, used) = name_and_ticks(&stat)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss_kib = status
         .lines()
@@ -38,7 +45,7 @@ pub fn usage(pid: u32, ticks: u64) -> Option<Usage> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    Some(Usage { cpu: Duration::from_millis((utime + stime) * 1000 / ticks.max(1)), rss_kib })
+    Some(Usage { cpu: Duration::from_millis(used * 1000 / ticks.max(1)), rss_kib })
 }
 
 /// CPU time (user and system) that the threads of process `pid` whose name starts with
@@ -50,15 +57,7 @@ pub fn threads_cpu(pid: u32, ticks: u64, prefix: &str) -> Duration {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Duration::ZERO };
     let ticks_used: u64 = tasks
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
-        .filter_map(|stat| {
-            let (head, rest) = stat.rsplit_once(')')?;
-            let (_, name) = head.split_once('(')?;
-            if !name.starts_with(prefix) {
-                return None;
-            }
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
+        .filter_map(|stat| name_and_ticks(&stat).filter(|(name, _)| name.starts_with(prefix)).map(|(_, used)| used))
         .sum();
     Duration::from_millis(ticks_used * 1000 / ticks.max(1))
 }

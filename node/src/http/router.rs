@@ -86,12 +86,12 @@ pub fn router(m: Arc<Manager>) -> Router {
         .route("/metrics", get(health::metrics))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(m.clone(), guard_body))
-        .layer(axum::middleware::from_fn(trace_request));
+        .layer(axum::middleware::from_fn_with_state(m.clone(), trace_request));
     // The Docker Engine API's subset, under the same layers (body limits, tracing).
     let docker = crate::http::docker::routes()
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(m.clone(), guard_body))
-        .layer(axum::middleware::from_fn(trace_request));
+        .layer(axum::middleware::from_fn_with_state(m.clone(), trace_request));
     raft.merge(api)
         .merge(docker)
         .fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
@@ -137,9 +137,9 @@ fn caller_of(req: &Request) -> (&'static str, Option<u64>) {
     }
 }
 
-/// Runs a request inside its span, and logs its outcome at debug level (failures of the
-/// server at warn).
-async fn trace_request(req: Request, next: Next) -> Response {
+/// Runs a request inside its span, logs its outcome at debug level (failures of the
+/// server at warn), and counts its time in `coffer_http_request_seconds`.
+async fn trace_request(State(m): State<Arc<Manager>>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
     let id = request_id(&req);
     let (role, node_id) = caller_of(&req);
@@ -153,9 +153,12 @@ async fn trace_request(req: Request, next: Next) -> Response {
         operator = tracing::field::Empty,
     );
     let started = Instant::now();
+    let method = req.method().clone();
     let mut resp = next.run(req).instrument(span.clone()).await;
     let status = resp.status().as_u16();
-    let elapsed_ms = started.elapsed().as_millis() as u64;
+    let elapsed = started.elapsed();
+    m.metrics.requests.observe(method.as_str(), route.as_deref().unwrap_or("-"), elapsed);
+    let elapsed_ms = elapsed.as_millis() as u64;
     span.in_scope(|| {
         if resp.status().is_server_error() {
             tracing::warn!(status, elapsed_ms, "answered");

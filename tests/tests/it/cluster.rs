@@ -34,8 +34,8 @@ async fn three_managers_form_and_a_write_through_a_follower_is_everywhere() {
 
 /// Writes sent to a follower at once travel to the leader together; each still gets its
 /// own answer: one create of a name wins and the rest are told it exists, and concurrent
-/// rotations get one version each. `/metrics` shows where the writes' time went, and
-/// that managers called each other over their links.
+/// rotations get one version each. `/metrics` shows where the writes' time went, how long
+/// the API requests took, and that managers called each other over their links.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_through_a_follower_each_get_their_own_answer() {
     let c = Cluster::start(bin(), 3, &[]).await.expect("cluster");
@@ -85,6 +85,17 @@ async fn concurrent_writes_through_a_follower_each_get_their_own_answer() {
     let on_leader = c.admin(li).metrics().await.expect("leader metrics");
     for name in ["propose", "log_append", "log_sync", "replicate", "apply"] {
         assert!(stage(&on_leader, name), "the leader shows stage {name}");
+    }
+    // Each API request is timed by its route's pattern, never by a secret's name; calls
+    // between managers are not API requests.
+    assert!(
+        on_follower.contains("coffer_http_request_seconds_count{method=\"POST\",route=\"/v1/secrets\"} 41\n"),
+        "the follower timed the 41 creates sent to it"
+    );
+    assert!(on_follower.contains("route=\"/v1/secrets/{secret}/rotate\""), "rotations are timed by their pattern");
+    for (who, text) in [("follower", &on_follower), ("leader", &on_leader)] {
+        assert!(!text.contains("contested") && !text.contains("rotated"), "the {who}'s metrics name no secret");
+        assert!(!text.contains("route=\"/raft/"), "the {who} counts no Raft call as an API request");
     }
     // Raft RPC and forwarded writes went over the managers' links, none over HTTP.
     for (who, text) in [("follower", &on_follower), ("leader", &on_leader)] {

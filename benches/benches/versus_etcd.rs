@@ -24,7 +24,12 @@
 //! `COFFER_BENCH_PREFILL_MB=MB`: first, both write MB MiB as the memory mode does, so that
 //! the points run on clusters that have written before, as long-running ones have;
 //! `COFFER_BENCH_STAGES=1`: after each Coffer point, where its writes' time went, stage
-//! by stage, from the managers' `coffer_write_stage_seconds`).
+//! by stage, from the managers' `coffer_write_stage_seconds`, and `request`: the whole of
+//! each `POST /v1/secrets` on the manager, from `coffer_http_request_seconds`).
+//!
+//! Each repetition's line also counts the server processes' context switches per
+//! operation: at one client, a write's time is mostly hand-offs between threads and
+//! processes on a shared machine, and this shows how many it took.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,7 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use coffer_benches::{clock_ticks, threads_cpu, usage};
+use coffer_benches::{clock_ticks, context_switches, threads_cpu, usage};
 use coffer_tests::{eventually, Cluster};
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -145,13 +150,17 @@ struct Measured {
     cpu_secs: f64,
     /// Of which RocksDB's own threads (flushes and compactions): none for etcd.
     background_secs: f64,
+    /// Context switches of the server processes' threads in the window: on a shared
+    /// machine, each is a wait for a core and the kernel's work of switching.
+    switches: u64,
 }
 
-/// CPU seconds (user and system) that `pids` have used so far: all threads, and RocksDB's.
-fn cpu_secs(pids: &[u32], ticks: u64) -> (f64, f64) {
+/// CPU seconds (user and system) that `pids` have used so far: all threads, and RocksDB's;
+/// and their threads' context switches.
+fn cpu_secs(pids: &[u32], ticks: u64) -> (f64, f64, u64) {
     let all = pids.iter().filter_map(|&p| usage(p, ticks)).map(|u| u.cpu.as_secs_f64()).sum();
     let rocksdb = pids.iter().map(|&p| threads_cpu(p, ticks, "rocksdb:").as_secs_f64()).sum();
-    (all, rocksdb)
+    (all, rocksdb, pids.iter().map(|&p| context_switches(p)).sum())
 }
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
@@ -205,15 +214,22 @@ async fn load(
         let before = cpu_secs(&pids, ticks);
         tokio::time::sleep_until(end.into()).await;
         let after = cpu_secs(&pids, ticks);
-        (after.0 - before.0, after.1 - before.1)
+        (after.0 - before.0, after.1 - before.1, after.2.saturating_sub(before.2))
     });
     let mut latencies = Vec::new();
     for task in tasks {
         latencies.extend(task.await??);
     }
     latencies.sort();
-    let (cpu_secs, background_secs) = cpu.await?;
-    Ok(Measured { ops: latencies.len() as u64, secs: secs.as_secs_f64(), latencies, cpu_secs, background_secs })
+    let (cpu_secs, background_secs, switches) = cpu.await?;
+    Ok(Measured {
+        ops: latencies.len() as u64,
+        secs: secs.as_secs_f64(),
+        latencies,
+        cpu_secs,
+        background_secs,
+        switches,
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -531,9 +547,18 @@ async fn stage_sums(c: &Cluster) -> anyhow::Result<Vec<Vec<(String, f64, f64)>>>
         let text = c.admin(i).metrics().await?;
         let mut stages: Vec<(String, f64, f64)> = Vec::new();
         for line in text.lines() {
-            let Some(rest) = line.strip_prefix("coffer_write_stage_seconds_") else { continue };
-            let (kind, rest) = rest.split_once("{stage=\"").unwrap_or(("", ""));
-            let Some((stage, value)) = rest.split_once("\"} ") else { continue };
+            // The write stages, and the whole of the requests that write a secret (as
+            // `request`): what a write spends here outside `propose`.
+            let (kind, stage, value) = if let Some(rest) = line.strip_prefix("coffer_write_stage_seconds_") {
+                let (kind, rest) = rest.split_once("{stage=\"").unwrap_or(("", ""));
+                let Some((stage, value)) = rest.split_once("\"} ") else { continue };
+                (kind, stage, value)
+            } else if let Some(rest) = line.strip_prefix("coffer_http_request_seconds_") {
+                let Some((kind, value)) = rest.split_once("{method=\"POST\",route=\"/v1/secrets\"} ") else { continue };
+                (kind, "request", value)
+            } else {
+                continue;
+            };
             let value: f64 = value.trim().parse().unwrap_or(0.0);
             let at = match stages.iter().position(|(s, _, _)| s == stage) {
                 Some(at) => at,
@@ -666,14 +691,15 @@ fn main() -> anyhow::Result<()> {
                     // Each repetition's figures, so that an outlier of the median shows, and
                     // whether RocksDB's flushes and compactions ran in its window.
                     println!(
-                        "{:<40} {:<6} rep {}: {:>8.0}/s, p99 {:>6.1} ms, cpu {:>5.0} us/op, of which RocksDB's threads {:>4.0}{snapshots}",
+                        "{:<40} {:<6} rep {}: {:>8.0}/s, p99 {:>6.1} ms, cpu {:>5.0} us/op, of which RocksDB's threads {:>4.0}, {:.1} context switches/op{snapshots}",
                         point.label,
                         targets[ti].name,
                         rep + 1,
                         m.ops as f64 / m.secs,
                         pct(&m.latencies, 0.99),
                         per_op(m.cpu_secs),
-                        per_op(m.background_secs)
+                        per_op(m.background_secs),
+                        m.switches as f64 / m.ops.max(1) as f64
                     );
                     figures[pi][ti].push(m.ops as f64 / m.secs);
                     p99[pi][ti].push(pct(&m.latencies, 0.99));

@@ -62,6 +62,26 @@ pub fn threads_cpu(pid: u32, ticks: u64, prefix: &str) -> Duration {
     Duration::from_millis(ticks_used * 1000 / ticks.max(1))
 }
 
+/// Context switches (voluntary and not) of the live threads of process `pid` so far: how
+/// often its threads gave up or lost a core. As with [`threads_cpu`], a thread that has
+/// ended no longer counts, so only differences over a window mean anything.
+#[must_use]
+pub fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+        .map(|status| {
+            status
+                .lines()
+                .filter_map(|l| {
+                    l.strip_prefix("voluntary_ctxt_switches:").or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                })
+                .filter_map(|v| v.trim().parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -90,5 +110,17 @@ mod tests {
         busy.join().expect("join");
         assert!(seen > std::time::Duration::ZERO, "the spinning thread's CPU was seen");
         assert_eq!(super::threads_cpu(me, ticks, "no-such-thread"), std::time::Duration::ZERO);
+    }
+
+    #[test]
+    fn a_thread_that_sleeps_switches() {
+        let me = std::process::id();
+        let before = super::context_switches(me);
+        // Each sleep gives the core up: a voluntary switch of this thread.
+        for _ in 0..5 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(super::context_switches(me) >= before + 5);
+        assert_eq!(super::context_switches(u32::MAX), 0, "no such process");
     }
 }

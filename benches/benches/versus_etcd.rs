@@ -157,7 +157,7 @@ struct Measured {
 
 /// CPU seconds (user and system) that `pids` have used so far: all threads, and RocksDB's;
 /// and their threads' context switches.
-fn cpu_secs(pids: &[u32], ticks: u64) -> (f64, f64, u64) {
+fn server_usage(pids: &[u32], ticks: u64) -> (f64, f64, u64) {
     let all = pids.iter().filter_map(|&p| usage(p, ticks)).map(|u| u.cpu.as_secs_f64()).sum();
     let rocksdb = pids.iter().map(|&p| threads_cpu(p, ticks, "rocksdb:").as_secs_f64()).sum();
     (all, rocksdb, pids.iter().map(|&p| context_switches(p)).sum())
@@ -211,9 +211,9 @@ async fn load(
     let cpu = tokio::spawn(async move {
         let ticks = clock_ticks();
         tokio::time::sleep_until(start.into()).await;
-        let before = cpu_secs(&pids, ticks);
+        let before = server_usage(&pids, ticks);
         tokio::time::sleep_until(end.into()).await;
-        let after = cpu_secs(&pids, ticks);
+        let after = server_usage(&pids, ticks);
         (after.0 - before.0, after.1 - before.1, after.2.saturating_sub(before.2))
     });
     let mut latencies = Vec::new();

@@ -48,15 +48,22 @@ pub fn usage(pid: u32, ticks: u64) -> Option<Usage> {
     Some(Usage { cpu: Duration::from_millis(used * 1000 / ticks.max(1)), rss_kib })
 }
 
+/// The file `name` (`stat`, `status`) of each live thread of process `pid`: none once the
+/// process is gone.
+fn thread_files(pid: u32, name: &'static str) -> impl Iterator<Item = String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .filter_map(move |t| std::fs::read_to_string(t.ok()?.path().join(name)).ok())
+}
+
 /// CPU time (user and system) that the threads of process `pid` whose name starts with
 /// `prefix` have used so far: say `rocksdb:` for RocksDB's flushes and compactions. A
 /// thread that has ended no longer counts, so only differences over a window in which
 /// the threads live (RocksDB's pool lives as long as its database) mean anything.
 #[must_use]
 pub fn threads_cpu(pid: u32, ticks: u64, prefix: &str) -> Duration {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Duration::ZERO };
-    let ticks_used: u64 = tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+    let ticks_used: u64 = thread_files(pid, "stat")
         .filter_map(|stat| name_and_ticks(&stat).filter(|(name, _)| name.starts_with(prefix)).map(|(_, used)| used))
         .sum();
     Duration::from_millis(ticks_used * 1000 / ticks.max(1))
@@ -67,9 +74,7 @@ pub fn threads_cpu(pid: u32, ticks: u64, prefix: &str) -> Duration {
 /// ended no longer counts, so only differences over a window mean anything.
 #[must_use]
 pub fn context_switches(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
-    tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+    thread_files(pid, "status")
         .map(|status| {
             status
                 .lines()

@@ -157,7 +157,7 @@ async fn trace_request(State(m): State<Arc<Manager>>, req: Request, next: Next) 
     let mut resp = next.run(req).instrument(span.clone()).await;
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
-    m.metrics.requests.observe(method.as_str(), route.as_deref().unwrap_or("-"), elapsed);
+    m.metrics.requests.observe(method.as_str(), route.unwrap_or_else(|| "-".to_owned()), elapsed);
     let elapsed_ms = elapsed.as_millis() as u64;
     span.in_scope(|| {
         if resp.status().is_server_error() {

@@ -138,10 +138,10 @@ impl Default for Requests {
 }
 
 impl Requests {
-    pub fn observe(&self, method: &str, route: &str, took: Duration) {
+    pub fn observe(&self, method: &str, route: String, took: Duration) {
         const KNOWN: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"];
         let method = KNOWN.into_iter().find(|k| *k == method).unwrap_or("other");
-        self.0.get_or_create(&RequestLabel { method, route: route.to_owned() }).observe(took.as_secs_f64());
+        self.0.get_or_create(&RequestLabel { method, route }).observe(took.as_secs_f64());
     }
 }
 
@@ -288,10 +288,10 @@ mod tests {
     #[test]
     fn requests_are_counted_by_route_and_a_method_of_the_callers_own_is_other() {
         let m = Metrics::default();
-        m.requests.observe("POST", "/v1/secrets", Duration::from_micros(900));
-        m.requests.observe("POST", "/v1/secrets", Duration::from_micros(700));
+        m.requests.observe("POST", "/v1/secrets".into(), Duration::from_micros(900));
+        m.requests.observe("POST", "/v1/secrets".into(), Duration::from_micros(700));
         for made_up in ["BREW", "X-1", "POST2"] {
-            m.requests.observe(made_up, "-", Duration::from_micros(10));
+            m.requests.observe(made_up, "-".into(), Duration::from_micros(10));
         }
         let mut text = String::new();
         encode(&mut text, &m.registry).expect("encode");
